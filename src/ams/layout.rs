@@ -1,0 +1,95 @@
+//! Where things are in an AMS install (`/usr/local/antmedia` by default).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+
+use crate::bail_usage;
+use crate::host::Host;
+
+pub const DEFAULT_AMS_HOME: &str = "/usr/local/antmedia";
+pub const SERVICE: &str = "antmedia";
+pub const DEFAULT_HTTP_URL: &str = "http://127.0.0.1:5080/";
+
+#[derive(Debug, Clone)]
+pub struct AmsLayout {
+    pub home: PathBuf,
+}
+
+impl AmsLayout {
+    pub fn new(home: impl Into<PathBuf>) -> Self {
+        AmsLayout { home: home.into() }
+    }
+
+    pub fn red5_properties(&self) -> PathBuf {
+        self.home.join("conf/red5.properties")
+    }
+
+    pub fn jee_container(&self) -> PathBuf {
+        self.home.join("conf/jee-container.xml")
+    }
+
+    pub fn webapps(&self) -> PathBuf {
+        self.home.join("webapps")
+    }
+
+    pub fn webapp_properties(&self, app: &str) -> PathBuf {
+        self.webapps().join(app).join("WEB-INF/red5-web.properties")
+    }
+
+    /// Checks this really is an AMS install, so a wrong `--ams-home` is bad
+    /// input reported before anything is touched.
+    pub fn check(&self, host: &Host) -> Result<()> {
+        for (what, p) in [
+            ("conf/red5.properties", self.red5_properties()),
+            ("conf/jee-container.xml", self.jee_container()),
+        ] {
+            if !host.exists(&p) {
+                bail_usage!(
+                    "no Ant Media Server at {}: {what} is missing; pass the install folder with --ams-home",
+                    self.home.display()
+                );
+            }
+        }
+        if !host.is_dir(&self.webapps()) {
+            bail_usage!(
+                "no Ant Media Server at {}: webapps/ is missing; pass the install folder with --ams-home",
+                self.home.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Every application (folder under webapps/ with a
+    /// WEB-INF/red5-web.properties), `root` included, sorted by name.
+    pub fn applications(&self, host: &Host) -> Result<Vec<String>> {
+        Ok(host
+            .list_dirs(&self.webapps())?
+            .into_iter()
+            .filter(|app| host.exists(&self.webapp_properties(app)))
+            .collect())
+    }
+}
+
+/// The host name AMS resolves: /etc/hostname, else the kernel's.
+pub fn node_hostname(host: &Host) -> Result<String> {
+    let from_file = host
+        .read_optional(Path::new("/etc/hostname"))?
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+        .filter(|s| !s.is_empty());
+    let name = match from_file {
+        Some(n) => n,
+        None => nix::unistd::gethostname()
+            .map_err(anyhow::Error::from)?
+            .to_string_lossy()
+            .into_owned(),
+    };
+    Ok(name)
+}

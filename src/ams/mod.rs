@@ -1,0 +1,10 @@
+//! Ant Media Server: its install layout, its configuration files, and the
+//! standalone/cluster mode switch.
+
+pub mod etc_hosts;
+pub mod jee;
+pub mod layout;
+pub mod mode;
+pub mod properties;
+
+pub use layout::AmsLayout;

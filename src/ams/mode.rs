@@ -1,0 +1,247 @@
+//! The standalone/cluster mode switch: `change_server_mode.sh`, as a plan.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use super::etc_hosts;
+use super::jee;
+use super::layout::{self, AmsLayout};
+use super::properties::Properties;
+use crate::bail_usage;
+use crate::host::fs::{FileMeta, STATE_DIR, private_meta};
+use crate::host::systemd::ServiceAction;
+use crate::host::{Host, net};
+use crate::mongo::url::{DbKind, DbUrl};
+use crate::plan::{FileChange, Plan, Step};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Standalone,
+    Cluster,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Standalone => "standalone",
+            Mode::Cluster => "cluster",
+        }
+    }
+}
+
+/// What to restart and wait for after the files are switched.
+#[derive(Debug, Clone)]
+pub struct Restart {
+    pub unit: String,
+    pub url: String,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModeSwitch {
+    pub mode: Mode,
+    pub db: DbUrl,
+    pub layout: AmsLayout,
+    /// The node's private IPv4 for /etc/hosts; None = the default route's.
+    pub ip: Option<Ipv4Addr>,
+    pub restart: Option<Restart>,
+}
+
+/// Set while switched files wait for their AMS restart, so a run that was
+/// interrupted between the two still restarts AMS next time.
+pub fn restart_marker() -> PathBuf {
+    Path::new(STATE_DIR).join("restart-pending")
+}
+
+/// The mode the AMS install is in now, read from its files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentMode {
+    pub mode: Mode,
+    /// `db.type` of the `root` application (the console), else the first.
+    pub db_type: Option<String>,
+    pub cluster_db: Option<String>,
+    pub node_group: Option<String>,
+}
+
+pub fn current(host: &Host, layout: &AmsLayout) -> Result<CurrentMode> {
+    layout.check(host)?;
+    let xml = read_text(host, &layout.jee_container())?;
+    let mode = match jee::state(&xml)? {
+        jee::BlockState::Enabled => Mode::Cluster,
+        _ => Mode::Standalone,
+    };
+    let red5 = Properties::parse(&read_text(host, &layout.red5_properties())?);
+    let apps = layout.applications(host)?;
+    let console = apps.iter().find(|a| *a == "root").or(apps.first());
+    let db_type = match console {
+        Some(app) => {
+            Properties::parse(&read_text(host, &layout.webapp_properties(app))?).get("db.type")
+        }
+        None => None,
+    };
+    Ok(CurrentMode {
+        mode,
+        db_type,
+        cluster_db: red5
+            .get("clusterdb.host")
+            .map(|h| crate::mongo::url::redact(&h)),
+        node_group: red5.get("nodeGroup"),
+    })
+}
+
+fn read_text(host: &Host, p: &Path) -> Result<String> {
+    let bytes = host.read(p)?;
+    String::from_utf8(bytes).with_context(|| format!("reading {}: not UTF-8 text", p.display()))
+}
+
+/// A file change computed from the host's current content.
+fn change(host: &Host, path: &Path, new: String, tighten: bool) -> Result<FileChange> {
+    let before = host.read_optional(path)?;
+    let meta_before = host.meta(path)?;
+    let mut meta = meta_before.unwrap_or(FileMeta {
+        mode: 0o644,
+        ..private_meta(0o644)
+    });
+    if tighten {
+        // The file now holds a password: no longer readable by everyone.
+        meta.mode &= !0o007;
+    }
+    Ok(FileChange {
+        path: path.to_path_buf(),
+        before,
+        after: Some(new.into_bytes()),
+        meta_before,
+        meta,
+        internal: false,
+    })
+}
+
+/// Computes the plan of a mode switch. Reads only; changes nothing.
+pub fn plan(host: &Host, sw: &ModeSwitch) -> Result<Plan> {
+    if sw.mode == Mode::Cluster && sw.db.kind == DbKind::MapDb {
+        bail_usage!("cluster mode needs a MongoDB or Redis database");
+    }
+    let layout = &sw.layout;
+    layout.check(host)?;
+    let apps = layout.applications(host)?;
+    if apps.is_empty() {
+        bail_usage!(
+            "no application under {} has WEB-INF/red5-web.properties; is --ams-home right?",
+            layout.webapps().display()
+        );
+    }
+    let secret = sw.db.has_password();
+    let mut changes = Vec::new();
+
+    // conf/red5.properties: the cluster database, and never the global IP.
+    let red5_path = layout.red5_properties();
+    let mut red5 = Properties::parse(&read_text(host, &red5_path)?);
+    red5.set("clusterdb.host", &sw.db.url)?;
+    // Credentials live in the URI (percent-encoded); the separate keys are
+    // what made mongodb+srv:// fail, so they are cleared.
+    red5.set("clusterdb.user", "")?;
+    red5.set("clusterdb.password", "")?;
+    red5.set("useGlobalIp", "false")?;
+    changes.push(change(host, &red5_path, red5.to_text(), secret)?);
+
+    // conf/jee-container.xml: the cluster blocks.
+    let jee_path = layout.jee_container();
+    let xml = read_text(host, &jee_path)?;
+    let new_xml = jee::set_cluster(&xml, sw.mode == Mode::Cluster)
+        .with_context(|| format!("switching {}", jee_path.display()))?;
+    changes.push(change(host, &jee_path, new_xml, false)?);
+
+    // Every application, the console (`root`) included.
+    for app in &apps {
+        let p = layout.webapp_properties(app);
+        let mut props = Properties::parse(&read_text(host, &p)?);
+        props.set("db.type", sw.db.kind.db_type())?;
+        props.set("db.host", &sw.db.url)?;
+        props.set("db.user", "")?;
+        props.set("db.password", "")?;
+        changes.push(change(host, &p, props.to_text(), secret)?);
+    }
+
+    // /etc/hosts: this node's name resolves to its private address.
+    let hostname = layout::node_hostname(host)?;
+    if !etc_hosts::valid_hostname(&hostname) || hostname.eq_ignore_ascii_case("localhost") {
+        bail!(
+            "this host's name `{hostname}` cannot be pinned in /etc/hosts; give the host a proper name first (hostnamectl set-hostname)"
+        );
+    }
+    let ip = match sw.ip {
+        Some(ip) => ip,
+        None => net::default_route_ipv4(host)?,
+    };
+    let hosts_path = Path::new("/etc/hosts");
+    let hosts_text = match host.read_optional(hosts_path)? {
+        Some(b) => String::from_utf8(b).context("reading /etc/hosts: not UTF-8 text")?,
+        None => String::new(),
+    };
+    changes.push(change(
+        host,
+        hosts_path,
+        etc_hosts::pin_hostname(&hosts_text, &hostname, ip),
+        false,
+    )?);
+
+    let mut plan = Plan::new(format!(
+        "switch Ant Media Server at {} to {} mode ({} {})",
+        layout.home.display(),
+        sw.mode.name(),
+        sw.db.kind.db_type(),
+        sw.db.redacted()
+    ));
+    plan.secrets = sw.db.secrets.clone();
+    let files_change = changes.iter().any(|c| !c.is_noop());
+    let marker_set = host.exists(&restart_marker());
+    if let Some(restart) = &sw.restart {
+        if files_change && !marker_set {
+            changes.push(FileChange {
+                path: restart_marker(),
+                before: None,
+                after: Some(b"switched files wait for an AMS restart\n".to_vec()),
+                meta_before: None,
+                meta: private_meta(0o600),
+                internal: true,
+            });
+        }
+        plan.files("switch the AMS configuration files together", changes);
+        if files_change || marker_set {
+            plan.push(Step::Service {
+                unit: restart.unit.clone(),
+                action: ServiceAction::Restart,
+            });
+            plan.push(Step::WaitHttp {
+                what: "Ant Media Server".into(),
+                url: restart.url.clone(),
+                timeout: restart.timeout,
+            });
+            plan.files(
+                "record that AMS runs the new configuration",
+                vec![FileChange {
+                    path: restart_marker(),
+                    before: Some(Vec::new()),
+                    after: None,
+                    meta_before: None,
+                    meta: private_meta(0o600),
+                    internal: true,
+                }],
+            );
+        }
+    } else {
+        plan.files("switch the AMS configuration files together", changes);
+    }
+    Ok(plan)
+}
+
+pub fn default_restart(timeout: Duration) -> Restart {
+    Restart {
+        unit: layout::SERVICE.into(),
+        url: layout::DEFAULT_HTTP_URL.into(),
+        timeout,
+    }
+}

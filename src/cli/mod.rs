@@ -1,0 +1,188 @@
+//! The command line: clap derive, one file per subcommand, each with `run()`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use crate::bail_usage;
+use crate::host::fs::CrashPoints;
+use crate::host::{CommandRunner, Host, SystemRunner};
+use crate::mongo::url::Credentials;
+
+pub mod generate;
+pub mod mode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ams-agent",
+    version,
+    about = "Bootstraps the nodes of an Ant Media Server cluster and keeps them visible",
+    long_about = "Bootstraps the nodes of an Ant Media Server cluster and keeps them visible.\n\n\
+        Every command that changes the host first computes a plan; --dry-run prints it \
+        (files with diffs, services) and changes nothing. Without a terminal nothing is \
+        ever asked: a missing value is an error naming the flag to set (exit code 2).",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Print what would change (files with diffs, services) and change nothing
+    #[arg(long, global = true)]
+    pub dry_run: bool,
+
+    /// More log output (-v debug, -vv trace)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only errors on stderr
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// Resolve every host path under this folder instead of / (for tests)
+    #[arg(
+        long,
+        global = true,
+        hide = true,
+        env = "AMS_AGENT_ROOT",
+        default_value = "/"
+    )]
+    pub root: PathBuf,
+}
+
+impl GlobalArgs {
+    pub fn verbosity(&self) -> i8 {
+        if self.quiet {
+            -1
+        } else {
+            self.verbose.min(3) as i8
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Mode(mode::ModeArgs),
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
+}
+
+/// What every command gets: the host (root prefix), the command runner and
+/// the global flags. Built once in [`run`], passed down, never global.
+pub struct Context {
+    pub host: Host,
+    pub runner: Box<dyn CommandRunner>,
+    pub dry_run: bool,
+}
+
+impl Context {
+    pub fn new(root: &Path, dry_run: bool) -> Self {
+        // Test hook: kill -9 ourselves at the n-th durability point.
+        let crash_at = std::env::var("AMS_AGENT_CRASH_AT")
+            .ok()
+            .and_then(|v| v.parse().ok());
+        Context {
+            host: Host::new(root, CrashPoints::at(crash_at)),
+            runner: Box::new(SystemRunner),
+            dry_run,
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    let ctx = Context::new(&cli.global.root, cli.global.dry_run);
+    match cli.command {
+        Command::Mode(args) => mode::run(&ctx, args),
+        Command::Generate(args) => generate::run(args),
+    }
+}
+
+/// MongoDB credentials given apart from the URI. The password never comes
+/// from the command line (it would show in `ps`): only from a file or the
+/// environment.
+#[derive(Debug, Clone, Args)]
+pub struct MongoAuthArgs {
+    /// MongoDB user; percent-encoded into the connection URI
+    #[arg(long, value_name = "USER")]
+    pub mongo_user: Option<String>,
+
+    /// File holding the MongoDB password (one trailing newline is ignored);
+    /// or set AMS_AGENT_MONGO_PASSWORD
+    #[arg(long, value_name = "FILE")]
+    pub mongo_password_file: Option<PathBuf>,
+}
+
+pub const PASSWORD_ENV: &str = "AMS_AGENT_MONGO_PASSWORD";
+
+impl MongoAuthArgs {
+    pub fn credentials(&self) -> Result<Credentials> {
+        let from_env = std::env::var(PASSWORD_ENV).ok().filter(|p| !p.is_empty());
+        let password = match (&self.mongo_password_file, from_env) {
+            (Some(file), _) => Some(read_password_file(file, "--mongo-password-file")?),
+            (None, env) => env,
+        };
+        if let Some(user) = &self.mongo_user {
+            if user.is_empty() {
+                bail_usage!("--mongo-user is empty");
+            }
+            if user.chars().any(char::is_control) {
+                bail_usage!("--mongo-user contains a newline or control character");
+            }
+        }
+        Ok(Credentials {
+            user: self.mongo_user.clone(),
+            password,
+        })
+    }
+}
+
+/// Reads a secret from a file named by `flag`: one trailing newline is
+/// dropped; an empty or unreadable file is bad input.
+pub fn read_password_file(file: &Path, flag: &str) -> Result<String> {
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) => bail_usage!("{flag} {}: {e}", file.display()),
+    };
+    let Ok(mut text) = String::from_utf8(bytes) else {
+        bail_usage!("{flag} {}: the password is not UTF-8 text", file.display());
+    };
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    if text.is_empty() {
+        bail_usage!("{flag} {}: the file is empty", file.display());
+    }
+    if text.contains('\0') {
+        bail_usage!(
+            "{flag} {}: the password contains a NUL character",
+            file.display()
+        );
+    }
+    Ok(text)
+}
+
+/// Parses durations like `90s`, `10m`, `1h30m`.
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 90s, 10m, 1h)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

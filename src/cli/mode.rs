@@ -1,0 +1,144 @@
+//! `ams-agent mode cluster <DB>` / `mode standalone [<DB>]`: the
+//! `change_server_mode.sh` replacement.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+
+use super::{Context, MongoAuthArgs, parse_duration};
+use crate::ams::AmsLayout;
+use crate::ams::layout::{DEFAULT_AMS_HOME, DEFAULT_HTTP_URL};
+use crate::ams::mode::{self, Mode, ModeSwitch};
+use crate::host::txn;
+use crate::mongo::url::{self, DbUrl};
+use crate::plan::{ApplyCtx, Plan};
+
+/// Switch Ant Media Server between standalone and cluster mode
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Switch Ant Media Server between standalone and cluster mode.\n\n\
+    Updates conf/red5.properties, the cluster blocks of conf/jee-container.xml, every \
+    application's WEB-INF/red5-web.properties and /etc/hosts together (a crash leaves \
+    them all old or all new), then restarts AMS and waits until it answers. Running it \
+    again changes nothing.\n\n\
+    DB forms: 10.0.1.5, 10.0.1.5:27018, [fd00::5]:27017, mongo.internal, h1,h2:27018, \
+    mongodb://…, mongodb+srv://…, redis://…, rediss://…, /path/to/redis.yaml"
+)]
+pub struct ModeArgs {
+    #[command(subcommand)]
+    pub target: ModeTarget,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModeTarget {
+    /// Cluster mode: every node shares the database DB
+    Cluster {
+        /// MongoDB address or URI, or a Redis URI or YAML file
+        #[arg(value_name = "DB")]
+        db: String,
+        #[command(flatten)]
+        opts: SwitchOpts,
+    },
+    /// Standalone mode: the embedded database, or DB when given
+    Standalone {
+        /// MongoDB address or URI, or a Redis URI or YAML file (default: embedded MapDB)
+        #[arg(value_name = "DB")]
+        db: Option<String>,
+        #[command(flatten)]
+        opts: SwitchOpts,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SwitchOpts {
+    /// Ant Media Server install folder
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_AMS_HOME)]
+    pub ams_home: PathBuf,
+
+    #[command(flatten)]
+    pub auth: MongoAuthArgs,
+
+    /// This node's private IPv4 for /etc/hosts (default: the default route's)
+    #[arg(long, value_name = "IPV4")]
+    pub ip: Option<Ipv4Addr>,
+
+    /// Switch the files only; do not restart AMS
+    #[arg(long)]
+    pub no_restart: bool,
+
+    /// How long to wait for AMS to answer after the restart
+    #[arg(long, value_name = "DURATION", default_value = "3m", value_parser = parse_duration)]
+    pub wait: Duration,
+
+    /// URL that answers once AMS is up
+    #[arg(long, hide = true, env = "AMS_AGENT_AMS_URL", default_value = DEFAULT_HTTP_URL)]
+    pub ams_url: String,
+}
+
+impl SwitchOpts {
+    /// The switch request these options describe, validated.
+    pub fn switch(&self, mode: Mode, db: DbUrl) -> ModeSwitch {
+        ModeSwitch {
+            mode,
+            db,
+            layout: AmsLayout::new(&self.ams_home),
+            ip: self.ip,
+            restart: (!self.no_restart).then(|| mode::Restart {
+                url: self.ams_url.clone(),
+                ..mode::default_restart(self.wait)
+            }),
+        }
+    }
+}
+
+pub fn run(ctx: &Context, args: ModeArgs) -> Result<()> {
+    let (mode, db, opts) = match args.target {
+        ModeTarget::Cluster { db, opts } => (Mode::Cluster, Some(db), opts),
+        ModeTarget::Standalone { db, opts } => (Mode::Standalone, db, opts),
+    };
+    let creds = opts.auth.credentials()?;
+    let db = match db {
+        Some(db) => url::classify(&db, &creds, &ctx.host, "DB")?,
+        None => {
+            if creds.user.is_some() || creds.password.is_some() {
+                crate::bail_usage!("--mongo-user/--mongo-password-file need a DB argument");
+            }
+            DbUrl::mapdb()
+        }
+    };
+    let switch = opts.switch(mode, db);
+    switch_mode(ctx, &switch)
+}
+
+/// Plans and applies (or prints) a mode switch; shared with `join`.
+pub fn switch_mode(ctx: &Context, switch: &ModeSwitch) -> Result<()> {
+    if !ctx.dry_run && txn::recover(&ctx.host)? {
+        tracing::info!("an interrupted change from an earlier run was completed first");
+    }
+    let plan = mode::plan(&ctx.host, switch)?;
+    print_or_apply(ctx, &plan)?;
+    if !plan.is_empty() && !ctx.dry_run {
+        tracing::info!(
+            "Ant Media Server is in {} mode ({})",
+            switch.mode.name(),
+            switch.db.redacted()
+        );
+    }
+    Ok(())
+}
+
+/// `--dry-run`: print the plan. Otherwise apply it (an empty plan is
+/// reported as already done).
+pub fn print_or_apply(ctx: &Context, plan: &Plan) -> Result<()> {
+    if ctx.dry_run || plan.is_empty() {
+        print!("{}", plan.render());
+        return Ok(());
+    }
+    plan.apply(&ApplyCtx {
+        host: &ctx.host,
+        runner: ctx.runner.as_ref(),
+    })
+}

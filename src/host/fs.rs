@@ -1,0 +1,296 @@
+//! Root-prefixed host file access with atomic, durable writes.
+//!
+//! Every host path (`/etc/hosts`, `/usr/local/antmedia/conf/red5.properties`)
+//! is resolved under [`Host::root`], so a whole host can be a temp dir in tests.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, Result};
+
+/// Directory where the agent keeps its own state (backups, journal, markers).
+pub const STATE_DIR: &str = "/var/lib/ams-agent";
+
+/// The host as seen by the agent: a root prefix plus a fault-injection hook.
+#[derive(Debug)]
+pub struct Host {
+    root: PathBuf,
+    crash: CrashPoints,
+}
+
+/// Durability points counted during a run. When `AMS_AGENT_CRASH_AT=n` is set
+/// (tests only) the process kills itself with SIGKILL at the n-th point, which
+/// is how the "crash at any moment" guarantee is proven.
+#[derive(Debug, Default)]
+pub struct CrashPoints {
+    crash_at: Option<u64>,
+    seen: AtomicU64,
+}
+
+impl CrashPoints {
+    pub fn at(n: Option<u64>) -> Self {
+        CrashPoints {
+            crash_at: n,
+            seen: AtomicU64::new(0),
+        }
+    }
+
+    /// Called after every step that changes durable state.
+    pub fn point(&self) {
+        let n = self.seen.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.crash_at == Some(n) {
+            // SIGKILL: no destructors, no flushing, exactly like a power cut
+            // for everything that was not fsynced.
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// Owner and permission bits of a file, kept across rewrites.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileMeta {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Host {
+    pub fn new(root: impl Into<PathBuf>, crash: CrashPoints) -> Self {
+        Host {
+            root: root.into(),
+            crash,
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn is_real_root(&self) -> bool {
+        self.root == Path::new("/")
+    }
+
+    /// The real path of a host path: `/etc/hosts` → `<root>/etc/hosts`.
+    pub fn path(&self, host_path: &Path) -> PathBuf {
+        let mut out = self.root.clone();
+        for c in host_path.components() {
+            match c {
+                Component::Normal(p) => out.push(p),
+                Component::ParentDir => {
+                    out.pop();
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    pub fn crash_point(&self) {
+        self.crash.point();
+    }
+
+    /// Reads a host file; `Ok(None)` when it does not exist.
+    pub fn read_optional(&self, host_path: &Path) -> Result<Option<Vec<u8>>> {
+        match fs::read(self.path(host_path)) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", host_path.display())),
+        }
+    }
+
+    pub fn read(&self, host_path: &Path) -> Result<Vec<u8>> {
+        fs::read(self.path(host_path)).with_context(|| format!("reading {}", host_path.display()))
+    }
+
+    pub fn exists(&self, host_path: &Path) -> bool {
+        self.path(host_path).exists()
+    }
+
+    pub fn is_dir(&self, host_path: &Path) -> bool {
+        self.path(host_path).is_dir()
+    }
+
+    pub fn meta(&self, host_path: &Path) -> Result<Option<FileMeta>> {
+        match fs::metadata(self.path(host_path)) {
+            Ok(m) => Ok(Some(FileMeta {
+                mode: m.mode() & 0o7777,
+                uid: m.uid(),
+                gid: m.gid(),
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => {
+                Err(e).with_context(|| format!("reading metadata of {}", host_path.display()))
+            }
+        }
+    }
+
+    /// Names of the sub-directories of a host directory, sorted.
+    pub fn list_dirs(&self, host_path: &Path) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        let dir = self.path(host_path);
+        for entry in
+            fs::read_dir(&dir).with_context(|| format!("listing {}", host_path.display()))?
+        {
+            let entry = entry.with_context(|| format!("listing {}", host_path.display()))?;
+            if entry.path().is_dir() {
+                if let Some(name) = entry.file_name().to_str() {
+                    names.push(name.to_string());
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Creates a host directory (and parents) with the given mode for the
+    /// directories it creates.
+    pub fn create_dir_all(&self, host_path: &Path, mode: u32) -> Result<()> {
+        let real = self.path(host_path);
+        if real.is_dir() {
+            return Ok(());
+        }
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(&real)
+            .with_context(|| format!("creating directory {}", host_path.display()))
+    }
+
+    /// Writes a host file atomically and durably: temp file in the same
+    /// folder, fsync, rename, fsync the folder. The file ends up with `meta`
+    /// (mode, and owner where it differs from ours).
+    pub fn write_atomic(&self, host_path: &Path, contents: &[u8], meta: FileMeta) -> Result<()> {
+        let tmp = temp_path_for(host_path);
+        self.write_temp(&tmp, contents, meta)
+            .with_context(|| format!("writing {}", host_path.display()))?;
+        self.rename(&tmp, host_path)
+            .with_context(|| format!("writing {}", host_path.display()))
+    }
+
+    /// First half of an atomic write: a complete, fsynced temp file.
+    pub fn write_temp(&self, tmp_host_path: &Path, contents: &[u8], meta: FileMeta) -> Result<()> {
+        let real = self.path(tmp_host_path);
+        let _ = fs::remove_file(&real);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&real)
+            .with_context(|| format!("creating {}", real.display()))?;
+        f.write_all(contents)
+            .with_context(|| format!("writing {}", real.display()))?;
+        set_owner_and_mode(&f, &real, meta)?;
+        f.sync_all()
+            .with_context(|| format!("syncing {}", real.display()))?;
+        self.crash_point();
+        Ok(())
+    }
+
+    /// Second half: rename into place and fsync the folder.
+    pub fn rename(&self, from_host: &Path, to_host: &Path) -> Result<()> {
+        let from = self.path(from_host);
+        let to = self.path(to_host);
+        fs::rename(&from, &to)
+            .with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
+        sync_parent(&to)?;
+        self.crash_point();
+        Ok(())
+    }
+
+    /// Removes a host file (if present) durably.
+    pub fn remove(&self, host_path: &Path) -> Result<()> {
+        let real = self.path(host_path);
+        match fs::remove_file(&real) {
+            Ok(()) => {
+                sync_parent(&real)?;
+                self.crash_point();
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing {}", host_path.display())),
+        }
+    }
+}
+
+/// The temp file used for an atomic write of `path`: same folder, hidden,
+/// with a fixed name so a crashed run's leftover is overwritten next time.
+pub fn temp_path_for(host_path: &Path) -> PathBuf {
+    let name = host_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    host_path.with_file_name(format!(".{name}.ams-agent-tmp"))
+}
+
+fn set_owner_and_mode(f: &File, real: &Path, meta: FileMeta) -> Result<()> {
+    let current = f
+        .metadata()
+        .with_context(|| format!("reading metadata of {}", real.display()))?;
+    if current.uid() != meta.uid || current.gid() != meta.gid {
+        nix::unistd::fchown(
+            f,
+            Some(nix::unistd::Uid::from_raw(meta.uid)),
+            Some(nix::unistd::Gid::from_raw(meta.gid)),
+        )
+        .with_context(|| {
+            format!(
+                "setting owner {}:{} on {} (run as root to keep the original owner)",
+                meta.uid,
+                meta.gid,
+                real.display()
+            )
+        })?;
+    }
+    f.set_permissions(fs::Permissions::from_mode(meta.mode))
+        .with_context(|| format!("setting mode {:o} on {}", meta.mode, real.display()))?;
+    Ok(())
+}
+
+/// fsync the folder holding `path`, so a rename or removal in it is durable.
+pub fn sync_parent(path: &Path) -> Result<()> {
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    let dir = File::open(parent).with_context(|| format!("opening {}", parent.display()))?;
+    dir.sync_all()
+        .with_context(|| format!("syncing folder {}", parent.display()))
+}
+
+/// The owner and mode for a file the agent creates: root-only, or ours in
+/// tests where we are not root.
+pub fn private_meta(mode: u32) -> FileMeta {
+    FileMeta {
+        mode,
+        uid: nix::unistd::geteuid().as_raw(),
+        gid: nix::unistd::getegid().as_raw(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_stay_under_root() {
+        let h = Host::new("/tmp/r", CrashPoints::default());
+        assert_eq!(
+            h.path(Path::new("/etc/hosts")),
+            Path::new("/tmp/r/etc/hosts")
+        );
+        assert_eq!(h.path(Path::new("/../../etc/x")), Path::new("/tmp/r/etc/x"));
+    }
+
+    #[test]
+    fn atomic_write_keeps_mode_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = Host::new(dir.path(), CrashPoints::default());
+        let p = Path::new("/a/file");
+        h.create_dir_all(Path::new("/a"), 0o755).unwrap();
+        h.write_atomic(p, b"one", private_meta(0o640)).unwrap();
+        h.write_atomic(p, b"two", private_meta(0o640)).unwrap();
+        assert_eq!(h.read(p).unwrap(), b"two");
+        assert_eq!(h.meta(p).unwrap().unwrap().mode, 0o640);
+        assert!(!h.exists(&temp_path_for(p)));
+    }
+}

@@ -1,0 +1,61 @@
+//! This node's addresses: the IPv4 of the default route's interface.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use super::fs::Host;
+
+/// Name of the interface that carries the default route, from
+/// `/proc/net/route` (lowest metric wins).
+pub fn default_route_interface(route_table: &str) -> Option<String> {
+    route_table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // Iface Destination Gateway Flags RefCnt Use Metric Mask ...
+            if f.len() >= 8 && f[1] == "00000000" && f[7] == "00000000" {
+                let metric: u32 = f[6].parse().unwrap_or(u32::MAX);
+                Some((metric, f[0].to_string()))
+            } else {
+                None
+            }
+        })
+        .min()
+        .map(|(_, iface)| iface)
+}
+
+/// The IPv4 address of the default route's interface.
+pub fn default_route_ipv4(host: &Host) -> Result<Ipv4Addr> {
+    let table = std::fs::read_to_string(host.path(Path::new("/proc/net/route")))
+        .context("reading /proc/net/route")?;
+    let iface = default_route_interface(&table)
+        .context("this host has no default route, so its address is unknown; pass --ip")?;
+    let addrs = nix::ifaddrs::getifaddrs().context("listing network interfaces")?;
+    for a in addrs {
+        if a.interface_name != iface {
+            continue;
+        }
+        if let Some(sin) = a.address.as_ref().and_then(|s| s.as_sockaddr_in()) {
+            return Ok(sin.ip());
+        }
+    }
+    anyhow::bail!("interface {iface} (default route) has no IPv4 address; pass --ip")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_the_default_route_with_the_lowest_metric() {
+        let table = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+docker0\t000011AC\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n\
+ens6\t00000000\t0101000A\t0003\t0\t0\t200\t00000000\t0\t0\t0\n\
+ens5\t00000000\t0100000A\t0003\t0\t0\t100\t00000000\t0\t0\t0\n";
+        assert_eq!(default_route_interface(table).as_deref(), Some("ens5"));
+        assert_eq!(default_route_interface("Iface\tDestination\n"), None);
+    }
+}

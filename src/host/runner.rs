@@ -1,0 +1,206 @@
+//! External programs, only ever through [`CommandRunner`]: the real one
+//! spawns with a deadline, the recording one scripts replies for tests.
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// A program to run. Secrets go through `stdin`, never through `args`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandSpec {
+    pub program: String,
+    pub args: Vec<String>,
+    pub stdin: Option<Vec<u8>>,
+    pub timeout: Duration,
+}
+
+impl CommandSpec {
+    pub fn new(program: &str, args: &[&str]) -> Self {
+        CommandSpec {
+            program: program.to_string(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            stdin: None,
+            timeout: Duration::from_secs(120),
+        }
+    }
+
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+
+    /// The command line as shown to the operator.
+    pub fn display(&self) -> String {
+        std::iter::once(self.program.as_str())
+            .chain(self.args.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Output {
+    /// Exit code; None when killed by a signal.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    pub fn ok(stdout: &str) -> Self {
+        Output {
+            code: Some(0),
+            stdout: stdout.into(),
+            stderr: String::new(),
+        }
+    }
+
+    pub fn failed(code: i32, stderr: &str) -> Self {
+        Output {
+            code: Some(code),
+            stdout: String::new(),
+            stderr: stderr.into(),
+        }
+    }
+}
+
+pub trait CommandRunner: Send + Sync {
+    /// Runs a program to completion or its deadline. An `Err` means it could
+    /// not be run at all (missing program, deadline passed); a non-zero exit
+    /// is an `Ok(Output)` for the caller to judge.
+    fn run(&self, spec: &CommandSpec) -> Result<Output>;
+}
+
+/// Spawns real processes.
+#[derive(Debug, Default)]
+pub struct SystemRunner;
+
+impl CommandRunner for SystemRunner {
+    fn run(&self, spec: &CommandSpec) -> Result<Output> {
+        let mut child = Command::new(&spec.program)
+            .args(&spec.args)
+            .stdin(if spec.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {}", spec.program))?;
+        if let Some(input) = &spec.stdin {
+            let mut stdin = child.stdin.take().expect("stdin was piped");
+            let input = input.clone();
+            std::thread::spawn(move || {
+                let _ = stdin.write_all(&input);
+            });
+        }
+        let mut out_pipe = child.stdout.take().expect("stdout was piped");
+        let mut err_pipe = child.stderr.take().expect("stderr was piped");
+        let out_reader = std::thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = out_pipe.read_to_end(&mut s);
+            s
+        });
+        let err_reader = std::thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = err_pipe.read_to_end(&mut s);
+            s
+        });
+        let deadline = Instant::now() + spec.timeout;
+        let status = loop {
+            if let Some(status) = child.try_wait().context("waiting for a child")? {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "`{}` did not finish within {} and was stopped",
+                    spec.display(),
+                    humantime::format_duration(spec.timeout)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let stdout = out_reader.join().unwrap_or_default();
+        let stderr = err_reader.join().unwrap_or_default();
+        Ok(Output {
+            code: status.code(),
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        })
+    }
+}
+
+/// Records every command and answers from a script; for tests.
+#[derive(Default)]
+pub struct RecordingRunner {
+    pub calls: Mutex<Vec<CommandSpec>>,
+    #[allow(clippy::type_complexity)]
+    replies: Mutex<Vec<(String, Output)>>,
+}
+
+impl RecordingRunner {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every command whose display line starts with `prefix` gets `out`.
+    pub fn reply(&self, prefix: &str, out: Output) {
+        self.replies.lock().unwrap().push((prefix.to_string(), out));
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(CommandSpec::display)
+            .collect()
+    }
+}
+
+impl CommandRunner for RecordingRunner {
+    fn run(&self, spec: &CommandSpec) -> Result<Output> {
+        self.calls.lock().unwrap().push(spec.clone());
+        let line = spec.display();
+        let replies = self.replies.lock().unwrap();
+        Ok(replies
+            .iter()
+            .rev()
+            .find(|(prefix, _)| line.starts_with(prefix.as_str()))
+            .map(|(_, o)| o.clone())
+            .unwrap_or_else(|| Output::ok("")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn real_runner_enforces_the_deadline() {
+        let spec = CommandSpec::new("sleep", &["5"]).timeout(Duration::from_millis(200));
+        let start = Instant::now();
+        let err = SystemRunner.run(&spec).unwrap_err();
+        assert!(start.elapsed() < Duration::from_secs(2));
+        assert!(err.to_string().contains("did not finish"), "{err}");
+    }
+
+    #[test]
+    fn real_runner_passes_stdin_and_reports_exit_code() {
+        let mut spec = CommandSpec::new("sh", &["-c", "cat; exit 3"]);
+        spec.stdin = Some(b"secret".to_vec());
+        let out = SystemRunner.run(&spec).unwrap();
+        assert_eq!(out.code, Some(3));
+        assert_eq!(out.stdout, "secret");
+    }
+}

@@ -1,0 +1,3 @@
+//! MongoDB: the database argument (URL classification and redaction).
+
+pub mod url;

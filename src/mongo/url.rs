@@ -1,0 +1,610 @@
+//! The database argument of `mode` and `join`: classification, validation,
+//! credential encoding and redaction.
+//!
+//! Unlike `change_server_mode.sh`, a host name is a MongoDB host (never a
+//! Redis file), nothing is guessed, and anything that is not clearly one of
+//! the accepted forms is refused with a message that lists them.
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+
+use anyhow::Result;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
+use crate::bail_usage;
+use crate::host::Host;
+
+pub const DEFAULT_MONGO_PORT: u16 = 27017;
+
+/// Characters kept as they are in userinfo; everything else is %-encoded.
+const USERINFO: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbKind {
+    /// AMS's embedded database (standalone without a server).
+    MapDb,
+    MongoDb,
+    Redis,
+}
+
+impl DbKind {
+    /// The value of `db.type` in red5-web.properties.
+    pub fn db_type(self) -> &'static str {
+        match self {
+            DbKind::MapDb => "mapdb",
+            DbKind::MongoDb => "mongodb",
+            DbKind::Redis => "redisdb",
+        }
+    }
+}
+
+/// Credentials given apart from the DB argument.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    pub user: Option<String>,
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "********"))
+            .finish()
+    }
+}
+
+/// A classified, validated database URL, ready to be written into AMS.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DbUrl {
+    pub kind: DbKind,
+    /// The full URL as AMS gets it (credentials inside, %-encoded), or the
+    /// Redis YAML path, or `localhost` for MapDB (what AMS ships).
+    pub url: String,
+    /// Every form of the password that could be printed, for masking.
+    pub secrets: Vec<String>,
+}
+
+impl fmt::Debug for DbUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DbUrl({:?}, {})", self.kind, self.redacted())
+    }
+}
+
+impl fmt::Display for DbUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl DbUrl {
+    pub fn mapdb() -> Self {
+        DbUrl {
+            kind: DbKind::MapDb,
+            url: "localhost".into(),
+            secrets: Vec::new(),
+        }
+    }
+
+    pub fn has_password(&self) -> bool {
+        !self.secrets.is_empty()
+    }
+
+    /// The URL with the password replaced by `****`, safe to print.
+    pub fn redacted(&self) -> String {
+        redact(&self.url)
+    }
+}
+
+/// Masks the password of any `scheme://user:password@host…` URL.
+pub fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_string();
+    };
+    match rest[..at].find(':') {
+        Some(colon) => format!(
+            "{}{}:****{}",
+            &url[..scheme_end + 3],
+            &rest[..colon],
+            &rest[at..]
+        ),
+        None => url.to_string(),
+    }
+}
+
+const FORMS: &str = "expected an IPv4 or [IPv6] address, a host name, host:port, a comma-separated host list, a mongodb:// or mongodb+srv:// URI, a redis:// or rediss:// URI, or the path of an existing Redis YAML file";
+
+/// Classifies the DB argument of `mode cluster`, `mode standalone <db>` and
+/// `join --mongo`. `flag` names the argument in messages.
+pub fn classify(input: &str, creds: &Credentials, host: &Host, flag: &str) -> Result<DbUrl> {
+    if input.is_empty() {
+        bail_usage!("{flag} is empty; {FORMS}");
+    }
+    if input.chars().any(|c| c.is_control()) {
+        bail_usage!("{flag} contains a newline or control character; {FORMS}");
+    }
+    if input.chars().any(char::is_whitespace) {
+        bail_usage!("{flag} `{}` contains white space; {FORMS}", redact(input));
+    }
+    if creds.password.is_some() && creds.user.is_none() {
+        bail_usage!("a MongoDB password was given without a user; add --mongo-user");
+    }
+    let lower = input.to_ascii_lowercase();
+    if lower.starts_with("mongodb://") || lower.starts_with("mongodb+srv://") {
+        return mongo_uri(input, creds, flag);
+    }
+    if lower.starts_with("redis://") || lower.starts_with("rediss://") {
+        no_separate_creds(creds, "a redis:// URI")?;
+        return Ok(DbUrl {
+            kind: DbKind::Redis,
+            url: input.to_string(),
+            secrets: uri_password(input).into_iter().collect(),
+        });
+    }
+    if looks_like_path(input) {
+        return redis_file(input, creds, host, flag);
+    }
+    if lower.contains("://") {
+        bail_usage!(
+            "{flag} `{}` has an unsupported scheme; {FORMS}",
+            redact(input)
+        );
+    }
+    match parse_host_list(input, false) {
+        Ok(hosts) => {
+            let userinfo = encoded_userinfo(creds);
+            let url = format!("mongodb://{userinfo}{}", hosts.join(","));
+            Ok(DbUrl {
+                kind: DbKind::MongoDb,
+                url,
+                secrets: secret_forms(creds),
+            })
+        }
+        Err(why) => {
+            // A bare name that is no valid host may still be a Redis file in
+            // the current folder, as the shell accepted.
+            if Path::new(input).is_file() {
+                return redis_file(input, creds, host, flag);
+            }
+            bail_usage!("{flag} `{}` is not valid: {why}; {FORMS}", redact(input))
+        }
+    }
+}
+
+fn looks_like_path(s: &str) -> bool {
+    s.starts_with('/')
+        || s.starts_with("./")
+        || s.starts_with("../")
+        || s.ends_with(".yaml")
+        || s.ends_with(".yml")
+}
+
+fn redis_file(input: &str, creds: &Credentials, host: &Host, flag: &str) -> Result<DbUrl> {
+    no_separate_creds(creds, "a Redis configuration file")?;
+    let exists = if input.starts_with('/') {
+        host.path(Path::new(input)).is_file()
+    } else {
+        Path::new(input).is_file()
+    };
+    if !exists {
+        bail_usage!(
+            "{flag} `{input}` looks like a Redis configuration file, but there is no such file"
+        );
+    }
+    Ok(DbUrl {
+        kind: DbKind::Redis,
+        url: input.to_string(),
+        secrets: Vec::new(),
+    })
+}
+
+fn no_separate_creds(creds: &Credentials, what: &str) -> Result<()> {
+    if creds.user.is_some() || creds.password.is_some() {
+        bail_usage!(
+            "--mongo-user/--mongo-password-file apply to MongoDB only, not to {what}; put the credentials in the URI"
+        );
+    }
+    Ok(())
+}
+
+fn encoded_userinfo(creds: &Credentials) -> String {
+    match (&creds.user, &creds.password) {
+        (Some(u), Some(p)) => format!(
+            "{}:{}@",
+            utf8_percent_encode(u, USERINFO),
+            utf8_percent_encode(p, USERINFO)
+        ),
+        (Some(u), None) => format!("{}@", utf8_percent_encode(u, USERINFO)),
+        _ => String::new(),
+    }
+}
+
+fn secret_forms(creds: &Credentials) -> Vec<String> {
+    let Some(p) = &creds.password else {
+        return Vec::new();
+    };
+    let encoded = utf8_percent_encode(p, USERINFO).to_string();
+    let mut forms = vec![p.clone(), encoded];
+    forms.retain(|s| !s.is_empty());
+    forms.dedup();
+    forms
+}
+
+fn uri_password(uri: &str) -> Option<String> {
+    let rest = &uri[uri.find("://")? + 3..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let at = rest[..authority_end].rfind('@')?;
+    let (_, pass) = rest[..at].split_once(':')?;
+    (!pass.is_empty()).then(|| pass.to_string())
+}
+
+fn mongo_uri(input: &str, creds: &Credentials, flag: &str) -> Result<DbUrl> {
+    let scheme_end = input.find("://").expect("checked by caller") + 3;
+    let scheme = input[..scheme_end].to_ascii_lowercase();
+    let srv = scheme == "mongodb+srv://";
+    let rest = &input[scheme_end..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let shown = redact(input);
+
+    let (userinfo, hosts) = match authority.matches('@').count() {
+        0 => {
+            if tail.split('?').next().unwrap_or("").contains('@') {
+                bail_usage!(
+                    "{flag} `{shown}`: the credentials contain an unescaped '/'; percent-encode it as %2F, or pass them with --mongo-user and --mongo-password-file"
+                );
+            }
+            (None, authority)
+        }
+        1 => {
+            let (u, h) = authority.split_once('@').expect("one @");
+            (Some(u), h)
+        }
+        _ => bail_usage!(
+            "{flag} `{shown}`: the credentials contain an unescaped '@'; percent-encode it as %40, or pass them with --mongo-user and --mongo-password-file"
+        ),
+    };
+    let mut secrets = Vec::new();
+    if let Some(u) = userinfo {
+        if creds.user.is_some() || creds.password.is_some() {
+            bail_usage!(
+                "{flag} `{shown}` already holds credentials; do not also pass --mongo-user/--mongo-password-file"
+            );
+        }
+        let (user, pass) = match u.split_once(':') {
+            Some((user, pass)) => (user, Some(pass)),
+            None => (u, None),
+        };
+        if user.is_empty() {
+            bail_usage!("{flag} `{shown}`: the user name before '@' is empty");
+        }
+        for (part, text) in [("user name", Some(user)), ("password", pass)] {
+            let Some(text) = text else { continue };
+            if let Some(bad) = text
+                .chars()
+                .find(|c| matches!(c, ':' | '/' | '?' | '#' | '[' | ']' | '@'))
+            {
+                bail_usage!(
+                    "{flag} `{shown}`: the {part} contains an unescaped '{bad}'; percent-encode it, or pass the credentials with --mongo-user and --mongo-password-file"
+                );
+            }
+            check_percent_escapes(text).map_err(|why| {
+                crate::error::UsageError::new(format!("{flag} `{shown}`: the {part} {why}"))
+            })?;
+        }
+        if let Some(p) = pass.filter(|p| !p.is_empty()) {
+            secrets.push(p.to_string());
+            let decoded = percent_encoding::percent_decode_str(p)
+                .decode_utf8_lossy()
+                .into_owned();
+            if decoded != p {
+                secrets.push(decoded);
+            }
+        }
+    }
+    if hosts.is_empty() {
+        bail_usage!("{flag} `{shown}` names no host");
+    }
+    let parsed = match parse_host_list(hosts, srv) {
+        Ok(h) => h,
+        Err(why) => bail_usage!("{flag} `{shown}`: {why}"),
+    };
+    if srv && parsed.len() != 1 {
+        bail_usage!(
+            "{flag} `{shown}`: a mongodb+srv:// URI names exactly one host, without a port"
+        );
+    }
+    if tail.contains('#') {
+        bail_usage!("{flag} `{shown}`: an unescaped '#' after the hosts; percent-encode it as %23");
+    }
+    // The host section is normalised (default ports are not added to a URI
+    // the operator wrote); everything after it passes through intact.
+    let mut url = scheme;
+    match userinfo {
+        Some(u) => {
+            url.push_str(u);
+            url.push('@');
+        }
+        None => url.push_str(&encoded_userinfo(creds)),
+    }
+    url.push_str(hosts);
+    url.push_str(tail);
+    secrets.extend(secret_forms(creds));
+    Ok(DbUrl {
+        kind: DbKind::MongoDb,
+        url,
+        secrets,
+    })
+}
+
+fn check_percent_escapes(s: &str) -> std::result::Result<(), String> {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let ok = i + 2 < b.len() + 0
+                && b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit);
+            if !ok {
+                return Err(
+                    "has a '%' that is not followed by two hex digits; write a literal % as %25"
+                        .into(),
+                );
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Parses `h1[:p1],h2[:p2]`. Returns the hosts normalised as `host:port`
+/// (for URIs the caller keeps the operator's own text).
+fn parse_host_list(list: &str, srv: bool) -> std::result::Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for item in list.split(',') {
+        if item.is_empty() {
+            return Err("empty entry in the host list".into());
+        }
+        let (host, port) = split_host_port(item)?;
+        if srv && port.is_some() {
+            return Err("a mongodb+srv:// URI takes no port".into());
+        }
+        let host_text = if host.parse::<Ipv6Addr>().is_ok() {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        };
+        out.push(match (srv, port) {
+            (true, _) => host_text,
+            (false, p) => format!("{host_text}:{}", p.unwrap_or(DEFAULT_MONGO_PORT)),
+        });
+    }
+    Ok(out)
+}
+
+fn split_host_port(item: &str) -> std::result::Result<(&str, Option<u16>), String> {
+    let (host, port) = if let Some(v6) = item.strip_prefix('[') {
+        let end = v6.find(']').ok_or("unclosed '[' in an IPv6 address")?;
+        let host = &v6[..end];
+        host.parse::<Ipv6Addr>()
+            .map_err(|_| format!("`{host}` is not an IPv6 address"))?;
+        let after = &v6[end + 1..];
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p),
+            None if after.is_empty() => None,
+            None => return Err(format!("unexpected `{after}` after an IPv6 address")),
+        };
+        (host, port)
+    } else if item.matches(':').count() > 1 {
+        // A bare IPv6 address: without brackets it cannot carry a port.
+        item.parse::<Ipv6Addr>()
+            .map_err(|_| format!("`{item}` is not an IPv6 address (write [addr]:port)"))?;
+        (item, None)
+    } else {
+        match item.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (item, None),
+        }
+    };
+    let port = match port {
+        None => None,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 => Some(n),
+            _ => return Err(format!("`{p}` is not a port number (1-65535)")),
+        },
+    };
+    if host.parse::<Ipv6Addr>().is_err() && !valid_host_name_or_ipv4(host) {
+        return Err(format!("`{host}` is not an IP address or host name"));
+    }
+    Ok((host, port))
+}
+
+fn valid_host_name_or_ipv4(host: &str) -> bool {
+    if host.parse::<Ipv4Addr>().is_ok() {
+        return true;
+    }
+    let labels: Vec<&str> = host.trim_end_matches('.').split('.').collect();
+    // All-numeric dotted names are mistyped IPv4 addresses, not host names.
+    if labels.iter().all(|l| l.chars().all(|c| c.is_ascii_digit())) {
+        return false;
+    }
+    host.len() <= 253
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::fs::CrashPoints;
+
+    fn host() -> Host {
+        Host::new("/nonexistent-root", CrashPoints::default())
+    }
+
+    fn ok(input: &str) -> DbUrl {
+        classify(input, &Credentials::default(), &host(), "DB").unwrap()
+    }
+
+    fn err(input: &str) -> String {
+        classify(input, &Credentials::default(), &host(), "DB")
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn bare_hosts_become_full_mongodb_uris() {
+        for (input, url) in [
+            ("10.0.1.5", "mongodb://10.0.1.5:27017"),
+            ("10.0.1.5:27018", "mongodb://10.0.1.5:27018"),
+            ("localhost", "mongodb://localhost:27017"),
+            ("mongo", "mongodb://mongo:27017"),
+            ("mongo.internal", "mongodb://mongo.internal:27017"),
+            (
+                "redis-cache.internal",
+                "mongodb://redis-cache.internal:27017",
+            ),
+            ("[::1]:27017", "mongodb://[::1]:27017"),
+            ("[fd00::5]", "mongodb://[fd00::5]:27017"),
+            ("::1", "mongodb://[::1]:27017"),
+            ("a:1,b,10.0.0.3:3", "mongodb://a:1,b:27017,10.0.0.3:3"),
+        ] {
+            let db = ok(input);
+            assert_eq!(db.kind, DbKind::MongoDb, "{input}");
+            assert_eq!(db.url, url, "{input}");
+        }
+    }
+
+    #[test]
+    fn uris_pass_through_intact() {
+        for uri in [
+            "mongodb://u:p%40ss@h1:27017,h2:27018,h3/admin?replicaSet=rs0&readPreference=secondaryPreferred",
+            "mongodb+srv://user:pa%2Fss@cluster0.example.net/?retryWrites=true&w=majority",
+            "mongodb://h",
+            "redis://default:pw@redis:6379",
+            "rediss://redis.internal:6380/0",
+        ] {
+            assert_eq!(ok(uri).url, uri);
+        }
+        assert_eq!(ok("redis://x:6379").kind, DbKind::Redis);
+    }
+
+    #[test]
+    fn separate_credentials_are_percent_encoded() {
+        let creds = Credentials {
+            user: Some("ams admin".into()),
+            password: Some("p@ss:w/rd?#%\\\nü".into()),
+        };
+        let db = classify("10.0.1.5", &creds, &host(), "DB").unwrap();
+        assert_eq!(
+            db.url,
+            "mongodb://ams%20admin:p%40ss%3Aw%2Frd%3F%23%25%5C%0A%C3%BC@10.0.1.5:27017"
+        );
+        assert!(!db.redacted().contains("p%40ss"));
+        assert_eq!(db.redacted(), "mongodb://ams%20admin:****@10.0.1.5:27017");
+        let srv = classify("mongodb+srv://c.example.net/?w=1", &creds, &host(), "DB").unwrap();
+        assert!(srv.url.starts_with("mongodb+srv://ams%20admin:p%40ss"));
+        assert!(srv.url.ends_with("@c.example.net/?w=1"));
+    }
+
+    #[test]
+    fn bad_inputs_are_refused_with_the_accepted_forms() {
+        for bad in [
+            "",
+            "10.0.1",
+            "10.0.1.5:99999",
+            "10.0.1.5:0",
+            "host name",
+            "a\nb",
+            "-bad-",
+            "bad_host",
+            "[::1",
+            "[nothex]:1",
+            "http://x",
+            "a,,b",
+            "mongodb://",
+            "mongodb+srv://h:27017",
+            "mongodb+srv://a,b",
+            "mongodb://u:p@ss@h",
+            "mongodb://u:p/ss@h",
+            "mongodb://u:100%@h",
+            "mongodb://u:a#b@h",
+            "mongodb://:p@h",
+        ] {
+            let e = err(bad);
+            assert!(!e.is_empty(), "{bad}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+        assert!(err("mongodb://u:p@ss@h").contains("%40"));
+        assert!(err("10.0.1").contains("expected an IPv4"));
+        assert!(
+            !err("mongodb://u:sec@ret@h").contains("sec@ret"),
+            "no password in errors"
+        );
+    }
+
+    #[test]
+    fn conflicting_credentials_are_refused() {
+        let creds = Credentials {
+            user: Some("u".into()),
+            password: Some("p".into()),
+        };
+        assert!(classify("mongodb://a:b@h", &creds, &host(), "DB").is_err());
+        assert!(classify("redis://h", &creds, &host(), "DB").is_err());
+        let only_pw = Credentials {
+            user: None,
+            password: Some("p".into()),
+        };
+        assert!(
+            classify("h", &only_pw, &host(), "DB")
+                .unwrap_err()
+                .to_string()
+                .contains("--mongo-user")
+        );
+    }
+
+    #[test]
+    fn redis_yaml_files_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+        std::fs::write(
+            dir.path().join("etc/redis.yaml"),
+            "singleServerConfig: {}\n",
+        )
+        .unwrap();
+        let h = Host::new(dir.path(), CrashPoints::default());
+        let db = classify("/etc/redis.yaml", &Credentials::default(), &h, "DB").unwrap();
+        assert_eq!(
+            (db.kind, db.url.as_str()),
+            (DbKind::Redis, "/etc/redis.yaml")
+        );
+        assert!(classify("/etc/missing.yaml", &Credentials::default(), &h, "DB").is_err());
+    }
+
+    #[test]
+    fn redaction() {
+        assert_eq!(
+            redact("mongodb://u:p@h/db?x=@"),
+            "mongodb://u:****@h/db?x=@"
+        );
+        assert_eq!(redact("mongodb://h:1"), "mongodb://h:1");
+        assert_eq!(redact("redis://:pw@h"), "redis://:****@h");
+    }
+}

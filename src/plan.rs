@@ -1,0 +1,275 @@
+//! Plan → apply. Every mutating command first computes a [`Plan`] from the
+//! current state of the host; an empty plan means "already done". `--dry-run`
+//! prints it, [`Plan::apply`] executes it step by step.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::host::fs::FileMeta;
+use crate::host::systemd::{self, ServiceAction};
+use crate::host::txn::{self, FileWrite};
+use crate::host::{CommandRunner, Host, http};
+
+/// One file of a change: its content before and after (None = absent).
+#[derive(Debug, Clone)]
+pub struct FileChange {
+    pub path: PathBuf,
+    pub before: Option<Vec<u8>>,
+    pub after: Option<Vec<u8>>,
+    pub meta_before: Option<FileMeta>,
+    pub meta: FileMeta,
+    /// The agent's own bookkeeping (markers): applied, but not shown as a diff.
+    pub internal: bool,
+}
+
+impl FileChange {
+    pub fn is_noop(&self) -> bool {
+        self.before == self.after && (self.after.is_none() || self.meta_before == Some(self.meta))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// Files written as one transaction: all land, or (after a crash and the
+    /// next run) all land; never a mix.
+    Files {
+        label: String,
+        changes: Vec<FileChange>,
+    },
+    Service {
+        unit: String,
+        action: ServiceAction,
+    },
+    WaitHttp {
+        what: String,
+        url: String,
+        timeout: Duration,
+    },
+}
+
+impl Step {
+    fn summary(&self) -> String {
+        match self {
+            Step::Files { label, changes } => {
+                let n = changes.iter().filter(|c| !c.internal).count();
+                format!("{label} ({n} file{})", if n == 1 { "" } else { "s" })
+            }
+            Step::Service { unit, action } => format!("{} {unit}", action.verb()),
+            Step::WaitHttp { what, url, timeout } => format!(
+                "wait up to {} for {what} to answer on {url}",
+                humantime::format_duration(*timeout)
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub title: String,
+    pub steps: Vec<Step>,
+    /// Strings that must never be printed (passwords in their raw, escaped
+    /// and percent-encoded forms).
+    pub secrets: Vec<String>,
+}
+
+/// Collaborators the apply step needs, all passed in.
+pub struct ApplyCtx<'a> {
+    pub host: &'a Host,
+    pub runner: &'a dyn CommandRunner,
+}
+
+impl Plan {
+    pub fn new(title: impl Into<String>) -> Self {
+        Plan {
+            title: title.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Adds a file step, dropping files that would not change.
+    pub fn files(&mut self, label: impl Into<String>, changes: Vec<FileChange>) {
+        let changes: Vec<FileChange> = changes.into_iter().filter(|c| !c.is_noop()).collect();
+        if !changes.is_empty() {
+            self.steps.push(Step::Files {
+                label: label.into(),
+                changes,
+            });
+        }
+    }
+
+    pub fn push(&mut self, step: Step) {
+        self.steps.push(step);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// Whether any step writes files the operator would see (not just markers).
+    pub fn changes_files(&self) -> bool {
+        self.steps.iter().any(|s| match s {
+            Step::Files { changes, .. } => changes.iter().any(|c| !c.internal),
+            _ => false,
+        })
+    }
+
+    /// Replaces every secret with `********`.
+    pub fn mask(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        let mut secrets: Vec<&String> = self.secrets.iter().filter(|s| !s.is_empty()).collect();
+        // Longest first, so a secret containing another is masked whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        for s in secrets {
+            out = out.replace(s.as_str(), "********");
+        }
+        out
+    }
+
+    /// The plan as a person reads it: numbered steps, unified diffs.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if self.steps.is_empty() {
+            let _ = writeln!(out, "{}: nothing to do, already done.", self.title);
+            return out;
+        }
+        let _ = writeln!(out, "Plan: {}", self.title);
+        for (i, step) in self.steps.iter().enumerate() {
+            let _ = writeln!(out, "{}. {}", i + 1, step.summary());
+            if let Step::Files { changes, .. } = step {
+                for c in changes.iter().filter(|c| !c.internal) {
+                    render_file_change(&mut out, c);
+                }
+            }
+        }
+        self.mask(&out)
+    }
+
+    /// Executes the plan. On failure the error names the step, and says which
+    /// steps were completed and which were not.
+    pub fn apply(&self, ctx: &ApplyCtx) -> Result<()> {
+        let total = self.steps.len();
+        for (i, step) in self.steps.iter().enumerate() {
+            let summary = self.mask(&step.summary());
+            tracing::info!("step {}/{total}: {summary}", i + 1);
+            let done = if i == 0 {
+                "nothing was changed".to_string()
+            } else {
+                format!("steps 1-{i} were completed",)
+            };
+            apply_step(ctx, step)
+                .with_context(|| format!("step {}/{total} ({summary}) failed; {done}", i + 1))?;
+        }
+        Ok(())
+    }
+}
+
+fn apply_step(ctx: &ApplyCtx, step: &Step) -> Result<()> {
+    match step {
+        Step::Files { changes, .. } => {
+            let originals: Vec<&std::path::Path> = changes
+                .iter()
+                .filter(|c| !c.internal && c.before.is_some())
+                .map(|c| c.path.as_path())
+                .collect();
+            txn::backup_originals(ctx.host, &originals)?;
+            let writes: Vec<FileWrite> = changes
+                .iter()
+                .map(|c| FileWrite {
+                    path: c.path.clone(),
+                    contents: c.after.clone(),
+                    meta: c.meta,
+                })
+                .collect();
+            txn::commit(ctx.host, &writes)
+        }
+        Step::Service { unit, action } => systemd::act(ctx.runner, unit, *action),
+        Step::WaitHttp { what, url, timeout } => {
+            http::wait_until_answers(url, *timeout, what).map(|_| ())
+        }
+    }
+}
+
+fn render_file_change(out: &mut String, c: &FileChange) {
+    let path = c.path.display();
+    match (&c.before, &c.after) {
+        (None, Some(_)) => {
+            let _ = writeln!(out, "   create {path} (mode {:04o})", c.meta.mode);
+        }
+        (Some(_), None) => {
+            let _ = writeln!(out, "   remove {path}");
+        }
+        _ => {}
+    }
+    if let (Some(old), Some(new)) = (c.meta_before, Some(c.meta)) {
+        if old.mode != new.mode {
+            let _ = writeln!(
+                out,
+                "   mode of {path}: {:04o} -> {:04o}",
+                old.mode, new.mode
+            );
+        }
+    }
+    let before = String::from_utf8_lossy(c.before.as_deref().unwrap_or_default());
+    let after = String::from_utf8_lossy(c.after.as_deref().unwrap_or_default());
+    if before != after {
+        let diff = similar::TextDiff::from_lines(before.as_ref(), after.as_ref());
+        let header_a = format!("{path}");
+        let text = diff
+            .unified_diff()
+            .context_radius(1)
+            .header(&header_a, &header_a)
+            .to_string();
+        for line in text.lines() {
+            let _ = writeln!(out, "   {line}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::fs::private_meta;
+
+    #[test]
+    fn unchanged_files_make_an_empty_plan() {
+        let mut plan = Plan::new("t");
+        let same = Some(b"x".to_vec());
+        plan.files(
+            "write",
+            vec![FileChange {
+                path: "/a".into(),
+                before: same.clone(),
+                after: same,
+                meta_before: Some(private_meta(0o644)),
+                meta: private_meta(0o644),
+                internal: false,
+            }],
+        );
+        assert!(plan.is_empty());
+        assert!(plan.render().contains("nothing to do"));
+    }
+
+    #[test]
+    fn render_masks_secrets() {
+        let mut plan = Plan::new("t");
+        plan.secrets.push("hunter2".into());
+        plan.files(
+            "write",
+            vec![FileChange {
+                path: "/a".into(),
+                before: Some(b"p=\n".to_vec()),
+                after: Some(b"p=hunter2\n".to_vec()),
+                meta_before: Some(private_meta(0o644)),
+                meta: private_meta(0o640),
+                internal: false,
+            }],
+        );
+        let text = plan.render();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("+p=********"), "{text}");
+        assert!(text.contains("0644 -> 0640"), "{text}");
+    }
+}
