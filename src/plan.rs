@@ -55,7 +55,11 @@ impl Step {
         match self {
             Step::Files { label, changes } => {
                 let n = changes.iter().filter(|c| !c.internal).count();
-                format!("{label} ({n} file{})", if n == 1 { "" } else { "s" })
+                match n {
+                    0 => label.clone(),
+                    1 => format!("{label} (1 file)"),
+                    n => format!("{label} ({n} files)"),
+                }
             }
             Step::Service { unit, action } => format!("{} {unit}", action.verb()),
             Step::WaitHttp { what, url, timeout } => format!(
@@ -169,6 +173,7 @@ impl Plan {
 fn apply_step(ctx: &ApplyCtx, step: &Step) -> Result<()> {
     match step {
         Step::Files { changes, .. } => {
+            check_writable(ctx.host, changes)?;
             let originals: Vec<&std::path::Path> = changes
                 .iter()
                 .filter(|c| !c.internal && c.before.is_some())
@@ -190,6 +195,31 @@ fn apply_step(ctx: &ApplyCtx, step: &Step) -> Result<()> {
             http::wait_until_answers(url, *timeout, what).map(|_| ())
         }
     }
+}
+
+/// Fails before anything is written when a folder of the change cannot be
+/// written (read-only mount, permissions), so the host stays as it was.
+fn check_writable(host: &Host, changes: &[FileChange]) -> Result<()> {
+    use nix::unistd::{AccessFlags, access};
+    for c in changes {
+        // The nearest existing ancestor: missing folders are created later.
+        let mut dir = c.path.parent().map(|p| p.to_path_buf());
+        while let Some(d) = dir {
+            if host.is_dir(&d) {
+                if let Err(errno) = access(&host.path(&d), AccessFlags::W_OK) {
+                    anyhow::bail!(
+                        "cannot write {}: folder {} is not writable ({}); nothing was changed",
+                        c.path.display(),
+                        d.display(),
+                        errno.desc()
+                    );
+                }
+                break;
+            }
+            dir = d.parent().map(|p| p.to_path_buf());
+        }
+    }
+    Ok(())
 }
 
 fn render_file_change(out: &mut String, c: &FileChange) {

@@ -36,8 +36,8 @@ impl Properties {
     pub fn get(&self, key: &str) -> Option<String> {
         self.entries()
             .into_iter()
-            .filter(|e| e.key == key)
-            .last()
+            .rev()
+            .find(|e| e.key == key)
             .map(|e| e.value)
     }
 

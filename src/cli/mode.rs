@@ -41,6 +41,9 @@ pub enum ModeTarget {
         db: String,
         #[command(flatten)]
         opts: SwitchOpts,
+        /// The old `<IP> <USER> <PASS>` form, refused with advice
+        #[arg(hide = true, num_args = 0..)]
+        legacy: Vec<String>,
     },
     /// Standalone mode: the embedded database, or DB when given
     Standalone {
@@ -96,7 +99,13 @@ impl SwitchOpts {
 
 pub fn run(ctx: &Context, args: ModeArgs) -> Result<()> {
     let (mode, db, opts) = match args.target {
-        ModeTarget::Cluster { db, opts } => (Mode::Cluster, Some(db), opts),
+        ModeTarget::Cluster { legacy, .. } if !legacy.is_empty() => {
+            // Never echo these arguments: the third one is a password.
+            crate::bail_usage!(
+                "`mode cluster <DB> <USER> <PASSWORD>` is not supported (a password on the command line shows in `ps` and logs); use --mongo-user and --mongo-password-file, or AMS_AGENT_MONGO_PASSWORD"
+            )
+        }
+        ModeTarget::Cluster { db, opts, .. } => (Mode::Cluster, Some(db), opts),
         ModeTarget::Standalone { db, opts } => (Mode::Standalone, db, opts),
     };
     let creds = opts.auth.credentials()?;

@@ -77,6 +77,24 @@ pub fn commit(host: &Host, writes: &[FileWrite]) -> Result<()> {
         renames: Vec::new(),
         removals: Vec::new(),
     };
+    let prepared = prepare(host, writes, &mut journal).and_then(|()| {
+        let encoded = serde_json::to_vec_pretty(&journal).context("encoding the journal")?;
+        host.write_atomic(&journal_path(), &encoded, private_meta(0o600))
+            .context("writing the transaction journal")
+    });
+    if let Err(e) = prepared {
+        // Before the commit point: no target was touched. Remove the temp
+        // files so the host is exactly as it was.
+        for (tmp, _) in &journal.renames {
+            let _ = std::fs::remove_file(host.path(tmp));
+        }
+        let _ = std::fs::remove_file(host.path(&temp_path_for(&journal_path())));
+        return Err(e.context("no file was changed"));
+    }
+    roll_forward(host, &journal)
+}
+
+fn prepare(host: &Host, writes: &[FileWrite], journal: &mut Journal) -> Result<()> {
     for w in writes {
         match &w.contents {
             Some(bytes) => {
@@ -86,17 +104,15 @@ pub fn commit(host: &Host, writes: &[FileWrite]) -> Result<()> {
                     }
                 }
                 let tmp = temp_path_for(&w.path);
+                // Recorded before writing, so a half-written temp is cleaned.
+                journal.renames.push((tmp.clone(), w.path.clone()));
                 host.write_temp(&tmp, bytes, w.meta)
                     .with_context(|| format!("writing {}", w.path.display()))?;
-                journal.renames.push((tmp, w.path.clone()));
             }
             None => journal.removals.push(w.path.clone()),
         }
     }
-    let encoded = serde_json::to_vec_pretty(&journal).context("encoding the journal")?;
-    host.write_atomic(&journal_path(), &encoded, private_meta(0o600))
-        .context("writing the transaction journal")?;
-    roll_forward(host, &journal)
+    Ok(())
 }
 
 /// Completes a transaction interrupted by a crash. Returns true when there

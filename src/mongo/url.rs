@@ -240,12 +240,35 @@ fn secret_forms(creds: &Credentials) -> Vec<String> {
     forms
 }
 
-fn uri_password(uri: &str) -> Option<String> {
+/// The password of a `scheme://user:password@host…` URI, as written
+/// (percent-encoded), if any.
+pub fn uri_password(uri: &str) -> Option<String> {
     let rest = &uri[uri.find("://")? + 3..];
     let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
     let at = rest[..authority_end].rfind('@')?;
     let (_, pass) = rest[..at].split_once(':')?;
     (!pass.is_empty()).then(|| pass.to_string())
+}
+
+/// Splits a URI into the URI without its password (the user is kept) and
+/// the password, percent-decoded. For `agent.toml` and the password file.
+pub fn split_password(uri: &str) -> (String, Option<String>) {
+    let Some(scheme_end) = uri.find("://").map(|i| i + 3) else {
+        return (uri.to_string(), None);
+    };
+    let rest = &uri[scheme_end..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return (uri.to_string(), None);
+    };
+    let Some(colon) = rest[..at].find(':') else {
+        return (uri.to_string(), None);
+    };
+    let password = percent_encoding::percent_decode_str(&rest[colon + 1..at])
+        .decode_utf8_lossy()
+        .into_owned();
+    let stripped = format!("{}{}{}", &uri[..scheme_end], &rest[..colon], &rest[at..]);
+    (stripped, (!password.is_empty()).then_some(password))
 }
 
 fn mongo_uri(input: &str, creds: &Credentials, flag: &str) -> Result<DbUrl> {
@@ -352,7 +375,7 @@ fn check_percent_escapes(s: &str) -> std::result::Result<(), String> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let ok = i + 2 < b.len() + 0
+            let ok = b.len() > i + 2
                 && b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
                 && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit);
             if !ok {
@@ -596,6 +619,17 @@ mod tests {
             (DbKind::Redis, "/etc/redis.yaml")
         );
         assert!(classify("/etc/missing.yaml", &Credentials::default(), &h, "DB").is_err());
+    }
+
+    #[test]
+    fn passwords_split_off_decoded() {
+        assert_eq!(
+            split_password("mongodb://u:p%40ss%0A@h1,h2/admin?x=@"),
+            ("mongodb://u@h1,h2/admin?x=@".to_string(), Some("p@ss\n".to_string()))
+        );
+        assert_eq!(split_password("mongodb://u@h"), ("mongodb://u@h".into(), None));
+        assert_eq!(split_password("mongodb://h"), ("mongodb://h".into(), None));
+        assert_eq!(split_password("mongodb://u:@h"), ("mongodb://u@h".into(), None));
     }
 
     #[test]

@@ -1,0 +1,99 @@
+//! kill -9 at every durability point of a mode switch: afterwards every file
+//! is entirely old or entirely new, and after the next run (any run), all of
+//! them are new — never a node with half its files in cluster mode.
+
+mod fixture;
+
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+
+use fixture::{Tree, fake_ams_http, stderr};
+
+type Snapshot = BTreeMap<String, (Vec<u8>, u32)>;
+
+fn without_temp_files(s: &Snapshot) -> Snapshot {
+    s.iter()
+        .filter(|(k, _)| !k.ends_with(".ams-agent-tmp"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn journal_exists(t: &Tree) -> bool {
+    t.path("var/lib/ams-agent/journal.json").exists()
+}
+
+fn run_with_crash(t: &Tree, args: &[&str], url: &str, crash_at: Option<u64>) -> std::process::Output {
+    let mut cmd = t.command(args);
+    cmd.env("AMS_AGENT_AMS_URL", url);
+    if let Some(k) = crash_at {
+        cmd.env("AMS_AGENT_CRASH_AT", k.to_string());
+    }
+    cmd.output().unwrap()
+}
+
+fn crash_everywhere(args: &[&str], expect_restart: bool) {
+    let url = fake_ams_http();
+    let old = Tree::new().snapshot();
+    let new = {
+        let t = Tree::new();
+        let out = run_with_crash(&t, args, &url, None);
+        assert!(out.status.success(), "{}", stderr(&out));
+        t.snapshot()
+    };
+    let changed: Vec<&String> = new.keys().filter(|k| old.get(*k) != new.get(*k)).collect();
+    assert!(changed.len() >= 6, "the switch should change 6 files: {changed:?}");
+
+    let mut crashes = 0;
+    for k in 1.. {
+        let t = Tree::new();
+        let out = run_with_crash(&t, args, &url, Some(k));
+        if out.status.success() {
+            break; // k is past the last durability point
+        }
+        assert_eq!(out.status.signal(), Some(9), "crash point {k}: {}", stderr(&out));
+        crashes += 1;
+
+        let now = without_temp_files(&t.snapshot());
+        for (rel, content) in &now {
+            assert!(
+                old.get(rel) == Some(content) || new.get(rel) == Some(content),
+                "crash point {k}: {rel} is neither old nor new"
+            );
+        }
+        if !journal_exists(&t) {
+            // Before the commit point or after the roll-forward: the set of
+            // files is consistent even before any recovery.
+            assert!(now == old || now == new, "crash point {k}: a mix of old and new files without a journal");
+        }
+
+        // The next run may itself be killed (inside the recovery), and the
+        // one after must still land everything.
+        let out = run_with_crash(&t, args, &url, Some(1));
+        assert!(out.status.success() || out.status.signal() == Some(9), "{}", stderr(&out));
+        let calls_before = t.systemctl_calls().len();
+        let out = run_with_crash(&t, args, &url, None);
+        assert!(out.status.success(), "crash point {k}, recovery: {}", stderr(&out));
+        assert_eq!(t.snapshot(), new, "crash point {k}: not all files are new after recovery");
+        assert!(!journal_exists(&t));
+        assert!(!t.path("var/lib/ams-agent/restart-pending").exists(), "crash point {k}");
+        if expect_restart {
+            // AMS is restarted on the new files, whatever happened before.
+            let calls = t.systemctl_calls();
+            assert!(
+                calls.len() > calls_before || calls.last().map(String::as_str) == Some("restart antmedia"),
+                "crash point {k}: AMS never restarted: {calls:?}"
+            );
+        }
+    }
+    assert!(crashes >= 20, "only {crashes} crash points were exercised");
+}
+
+#[test]
+fn kill_at_every_point_of_a_switch_without_restart() {
+    crash_everywhere(&["mode", "cluster", "10.0.1.5", "--ip", "10.0.1.20", "--no-restart"], false);
+}
+
+#[test]
+fn kill_at_every_point_of_a_switch_with_restart() {
+    crash_everywhere(&["mode", "cluster", "mongo.internal", "--ip", "10.0.1.20"], true);
+}
