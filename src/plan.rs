@@ -174,18 +174,13 @@ fn apply_step(ctx: &ApplyCtx, step: &Step) -> Result<()> {
     match step {
         Step::Files { changes, .. } => {
             check_writable(ctx.host, changes)?;
-            let originals: Vec<&std::path::Path> = changes
-                .iter()
-                .filter(|c| !c.internal && c.before.is_some())
-                .map(|c| c.path.as_path())
-                .collect();
-            txn::backup_originals(ctx.host, &originals)?;
             let writes: Vec<FileWrite> = changes
                 .iter()
                 .map(|c| FileWrite {
                     path: c.path.clone(),
                     contents: c.after.clone(),
                     meta: c.meta,
+                    backup: !c.internal,
                 })
                 .collect();
             txn::commit(ctx.host, &writes)

@@ -75,16 +75,19 @@ impl Host {
 
     /// The real path of a host path: `/etc/hosts` → `<root>/etc/hosts`.
     pub fn path(&self, host_path: &Path) -> PathBuf {
-        let mut out = self.root.clone();
+        // `..` never climbs above the root.
+        let mut parts: Vec<&std::ffi::OsStr> = Vec::new();
         for c in host_path.components() {
             match c {
-                Component::Normal(p) => out.push(p),
+                Component::Normal(p) => parts.push(p),
                 Component::ParentDir => {
-                    out.pop();
+                    parts.pop();
                 }
                 _ => {}
             }
         }
+        let mut out = self.root.clone();
+        out.extend(parts);
         out
     }
 
@@ -172,6 +175,27 @@ impl Host {
 
     /// First half of an atomic write: a complete, fsynced temp file.
     pub fn write_temp(&self, tmp_host_path: &Path, contents: &[u8], meta: FileMeta) -> Result<()> {
+        let f = self.create_temp(tmp_host_path, contents, meta)?;
+        f.sync_all()
+            .with_context(|| format!("syncing {}", self.path(tmp_host_path).display()))?;
+        self.crash_point();
+        Ok(())
+    }
+
+    /// A complete temp file, not yet flushed: the caller flushes the whole
+    /// filesystem once for many files (see `txn`).
+    pub fn write_temp_unsynced(
+        &self,
+        tmp_host_path: &Path,
+        contents: &[u8],
+        meta: FileMeta,
+    ) -> Result<()> {
+        self.create_temp(tmp_host_path, contents, meta)?;
+        self.crash_point();
+        Ok(())
+    }
+
+    fn create_temp(&self, tmp_host_path: &Path, contents: &[u8], meta: FileMeta) -> Result<File> {
         let real = self.path(tmp_host_path);
         let _ = fs::remove_file(&real);
         let mut f = OpenOptions::new()
@@ -183,10 +207,7 @@ impl Host {
         f.write_all(contents)
             .with_context(|| format!("writing {}", real.display()))?;
         set_owner_and_mode(&f, &real, meta)?;
-        f.sync_all()
-            .with_context(|| format!("syncing {}", real.display()))?;
-        self.crash_point();
-        Ok(())
+        Ok(f)
     }
 
     /// Second half: rename into place and fsync the folder.
@@ -196,6 +217,16 @@ impl Host {
         fs::rename(&from, &to)
             .with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
         sync_parent(&to)?;
+        self.crash_point();
+        Ok(())
+    }
+
+    /// A rename whose durability the caller provides (a later flush).
+    pub fn rename_unsynced(&self, from_host: &Path, to_host: &Path) -> Result<()> {
+        let from = self.path(from_host);
+        let to = self.path(to_host);
+        fs::rename(&from, &to)
+            .with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
         self.crash_point();
         Ok(())
     }

@@ -1,18 +1,24 @@
 //! Multi-file transactions: every file of one logical change lands together.
 //!
-//! Protocol (a classic redo journal):
-//! 1. every new content is written to a fsynced temp file beside its target;
-//! 2. the journal (the list of renames and removals) is written atomically —
-//!    this is the commit point;
-//! 3. the renames are performed, each folder fsynced;
+//! Protocol (a redo journal):
+//! 1. a one-time backup of each original, and every new content, are written
+//!    to temp files beside their targets;
+//! 2. the journal (the list of renames and removals) is written to a temp
+//!    file, every filesystem involved is flushed once (`syncfs`), and the
+//!    journal is renamed into place and its folder fsynced — the commit point;
+//! 3. the renames are performed, and the filesystems flushed once more;
 //! 4. the journal is removed.
 //!
 //! A crash before 2 leaves every target untouched (only stray temp files,
 //! overwritten next time). A crash after 2 is rolled forward by [`recover`],
 //! which every mutating command runs first. So after any crash and the next
 //! run, every file of the change is either entirely old or entirely new, and
-//! all of them agree.
+//! all of them agree. Flushing whole filesystems instead of each file costs
+//! a handful of flushes per change whatever the number of files.
 
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -26,9 +32,11 @@ pub struct FileWrite {
     pub path: PathBuf,
     pub contents: Option<Vec<u8>>,
     pub meta: FileMeta,
+    /// Keep a one-time copy of the original under the state dir.
+    pub backup: bool,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct Journal {
     renames: Vec<(PathBuf, PathBuf)>,
     removals: Vec<PathBuf>,
@@ -44,26 +52,6 @@ pub fn backup_path(host_path: &Path) -> PathBuf {
     Path::new(STATE_DIR).join("backup").join(rel)
 }
 
-/// Keeps a copy of each original the first time the agent changes it, so an
-/// operator can always get back to what the installer shipped.
-pub fn backup_originals(host: &Host, paths: &[&Path]) -> Result<()> {
-    for &p in paths {
-        let dest = backup_path(p);
-        if host.exists(&dest) {
-            continue;
-        }
-        let Some(original) = host.read_optional(p)? else {
-            continue;
-        };
-        if let Some(parent) = dest.parent() {
-            host.create_dir_all(parent, 0o700)?;
-        }
-        host.write_atomic(&dest, &original, private_meta(0o600))
-            .with_context(|| format!("backing up {}", p.display()))?;
-    }
-    Ok(())
-}
-
 /// Applies all writes as one transaction (see the module docs).
 pub fn commit(host: &Host, writes: &[FileWrite]) -> Result<()> {
     if writes.is_empty() {
@@ -73,28 +61,59 @@ pub fn commit(host: &Host, writes: &[FileWrite]) -> Result<()> {
     recover(host)?;
     host.create_dir_all(Path::new(STATE_DIR), 0o700)?;
 
-    let mut journal = Journal {
-        renames: Vec::new(),
-        removals: Vec::new(),
-    };
-    let prepared = prepare(host, writes, &mut journal).and_then(|()| {
+    let mut journal = Journal::default();
+    let mut temps: Vec<PathBuf> = Vec::new();
+    let journal_tmp = temp_path_for(&journal_path());
+    let prepared = prepare(host, writes, &mut journal, &mut temps).and_then(|()| {
         let encoded = serde_json::to_vec_pretty(&journal).context("encoding the journal")?;
-        host.write_atomic(&journal_path(), &encoded, private_meta(0o600))
-            .context("writing the transaction journal")
+        temps.push(journal_tmp.clone());
+        host.write_temp_unsynced(&journal_tmp, &encoded, private_meta(0o600))
+            .context("writing the transaction journal")?;
+        sync_filesystems(host, &temps).context("flushing the new files to disk")?;
+        host.rename(&journal_tmp, &journal_path())
+            .context("committing the transaction journal")
     });
     if let Err(e) = prepared {
         // Before the commit point: no target was touched. Remove the temp
         // files so the host is exactly as it was.
-        for (tmp, _) in &journal.renames {
+        for tmp in &temps {
             let _ = std::fs::remove_file(host.path(tmp));
         }
-        let _ = std::fs::remove_file(host.path(&temp_path_for(&journal_path())));
         return Err(e.context("no file was changed"));
     }
     roll_forward(host, &journal)
 }
 
-fn prepare(host: &Host, writes: &[FileWrite], journal: &mut Journal) -> Result<()> {
+/// Writes the backups and the temp files, unsynced (the caller flushes).
+fn prepare(
+    host: &Host,
+    writes: &[FileWrite],
+    journal: &mut Journal,
+    temps: &mut Vec<PathBuf>,
+) -> Result<()> {
+    for w in writes.iter().filter(|w| w.backup) {
+        let dest = backup_path(&w.path);
+        if host.exists(&dest) {
+            continue;
+        }
+        let Some(original) = host.read_optional(&w.path)? else {
+            continue;
+        };
+        if let Some(parent) = dest.parent() {
+            host.create_dir_all(parent, 0o700)?;
+        }
+        // Backups go straight into place: a backup is never wrong, only
+        // perhaps not yet durable, and the flush below makes it so before
+        // the commit point.
+        let tmp = temp_path_for(&dest);
+        temps.push(tmp.clone());
+        host.write_temp_unsynced(&tmp, &original, private_meta(0o600))
+            .with_context(|| format!("backing up {}", w.path.display()))?;
+        host.rename_unsynced(&tmp, &dest)
+            .with_context(|| format!("backing up {}", w.path.display()))?;
+        temps.pop();
+        temps.push(dest);
+    }
     for w in writes {
         match &w.contents {
             Some(bytes) => {
@@ -105,13 +124,38 @@ fn prepare(host: &Host, writes: &[FileWrite], journal: &mut Journal) -> Result<(
                 }
                 let tmp = temp_path_for(&w.path);
                 // Recorded before writing, so a half-written temp is cleaned.
+                temps.push(tmp.clone());
                 journal.renames.push((tmp.clone(), w.path.clone()));
-                host.write_temp(&tmp, bytes, w.meta)
+                host.write_temp_unsynced(&tmp, bytes, w.meta)
                     .with_context(|| format!("writing {}", w.path.display()))?;
             }
             None => journal.removals.push(w.path.clone()),
         }
     }
+    Ok(())
+}
+
+/// Flushes, once each, every filesystem holding one of these host paths.
+fn sync_filesystems(host: &Host, paths: &[PathBuf]) -> Result<()> {
+    let mut by_device: BTreeMap<u64, PathBuf> = BTreeMap::new();
+    for p in paths {
+        let real = host.path(p);
+        let probe = if real.exists() {
+            real
+        } else {
+            real.parent().map(Path::to_path_buf).unwrap_or(real)
+        };
+        let dev = std::fs::metadata(&probe)
+            .with_context(|| format!("reading metadata of {}", probe.display()))?
+            .dev();
+        by_device.entry(dev).or_insert(probe);
+    }
+    for probe in by_device.values() {
+        let f = File::open(probe).with_context(|| format!("opening {}", probe.display()))?;
+        nix::unistd::syncfs(&f)
+            .with_context(|| format!("flushing the filesystem of {}", probe.display()))?;
+    }
+    host.crash_point();
     Ok(())
 }
 
@@ -134,15 +178,20 @@ pub fn recover(host: &Host) -> Result<bool> {
 }
 
 fn roll_forward(host: &Host, journal: &Journal) -> Result<()> {
+    let mut touched = Vec::new();
     for (tmp, target) in &journal.renames {
         // Already renamed in an interrupted roll-forward: nothing to do.
         if host.exists(tmp) {
-            host.rename(tmp, target)
+            host.rename_unsynced(tmp, target)
                 .with_context(|| format!("replacing {}", target.display()))?;
         }
+        touched.push(target.clone());
     }
     for p in &journal.removals {
         host.remove(p)?;
+    }
+    if !touched.is_empty() {
+        sync_filesystems(host, &touched).context("flushing the replaced files to disk")?;
     }
     host.remove(&journal_path())
         .context("removing the transaction journal")
@@ -154,25 +203,33 @@ mod tests {
     use crate::host::fs::CrashPoints;
 
     #[test]
-    fn commit_writes_all_and_removes_journal() {
+    fn commit_writes_all_backs_up_once_and_removes_journal() {
         let dir = tempfile::tempdir().unwrap();
         let host = Host::new(dir.path(), CrashPoints::default());
         host.create_dir_all(Path::new("/a"), 0o755).unwrap();
-        let writes = vec![
-            FileWrite {
-                path: "/a/one".into(),
-                contents: Some(b"1".to_vec()),
-                meta: private_meta(0o644),
-            },
-            FileWrite {
-                path: "/b/two".into(),
-                contents: Some(b"2".to_vec()),
-                meta: private_meta(0o600),
-            },
-        ];
-        commit(&host, &writes).unwrap();
-        assert_eq!(host.read(Path::new("/a/one")).unwrap(), b"1");
+        std::fs::write(host.path(Path::new("/a/one")), "0").unwrap();
+        let write = |one: &str| {
+            vec![
+                FileWrite {
+                    path: "/a/one".into(),
+                    contents: Some(one.as_bytes().to_vec()),
+                    meta: private_meta(0o644),
+                    backup: true,
+                },
+                FileWrite {
+                    path: "/b/two".into(),
+                    contents: Some(b"2".to_vec()),
+                    meta: private_meta(0o600),
+                    backup: true,
+                },
+            ]
+        };
+        commit(&host, &write("1")).unwrap();
+        commit(&host, &write("3")[..1]).unwrap();
+        assert_eq!(host.read(Path::new("/a/one")).unwrap(), b"3");
         assert_eq!(host.read(Path::new("/b/two")).unwrap(), b"2");
+        assert_eq!(host.read(&backup_path(Path::new("/a/one"))).unwrap(), b"0");
+        assert!(!host.exists(&backup_path(Path::new("/b/two"))));
         assert!(!host.exists(&journal_path()));
         assert!(!recover(&host).unwrap());
     }
