@@ -22,7 +22,12 @@ fn journal_exists(t: &Tree) -> bool {
     t.path("var/lib/ams-agent/journal.json").exists()
 }
 
-fn run_with_crash(t: &Tree, args: &[&str], url: &str, crash_at: Option<u64>) -> std::process::Output {
+fn run_with_crash(
+    t: &Tree,
+    args: &[&str],
+    url: &str,
+    crash_at: Option<u64>,
+) -> std::process::Output {
     let mut cmd = t.command(args);
     cmd.env("AMS_AGENT_AMS_URL", url);
     if let Some(k) = crash_at {
@@ -41,7 +46,10 @@ fn crash_everywhere(args: &[&str], expect_restart: bool) {
         t.snapshot()
     };
     let changed: Vec<&String> = new.keys().filter(|k| old.get(*k) != new.get(*k)).collect();
-    assert!(changed.len() >= 6, "the switch should change 6 files: {changed:?}");
+    assert!(
+        changed.len() >= 6,
+        "the switch should change 6 files: {changed:?}"
+    );
 
     let mut crashes = 0;
     for k in 1.. {
@@ -50,7 +58,12 @@ fn crash_everywhere(args: &[&str], expect_restart: bool) {
         if out.status.success() {
             break; // k is past the last durability point
         }
-        assert_eq!(out.status.signal(), Some(9), "crash point {k}: {}", stderr(&out));
+        assert_eq!(
+            out.status.signal(),
+            Some(9),
+            "crash point {k}: {}",
+            stderr(&out)
+        );
         crashes += 1;
 
         let now = without_temp_files(&t.snapshot());
@@ -63,24 +76,43 @@ fn crash_everywhere(args: &[&str], expect_restart: bool) {
         if !journal_exists(&t) {
             // Before the commit point or after the roll-forward: the set of
             // files is consistent even before any recovery.
-            assert!(now == old || now == new, "crash point {k}: a mix of old and new files without a journal");
+            assert!(
+                now == old || now == new,
+                "crash point {k}: a mix of old and new files without a journal"
+            );
         }
 
         // The next run may itself be killed (inside the recovery), and the
         // one after must still land everything.
         let out = run_with_crash(&t, args, &url, Some(1));
-        assert!(out.status.success() || out.status.signal() == Some(9), "{}", stderr(&out));
+        assert!(
+            out.status.success() || out.status.signal() == Some(9),
+            "{}",
+            stderr(&out)
+        );
         let calls_before = t.systemctl_calls().len();
         let out = run_with_crash(&t, args, &url, None);
-        assert!(out.status.success(), "crash point {k}, recovery: {}", stderr(&out));
-        assert_eq!(t.snapshot(), new, "crash point {k}: not all files are new after recovery");
+        assert!(
+            out.status.success(),
+            "crash point {k}, recovery: {}",
+            stderr(&out)
+        );
+        assert_eq!(
+            t.snapshot(),
+            new,
+            "crash point {k}: not all files are new after recovery"
+        );
         assert!(!journal_exists(&t));
-        assert!(!t.path("var/lib/ams-agent/restart-pending").exists(), "crash point {k}");
+        assert!(
+            !t.path("var/lib/ams-agent/restart-pending").exists(),
+            "crash point {k}"
+        );
         if expect_restart {
             // AMS is restarted on the new files, whatever happened before.
             let calls = t.systemctl_calls();
             assert!(
-                calls.len() > calls_before || calls.last().map(String::as_str) == Some("restart antmedia"),
+                calls.len() > calls_before
+                    || calls.last().map(String::as_str) == Some("restart antmedia"),
                 "crash point {k}: AMS never restarted: {calls:?}"
             );
         }
@@ -90,10 +122,23 @@ fn crash_everywhere(args: &[&str], expect_restart: bool) {
 
 #[test]
 fn kill_at_every_point_of_a_switch_without_restart() {
-    crash_everywhere(&["mode", "cluster", "10.0.1.5", "--ip", "10.0.1.20", "--no-restart"], false);
+    crash_everywhere(
+        &[
+            "mode",
+            "cluster",
+            "10.0.1.5",
+            "--ip",
+            "10.0.1.20",
+            "--no-restart",
+        ],
+        false,
+    );
 }
 
 #[test]
 fn kill_at_every_point_of_a_switch_with_restart() {
-    crash_everywhere(&["mode", "cluster", "mongo.internal", "--ip", "10.0.1.20"], true);
+    crash_everywhere(
+        &["mode", "cluster", "mongo.internal", "--ip", "10.0.1.20"],
+        true,
+    );
 }

@@ -66,7 +66,11 @@ fn round_trip(t: &Tree) {
     for app in t.apps() {
         let p = app_props(t, &app);
         assert_eq!(line(&p, "db.type"), "db.type=mongodb", "{app}");
-        assert_eq!(line(&p, "db.host"), "db.host=mongodb://mongo.internal:27017", "{app}");
+        assert_eq!(
+            line(&p, "db.host"),
+            "db.host=mongodb://mongo.internal:27017",
+            "{app}"
+        );
     }
     assert_eq!(
         line(&red5(t), "clusterdb.host"),
@@ -84,7 +88,11 @@ fn round_trip(t: &Tree) {
     // host name to the private address.
     for (rel, content) in &before {
         if rel != "etc/hosts" {
-            assert_eq!(after.get(rel), Some(content), "{rel} changed in the round trip");
+            assert_eq!(
+                after.get(rel),
+                Some(content),
+                "{rel} changed in the round trip"
+            );
         }
     }
     assert_eq!(before.len(), after.len(), "files appeared or vanished");
@@ -112,8 +120,16 @@ fn every_db_form_lands_in_every_file() {
         ("10.0.1.5:27018", "mongodb", "mongodb://10.0.1.5:27018"),
         ("[::1]:27017", "mongodb", "mongodb://[::1]:27017"),
         ("mongo", "mongodb", "mongodb://mongo:27017"),
-        ("mongo.internal", "mongodb", "mongodb://mongo.internal:27017"),
-        ("db1:27017,db2:27018,db3", "mongodb", "mongodb://db1:27017,db2:27018,db3:27017"),
+        (
+            "mongo.internal",
+            "mongodb",
+            "mongodb://mongo.internal:27017",
+        ),
+        (
+            "db1:27017,db2:27018,db3",
+            "mongodb",
+            "mongodb://db1:27017,db2:27018,db3:27017",
+        ),
         (
             "mongodb://u:p%40ss@h1,h2:27018/admin?replicaSet=rs0&readPreference=secondary",
             "mongodb",
@@ -124,19 +140,43 @@ fn every_db_form_lands_in_every_file() {
             "mongodb",
             "mongodb+srv://u:pw@cluster0.example.net/?retryWrites=true&w=majority",
         ),
-        ("redis://redis.internal:6379", "redisdb", "redis://redis.internal:6379"),
-        ("rediss://:pw@redis.internal:6380", "redisdb", "rediss://:pw@redis.internal:6380"),
+        (
+            "redis://redis.internal:6379",
+            "redisdb",
+            "redis://redis.internal:6379",
+        ),
+        (
+            "rediss://:pw@redis.internal:6380",
+            "redisdb",
+            "rediss://:pw@redis.internal:6380",
+        ),
         (yaml, "redisdb", yaml),
     ] {
         let t = Tree::new();
-        fs::write(t.path(yaml.trim_start_matches('/')), "singleServerConfig:\n  address: redis://r:6379\n").unwrap();
+        fs::write(
+            t.path(yaml.trim_start_matches('/')),
+            "singleServerConfig:\n  address: redis://r:6379\n",
+        )
+        .unwrap();
         let out = t.run(&args(&["mode", "cluster", input], NO_RESTART));
         assert!(out.status.success(), "{input}: {}", stderr(&out));
-        assert_eq!(line(&red5(&t), "clusterdb.host"), format!("clusterdb.host={url}"), "{input}");
+        assert_eq!(
+            line(&red5(&t), "clusterdb.host"),
+            format!("clusterdb.host={url}"),
+            "{input}"
+        );
         for app in t.apps() {
             let p = app_props(&t, &app);
-            assert_eq!(line(&p, "db.type"), format!("db.type={db_type}"), "{input} {app}");
-            assert_eq!(line(&p, "db.host"), format!("db.host={url}"), "{input} {app}");
+            assert_eq!(
+                line(&p, "db.type"),
+                format!("db.type={db_type}"),
+                "{input} {app}"
+            );
+            assert_eq!(
+                line(&p, "db.host"),
+                format!("db.host={url}"),
+                "{input} {app}"
+            );
             assert_eq!(line(&p, "db.user"), "db.user=");
             assert_eq!(line(&p, "db.password"), "db.password=");
         }
@@ -148,7 +188,10 @@ fn standalone_with_a_database_keeps_the_cluster_blocks_off() {
     let t = Tree::new();
     let out = t.run(&args(&["mode", "standalone", "10.0.1.5"], NO_RESTART));
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(line(&app_props(&t, "LiveApp"), "db.type"), "db.type=mongodb");
+    assert_eq!(
+        line(&app_props(&t, "LiveApp"), "db.type"),
+        "db.type=mongodb"
+    );
     let xml = t.read(&format!("{AMS}/conf/jee-container.xml"));
     assert_eq!(xml.matches("<!-- cluster start -->").count(), 0);
 }
@@ -161,12 +204,24 @@ fn hostile_password_from_a_file_is_encoded_and_protected() {
     let pw = t.dir.path().join("pw");
     fs::write(&pw, format!("{HOSTILE_PASSWORD}\n")).unwrap();
     let out = t.run(&args(
-        &["mode", "cluster", "10.0.1.5", "--mongo-user", "ams", "--mongo-password-file", pw.to_str().unwrap()],
+        &[
+            "mode",
+            "cluster",
+            "10.0.1.5",
+            "--mongo-user",
+            "ams",
+            "--mongo-password-file",
+            pw.to_str().unwrap(),
+        ],
         NO_RESTART,
     ));
     assert!(out.status.success(), "{}", stderr(&out));
-    let expected = "mongodb://ams:p%40ss%3Aw%2Frd%3F%23%25%5C%20%22%C3%BCn%C3%AF%22%0Aline2@10.0.1.5:27017";
-    assert_eq!(line(&red5(&t), "clusterdb.host"), format!("clusterdb.host={expected}"));
+    let expected =
+        "mongodb://ams:p%40ss%3Aw%2Frd%3F%23%25%5C%20%22%C3%BCn%C3%AF%22%0Aline2@10.0.1.5:27017";
+    assert_eq!(
+        line(&red5(&t), "clusterdb.host"),
+        format!("clusterdb.host={expected}")
+    );
     // The files now hold a password: nobody but owner and group reads them.
     for rel in [
         format!("{AMS}/conf/red5.properties"),
@@ -176,20 +231,36 @@ fn hostile_password_from_a_file_is_encoded_and_protected() {
         assert_eq!(mode & 0o007, 0, "{rel} is world-readable: {mode:o}");
     }
     let logs = format!("{}{}", stdout(&out), stderr(&out));
-    assert!(!logs.contains("p%40ss") && !logs.contains("p@ss"), "password in output: {logs}");
+    assert!(
+        !logs.contains("p%40ss") && !logs.contains("p@ss"),
+        "password in output: {logs}"
+    );
 }
 
 #[test]
 fn password_from_the_environment_and_dry_run_masks_it() {
     let t = Tree::new();
     let out = t
-        .command(&args(&["--dry-run", "mode", "cluster", "mongo.internal", "--mongo-user", "ams"], NO_RESTART))
+        .command(&args(
+            &[
+                "--dry-run",
+                "mode",
+                "cluster",
+                "mongo.internal",
+                "--mongo-user",
+                "ams",
+            ],
+            NO_RESTART,
+        ))
         .env("AMS_AGENT_MONGO_PASSWORD", "s3cr3t/\\")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.contains("+clusterdb.host=mongodb://ams:********@mongo.internal:27017"), "{text}");
+    assert!(
+        text.contains("+clusterdb.host=mongodb://ams:********@mongo.internal:27017"),
+        "{text}"
+    );
     assert!(!text.contains("s3cr3t"), "{text}");
 }
 
@@ -213,26 +284,69 @@ fn hostile_inputs_exit_2_with_one_line_and_change_nothing() {
         (vec!["mode", "cluster", "mongodb+srv://h:27017"], "port"),
         (vec!["mode", "cluster", "/etc/none.yaml"], "no such file"),
         (vec!["mode", "cluster", "ftp://x"], "scheme"),
-        (vec!["mode", "cluster", "mongodb://u:p@h", "--mongo-user", "x"], "already holds credentials"),
-        (vec!["mode", "cluster", "h", "--mongo-password-file", "/nonexistent/pw"], "--mongo-password-file"),
-        (vec!["mode", "cluster", "h", "--mongo-user", "u", "--mongo-password-file", empty_pw], "empty"),
-        (vec!["mode", "cluster", "h", "--ams-home", "/opt/none"], "--ams-home"),
+        (
+            vec!["mode", "cluster", "mongodb://u:p@h", "--mongo-user", "x"],
+            "already holds credentials",
+        ),
+        (
+            vec![
+                "mode",
+                "cluster",
+                "h",
+                "--mongo-password-file",
+                "/nonexistent/pw",
+            ],
+            "--mongo-password-file",
+        ),
+        (
+            vec![
+                "mode",
+                "cluster",
+                "h",
+                "--mongo-user",
+                "u",
+                "--mongo-password-file",
+                empty_pw,
+            ],
+            "empty",
+        ),
+        (
+            vec!["mode", "cluster", "h", "--ams-home", "/opt/none"],
+            "--ams-home",
+        ),
         (vec!["mode", "cluster", "h", "--ip", "10.0.1.300"], "--ip"),
         (vec!["mode", "cluster", "h", "--ip", "fd00::1"], "--ip"),
         (vec!["mode", "cluster", "h", "--wait", "soon"], "--wait"),
-        (vec!["mode", "standalone", "--mongo-user", "u"], "DB argument"),
-        (vec!["mode", "cluster", "10.0.1.5", "admin", "p@ssword"], "--mongo-password-file"),
+        (
+            vec!["mode", "standalone", "--mongo-user", "u"],
+            "DB argument",
+        ),
+        (
+            vec!["mode", "cluster", "10.0.1.5", "admin", "p@ssword"],
+            "--mongo-password-file",
+        ),
     ];
     for (case, needle) in cases {
         let full = args(&case, &["--ip", "10.0.1.20", "--no-restart"]);
         // `--ip` given twice is itself a clap error; keep the case's own.
-        let full: Vec<&str> = if case.contains(&"--ip") { args(&case, &["--no-restart"]) } else { full };
+        let full: Vec<&str> = if case.contains(&"--ip") {
+            args(&case, &["--no-restart"])
+        } else {
+            full
+        };
         let out = t.run(&full);
         assert_eq!(out.status.code(), Some(2), "{case:?}: {}", stderr(&out));
         let err = stderr(&out);
         assert!(err.contains(needle), "{case:?}: {err}");
-        assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "{case:?}: {err}");
-        assert!(!err.contains("p@ss") && !err.contains("100%@"), "secret echoed: {err}");
+        assert_eq!(
+            err.lines().filter(|l| l.starts_with("error:")).count(),
+            1,
+            "{case:?}: {err}"
+        );
+        assert!(
+            !err.contains("p@ss") && !err.contains("100%@"),
+            "secret echoed: {err}"
+        );
         assert_eq!(t.snapshot(), before, "{case:?} changed files");
     }
     assert!(!t.path("var/lib/ams-agent").exists());
@@ -245,7 +359,11 @@ fn missing_webapps_is_bad_input_and_changes_nothing() {
     let before = t.snapshot();
     let out = t.run(&args(&["mode", "cluster", "10.0.1.5"], NO_RESTART));
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(error_line(&out).contains("webapps/ is missing"), "{}", stderr(&out));
+    assert!(
+        error_line(&out).contains("webapps/ is missing"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(t.snapshot(), before);
 }
 
@@ -253,12 +371,19 @@ fn missing_webapps_is_bad_input_and_changes_nothing() {
 fn community_edition_without_cluster_blocks_is_refused() {
     let t = Tree::new();
     let p = t.path(&format!("{AMS}/conf/jee-container.xml"));
-    let xml = fs::read_to_string(&p).unwrap().replace("cluster start", "x").replace("cluster end", "y");
+    let xml = fs::read_to_string(&p)
+        .unwrap()
+        .replace("cluster start", "x")
+        .replace("cluster end", "y");
     fs::write(&p, xml).unwrap();
     let before = t.snapshot();
     let out = t.run(&args(&["mode", "cluster", "10.0.1.5"], NO_RESTART));
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(error_line(&out).contains("no cluster blocks"), "{}", stderr(&out));
+    assert!(
+        error_line(&out).contains("no cluster blocks"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(t.snapshot(), before);
 }
 
@@ -274,12 +399,21 @@ fn unprivileged(t: &Tree, args: &[&str]) -> std::process::Output {
             .unwrap();
         assert!(status.success());
         fs::set_permissions(t.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        // A copy of the binary the unprivileged user can surely execute,
+        // wherever the checkout lives.
+        let bin = t.dir.path().join("ams-agent");
+        fs::copy(env!("CARGO_BIN_EXE_ams-agent"), &bin).unwrap();
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
         let mut wrapped = std::process::Command::new("setpriv");
         wrapped
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_ams-agent")])
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin)
             .args(args)
             .env("AMS_AGENT_ROOT", t.root())
-            .env("PATH", format!("{}:{}", t.bin.display(), std::env::var("PATH").unwrap()))
+            .env(
+                "PATH",
+                format!("{}:{}", t.bin.display(), std::env::var("PATH").unwrap()),
+            )
             .stdin(std::process::Stdio::null());
         cmd = wrapped;
     }
@@ -294,7 +428,11 @@ fn read_only_application_folder_fails_cleanly_and_changes_nothing() {
     // chown first (inside `unprivileged`), then drop the write bit.
     let out = {
         if nix::unistd::geteuid().is_root() {
-            std::process::Command::new("chown").args(["-R", "65534:65534"]).arg(t.dir.path()).status().unwrap();
+            std::process::Command::new("chown")
+                .args(["-R", "65534:65534"])
+                .arg(t.dir.path())
+                .status()
+                .unwrap();
         }
         fs::set_permissions(&ro, fs::Permissions::from_mode(0o555)).unwrap();
         unprivileged(&t, &args(&["mode", "cluster", "10.0.1.5"], NO_RESTART))
@@ -302,10 +440,17 @@ fn read_only_application_folder_fails_cleanly_and_changes_nothing() {
     fs::set_permissions(&ro, fs::Permissions::from_mode(0o755)).unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = error_line(&out);
-    assert!(err.contains("WebRTCAppEE/WEB-INF") && err.contains("not writable"), "{err}");
+    assert!(
+        err.contains("WebRTCAppEE/WEB-INF") && err.contains("not writable"),
+        "{err}"
+    );
     assert!(err.contains("nothing was changed"), "{err}");
     let after = t.snapshot();
-    assert_eq!(after.keys().collect::<Vec<_>>(), before.keys().collect::<Vec<_>>(), "stray files");
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>(),
+        "stray files"
+    );
     for (rel, (content, _)) in &before {
         assert_eq!(&after[rel].0, content, "{rel} changed");
     }
@@ -315,10 +460,20 @@ fn read_only_application_folder_fails_cleanly_and_changes_nothing() {
 fn dry_run_prints_diffs_and_changes_nothing() {
     let t = Tree::new();
     let before = t.snapshot();
-    let out = t.run(&["--dry-run", "mode", "cluster", "10.0.1.5", "--ip", "10.0.1.20"]);
+    let out = t.run(&[
+        "--dry-run",
+        "mode",
+        "cluster",
+        "10.0.1.5",
+        "--ip",
+        "10.0.1.20",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.contains("-db.type=mapdb\n") && text.contains("+db.type=mongodb\n"), "{text}");
+    assert!(
+        text.contains("-db.type=mapdb\n") && text.contains("+db.type=mongodb\n"),
+        "{text}"
+    );
     assert!(text.contains("+\t<!-- cluster start -->"), "{text}");
     assert!(text.contains("restart antmedia"), "{text}");
     assert!(text.contains("wait up to 3m"), "{text}");
@@ -332,12 +487,20 @@ fn second_run_changes_nothing_and_does_not_restart() {
     let t = Tree::new();
     let url = fake_ams_http();
     let a = ["mode", "cluster", "10.0.1.5", "--ip", "10.0.1.20"];
-    let out = t.command(&a).env("AMS_AGENT_AMS_URL", &url).output().unwrap();
+    let out = t
+        .command(&a)
+        .env("AMS_AGENT_AMS_URL", &url)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(t.systemctl_calls(), ["restart antmedia"]);
     let inodes: Vec<u64> = fixture_inodes(&t);
     let before = t.snapshot();
-    let out = t.command(&a).env("AMS_AGENT_AMS_URL", &url).output().unwrap();
+    let out = t
+        .command(&a)
+        .env("AMS_AGENT_AMS_URL", &url)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("nothing to do"), "{}", stdout(&out));
     assert_eq!(t.snapshot(), before);
@@ -346,16 +509,26 @@ fn second_run_changes_nothing_and_does_not_restart() {
 }
 
 fn fixture_inodes(t: &Tree) -> Vec<u64> {
-    GOLDEN.iter().map(|rel| fs::metadata(t.path(rel)).unwrap().ino()).collect()
+    GOLDEN
+        .iter()
+        .map(|rel| fs::metadata(t.path(rel)).unwrap().ino())
+        .collect()
 }
 
 #[test]
 fn missing_service_is_a_clear_message_and_the_restart_is_retried_next_time() {
     let t = Tree::new();
     let url = fake_ams_http();
-    t.fake_systemctl(5, "Failed to restart antmedia.service: Unit antmedia.service not found.");
+    t.fake_systemctl(
+        5,
+        "Failed to restart antmedia.service: Unit antmedia.service not found.",
+    );
     let a = ["mode", "cluster", "10.0.1.5", "--ip", "10.0.1.20"];
-    let out = t.command(&a).env("AMS_AGENT_AMS_URL", &url).output().unwrap();
+    let out = t
+        .command(&a)
+        .env("AMS_AGENT_AMS_URL", &url)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = error_line(&out);
     assert!(err.contains("service antmedia is not installed"), "{err}");
@@ -363,12 +536,26 @@ fn missing_service_is_a_clear_message_and_the_restart_is_retried_next_time() {
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
     // Files were switched; once AMS is installed, the next run restarts it
     // even though no file changes any more.
-    assert!(t.read(&format!("{AMS}/conf/red5.properties")).contains("clusterdb.host=mongodb://10.0.1.5:27017"));
+    assert!(
+        t.read(&format!("{AMS}/conf/red5.properties"))
+            .contains("clusterdb.host=mongodb://10.0.1.5:27017")
+    );
     t.fake_systemctl(0, "");
-    let out = t.command(&a).env("AMS_AGENT_AMS_URL", &url).output().unwrap();
+    let out = t
+        .command(&a)
+        .env("AMS_AGENT_AMS_URL", &url)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(t.systemctl_calls().last().map(String::as_str), Some("restart antmedia"));
-    let out = t.command(&a).env("AMS_AGENT_AMS_URL", &url).output().unwrap();
+    assert_eq!(
+        t.systemctl_calls().last().map(String::as_str),
+        Some("restart antmedia")
+    );
+    let out = t
+        .command(&a)
+        .env("AMS_AGENT_AMS_URL", &url)
+        .output()
+        .unwrap();
     assert!(stdout(&out).contains("nothing to do"), "{}", stdout(&out));
 }
 
@@ -378,14 +565,27 @@ fn waiting_for_ams_has_a_deadline_and_names_what_it_waited_for() {
     let url = dead_url();
     let start = Instant::now();
     let out = t
-        .command(&["mode", "cluster", "10.0.1.5", "--ip", "10.0.1.20", "--wait", "2s"])
+        .command(&[
+            "mode",
+            "cluster",
+            "10.0.1.5",
+            "--ip",
+            "10.0.1.20",
+            "--wait",
+            "2s",
+        ])
         .env("AMS_AGENT_AMS_URL", &url)
         .output()
         .unwrap();
     assert!(start.elapsed() < Duration::from_secs(10));
     assert_eq!(out.status.code(), Some(1));
     let err = error_line(&out);
-    assert!(err.contains(&format!("Ant Media Server did not answer on {url} within 2s")), "{err}");
+    assert!(
+        err.contains(&format!(
+            "Ant Media Server did not answer on {url} within 2s"
+        )),
+        "{err}"
+    );
 }
 
 /// Java reads the files back (`java.util.Properties`, as AMS does) and gets
@@ -396,7 +596,10 @@ fn java_reads_back_what_the_agent_wrote() {
     let url = "mongodb://u:a%5Cb@h1:27017/?appName=x\\y&authSource=admin";
     let out = t.run(&args(&["mode", "cluster", url], NO_RESTART));
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(red5(&t).contains("clusterdb.host=mongodb://u:a%5Cb@h1:27017/?appName=x\\\\y&authSource=admin"));
+    assert!(
+        red5(&t)
+            .contains("clusterdb.host=mongodb://u:a%5Cb@h1:27017/?appName=x\\\\y&authSource=admin")
+    );
     let java_src = t.dir.path().join("Read.java");
     fs::write(
         &java_src,
@@ -408,7 +611,10 @@ fn java_reads_back_what_the_agent_wrote() {
     .unwrap();
     for (file, key) in [
         (format!("{AMS}/conf/red5.properties"), "clusterdb.host"),
-        (format!("{AMS}/webapps/LiveApp/WEB-INF/red5-web.properties"), "db.host"),
+        (
+            format!("{AMS}/webapps/LiveApp/WEB-INF/red5-web.properties"),
+            "db.host",
+        ),
     ] {
         let java = std::process::Command::new("java")
             .arg(&java_src)
