@@ -626,3 +626,42 @@ fn java_reads_back_what_the_agent_wrote() {
         assert_eq!(stdout(&java), url, "{file}");
     }
 }
+
+/// The shell asks `(y/n)` for a bare IP and hangs under user-data. With stdin
+/// closed (as under cloud-init) the switch just runs.
+#[test]
+fn never_prompts_without_a_terminal() {
+    let t = Tree::new();
+    let start = Instant::now();
+    let out = t.run(&args(&["mode", "cluster", "10.0.1.5"], NO_RESTART));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(start.elapsed() < Duration::from_secs(5));
+    // A missing value is an error, not a question.
+    let out = t.run(&["mode", "cluster"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("<DB>"), "{}", stderr(&out));
+}
+
+#[test]
+fn srv_uri_with_separate_credentials_works() {
+    let t = Tree::new();
+    let pw = t.dir.path().join("pw");
+    fs::write(&pw, "s/cr@t\n").unwrap();
+    let out = t.run(&args(
+        &[
+            "mode",
+            "cluster",
+            "mongodb+srv://cluster0.example.net/?retryWrites=true&w=majority",
+            "--mongo-user",
+            "ams",
+            "--mongo-password-file",
+            pw.to_str().unwrap(),
+        ],
+        NO_RESTART,
+    ));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        line(&app_props(&t, "root"), "db.host"),
+        "db.host=mongodb+srv://ams:s%2Fcr%40t@cluster0.example.net/?retryWrites=true&w=majority"
+    );
+}
