@@ -158,10 +158,10 @@ impl Plan {
         for (i, step) in self.steps.iter().enumerate() {
             let summary = self.mask(&step.summary());
             tracing::info!("step {}/{total}: {summary}", i + 1);
-            let done = if i == 0 {
-                "nothing was changed".to_string()
-            } else {
-                format!("steps 1-{i} were completed",)
+            let done = match i {
+                0 => "nothing was changed".to_string(),
+                1 => "step 1 was completed".to_string(),
+                i => format!("steps 1-{i} were completed"),
             };
             apply_step(ctx, step)
                 .with_context(|| format!("step {}/{total} ({summary}) failed; {done}", i + 1))?;

@@ -124,7 +124,11 @@ pub fn run(ctx: &Context, args: ModeArgs) -> Result<()> {
 
 /// Plans and applies (or prints) a mode switch; shared with `join`.
 pub fn switch_mode(ctx: &Context, switch: &ModeSwitch) -> Result<()> {
-    if !ctx.dry_run && txn::recover(&ctx.host)? {
+    if ctx.dry_run {
+        if txn::pending(&ctx.host) {
+            println!("Note: a change interrupted in an earlier run will be completed first.");
+        }
+    } else if txn::recover(&ctx.host)? {
         tracing::info!("an interrupted change from an earlier run was completed first");
     }
     let plan = mode::plan(&ctx.host, switch)?;

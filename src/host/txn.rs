@@ -159,6 +159,11 @@ fn sync_filesystems(host: &Host, paths: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
+/// Whether a transaction interrupted by a crash waits to be completed.
+pub fn pending(host: &Host) -> bool {
+    host.exists(&journal_path())
+}
+
 /// Completes a transaction interrupted by a crash. Returns true when there
 /// was one.
 pub fn recover(host: &Host) -> Result<bool> {
