@@ -665,3 +665,52 @@ fn srv_uri_with_separate_credentials_works() {
         "db.host=mongodb+srv://ams:s%2Fcr%40t@cluster0.example.net/?retryWrites=true&w=majority"
     );
 }
+
+/// Unmounts on drop, so a failing assertion does not leave a mount behind.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A disk that fills up halfway through the switch: exit 1, a message naming
+/// the file and the cause, and every AMS file exactly as it was.
+#[test]
+fn full_disk_fails_cleanly_and_changes_nothing() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: mounting a small tmpfs needs root (CI runs as root)");
+        return;
+    }
+    let t = Tree::new();
+    let root = t.root();
+    fs::remove_dir_all(&root).unwrap();
+    fs::create_dir_all(&root).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=512k", "tmpfs"])
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount failed");
+    let _mount = Mount(root.clone());
+    fixture::copy_tree(&fixture::example_host(), &root);
+    // Leave room for a few new files but not for all of them.
+    let stat = nix::sys::statvfs::statvfs(&root).unwrap();
+    let free = stat.blocks_available() as usize * stat.fragment_size() as usize;
+    fs::write(root.join("filler"), vec![0u8; free - 24 * 1024]).unwrap();
+    let before = t.snapshot();
+
+    let out = t.run(&args(&["mode", "cluster", "10.0.1.5"], NO_RESTART));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = error_line(&out);
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(err.contains("no file was changed"), "{err}");
+    let after = t.snapshot();
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>(),
+        "stray files"
+    );
+    assert_eq!(after, before);
+}
