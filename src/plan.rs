@@ -200,18 +200,16 @@ fn check_writable(host: &Host, changes: &[FileChange]) -> Result<()> {
         // The nearest existing ancestor: missing folders are created later.
         let mut dir = c.path.parent().map(|p| p.to_path_buf());
         while let Some(d) = dir {
-            if host.is_dir(&d) {
-                if let Err(errno) = access(&host.path(&d), AccessFlags::W_OK) {
-                    anyhow::bail!(
-                        "cannot write {}: folder {} is not writable ({}); nothing was changed",
-                        c.path.display(),
-                        d.display(),
-                        errno.desc()
-                    );
-                }
-                break;
+            match access(&host.path(&d), AccessFlags::W_OK) {
+                Ok(()) => break,
+                Err(nix::errno::Errno::ENOENT) => dir = d.parent().map(|p| p.to_path_buf()),
+                Err(errno) => anyhow::bail!(
+                    "cannot write {}: folder {} is not writable ({}); nothing was changed",
+                    c.path.display(),
+                    d.display(),
+                    errno.desc()
+                ),
             }
-            dir = d.parent().map(|p| p.to_path_buf());
         }
     }
     Ok(())

@@ -97,11 +97,42 @@ fn read_text(host: &Host, p: &Path) -> Result<String> {
     String::from_utf8(bytes).with_context(|| format!("reading {}: not UTF-8 text", p.display()))
 }
 
-/// A file change computed from the host's current content.
-fn change(host: &Host, path: &Path, new: String, tighten: bool) -> Result<FileChange> {
-    let before = host.read_optional(path)?;
-    let meta_before = host.meta(path)?;
-    let mut meta = meta_before.unwrap_or(FileMeta {
+/// A file as it is now: its text, and owner and mode (None when absent).
+struct Current {
+    path: PathBuf,
+    text: String,
+    meta: Option<FileMeta>,
+}
+
+/// Reads a file once for both its content and its metadata.
+fn load(host: &Host, path: &Path) -> Result<Current> {
+    let (text, meta) = match host.read_with_meta(path)? {
+        Some((bytes, meta)) => (
+            String::from_utf8(bytes)
+                .with_context(|| format!("reading {}: not UTF-8 text", path.display()))?,
+            Some(meta),
+        ),
+        None => (String::new(), None),
+    };
+    Ok(Current {
+        path: path.to_path_buf(),
+        text,
+        meta,
+    })
+}
+
+/// Like [`load`], for a file that must exist.
+fn load_existing(host: &Host, path: &Path) -> Result<Current> {
+    let cur = load(host, path)?;
+    if cur.meta.is_none() {
+        bail!("reading {}: the file disappeared", path.display());
+    }
+    Ok(cur)
+}
+
+/// The change from a file's current content to `new`.
+fn change(cur: Current, new: String, tighten: bool) -> FileChange {
+    let mut meta = cur.meta.unwrap_or_else(|| FileMeta {
         mode: 0o644,
         ..private_meta(0o644)
     });
@@ -109,14 +140,14 @@ fn change(host: &Host, path: &Path, new: String, tighten: bool) -> Result<FileCh
         // The file now holds a password: no longer readable by everyone.
         meta.mode &= !0o007;
     }
-    Ok(FileChange {
-        path: path.to_path_buf(),
-        before,
+    FileChange {
+        path: cur.path,
+        before: cur.meta.map(|_| cur.text.into_bytes()),
         after: Some(new.into_bytes()),
-        meta_before,
+        meta_before: cur.meta,
         meta,
         internal: false,
-    })
+    }
 }
 
 /// Computes the plan of a mode switch. Reads only; changes nothing.
@@ -138,31 +169,33 @@ pub fn plan(host: &Host, sw: &ModeSwitch) -> Result<Plan> {
 
     // conf/red5.properties: the cluster database, and never the global IP.
     let red5_path = layout.red5_properties();
-    let mut red5 = Properties::parse(&read_text(host, &red5_path)?);
+    let red5_now = load_existing(host, &red5_path)?;
+    let mut red5 = Properties::parse(&red5_now.text);
     red5.set("clusterdb.host", &sw.db.url)?;
     // Credentials live in the URI (percent-encoded); the separate keys are
     // what made mongodb+srv:// fail, so they are cleared.
     red5.set("clusterdb.user", "")?;
     red5.set("clusterdb.password", "")?;
     red5.set("useGlobalIp", "false")?;
-    changes.push(change(host, &red5_path, red5.to_text(), secret)?);
+    changes.push(change(red5_now, red5.to_text(), secret));
 
     // conf/jee-container.xml: the cluster blocks.
     let jee_path = layout.jee_container();
-    let xml = read_text(host, &jee_path)?;
-    let new_xml = jee::set_cluster(&xml, sw.mode == Mode::Cluster)
+    let jee_now = load_existing(host, &jee_path)?;
+    let new_xml = jee::set_cluster(&jee_now.text, sw.mode == Mode::Cluster)
         .with_context(|| format!("switching {}", jee_path.display()))?;
-    changes.push(change(host, &jee_path, new_xml, false)?);
+    changes.push(change(jee_now, new_xml, false));
 
     // Every application, the console (`root`) included.
     for app in &apps {
         let p = layout.webapp_properties(app);
-        let mut props = Properties::parse(&read_text(host, &p)?);
+        let now = load_existing(host, &p)?;
+        let mut props = Properties::parse(&now.text);
         props.set("db.type", sw.db.kind.db_type())?;
         props.set("db.host", &sw.db.url)?;
         props.set("db.user", "")?;
         props.set("db.password", "")?;
-        changes.push(change(host, &p, props.to_text(), secret)?);
+        changes.push(change(now, props.to_text(), secret));
     }
 
     // /etc/hosts: this node's name resolves to its private address.
@@ -177,16 +210,9 @@ pub fn plan(host: &Host, sw: &ModeSwitch) -> Result<Plan> {
         None => net::default_route_ipv4(host)?,
     };
     let hosts_path = Path::new("/etc/hosts");
-    let hosts_text = match host.read_optional(hosts_path)? {
-        Some(b) => String::from_utf8(b).context("reading /etc/hosts: not UTF-8 text")?,
-        None => String::new(),
-    };
-    changes.push(change(
-        host,
-        hosts_path,
-        etc_hosts::pin_hostname(&hosts_text, &hostname, ip),
-        false,
-    )?);
+    let hosts_now = load(host, hosts_path)?;
+    let pinned = etc_hosts::pin_hostname(&hosts_now.text, &hostname, ip);
+    changes.push(change(hosts_now, pinned, false));
 
     let mut plan = Plan::new(format!(
         "switch Ant Media Server at {} to {} mode ({} {})",

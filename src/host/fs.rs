@@ -138,7 +138,13 @@ impl Host {
             fs::read_dir(&dir).with_context(|| format!("listing {}", host_path.display()))?
         {
             let entry = entry.with_context(|| format!("listing {}", host_path.display()))?;
-            if entry.path().is_dir() {
+            // file_type() needs no extra stat on most filesystems.
+            let is_dir = match entry.file_type() {
+                Ok(t) if t.is_symlink() => entry.path().is_dir(),
+                Ok(t) => t.is_dir(),
+                Err(_) => false,
+            };
+            if is_dir {
                 if let Some(name) = entry.file_name().to_str() {
                     names.push(name.to_string());
                 }
@@ -175,7 +181,7 @@ impl Host {
 
     /// First half of an atomic write: a complete, fsynced temp file.
     pub fn write_temp(&self, tmp_host_path: &Path, contents: &[u8], meta: FileMeta) -> Result<()> {
-        let f = self.create_temp(tmp_host_path, contents, meta)?;
+        let (f, _) = self.create_temp(tmp_host_path, contents, meta)?;
         f.sync_all()
             .with_context(|| format!("syncing {}", self.path(tmp_host_path).display()))?;
         self.crash_point();
@@ -184,30 +190,64 @@ impl Host {
 
     /// A complete temp file, not yet flushed: the caller flushes the whole
     /// filesystem once for many files (see `txn`).
+    /// Returns the device the file is on, for that flush.
     pub fn write_temp_unsynced(
         &self,
         tmp_host_path: &Path,
         contents: &[u8],
         meta: FileMeta,
-    ) -> Result<()> {
-        self.create_temp(tmp_host_path, contents, meta)?;
+    ) -> Result<u64> {
+        let (_, dev) = self.create_temp(tmp_host_path, contents, meta)?;
         self.crash_point();
-        Ok(())
+        Ok(dev)
     }
 
-    fn create_temp(&self, tmp_host_path: &Path, contents: &[u8], meta: FileMeta) -> Result<File> {
+    fn create_temp(
+        &self,
+        tmp_host_path: &Path,
+        contents: &[u8],
+        meta: FileMeta,
+    ) -> Result<(File, u64)> {
         let real = self.path(tmp_host_path);
-        let _ = fs::remove_file(&real);
+        // A leftover from a crashed run is truncated and reused; never
+        // followed if it is a symlink.
         let mut f = OpenOptions::new()
             .write(true)
-            .create_new(true)
+            .create(true)
+            .truncate(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&real)
             .with_context(|| format!("creating {}", real.display()))?;
         f.write_all(contents)
             .with_context(|| format!("writing {}", real.display()))?;
-        set_owner_and_mode(&f, &real, meta)?;
-        Ok(f)
+        let dev = set_owner_and_mode(&f, &real, meta)?;
+        Ok((f, dev))
+    }
+
+    /// Reads a host file with its owner and mode in one open; `Ok(None)`
+    /// when it does not exist.
+    pub fn read_with_meta(&self, host_path: &Path) -> Result<Option<(Vec<u8>, FileMeta)>> {
+        use std::io::Read;
+        let mut f = match File::open(self.path(host_path)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", host_path.display())),
+        };
+        let m = f
+            .metadata()
+            .with_context(|| format!("reading {}", host_path.display()))?;
+        let mut bytes = Vec::with_capacity(m.len() as usize + 1);
+        f.read_to_end(&mut bytes)
+            .with_context(|| format!("reading {}", host_path.display()))?;
+        Ok(Some((
+            bytes,
+            FileMeta {
+                mode: m.mode() & 0o7777,
+                uid: m.uid(),
+                gid: m.gid(),
+            },
+        )))
     }
 
     /// Second half: rename into place and fsync the folder.
@@ -256,7 +296,8 @@ pub fn temp_path_for(host_path: &Path) -> PathBuf {
     host_path.with_file_name(format!(".{name}.ams-agent-tmp"))
 }
 
-fn set_owner_and_mode(f: &File, real: &Path, meta: FileMeta) -> Result<()> {
+/// Returns the device of the file.
+fn set_owner_and_mode(f: &File, real: &Path, meta: FileMeta) -> Result<u64> {
     let current = f
         .metadata()
         .with_context(|| format!("reading metadata of {}", real.display()))?;
@@ -277,7 +318,7 @@ fn set_owner_and_mode(f: &File, real: &Path, meta: FileMeta) -> Result<()> {
     }
     f.set_permissions(fs::Permissions::from_mode(meta.mode))
         .with_context(|| format!("setting mode {:o} on {}", meta.mode, real.display()))?;
-    Ok(())
+    Ok(current.dev())
 }
 
 /// fsync the folder holding `path`, so a rename or removal in it is durable.

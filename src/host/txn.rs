@@ -52,6 +52,9 @@ pub fn backup_path(host_path: &Path) -> PathBuf {
     Path::new(STATE_DIR).join("backup").join(rel)
 }
 
+/// Filesystems to flush: device → a host path on it.
+type Devices = BTreeMap<u64, PathBuf>;
+
 /// Applies all writes as one transaction (see the module docs).
 pub fn commit(host: &Host, writes: &[FileWrite]) -> Result<()> {
     if writes.is_empty() {
@@ -63,13 +66,16 @@ pub fn commit(host: &Host, writes: &[FileWrite]) -> Result<()> {
 
     let mut journal = Journal::default();
     let mut temps: Vec<PathBuf> = Vec::new();
+    let mut devices = Devices::new();
     let journal_tmp = temp_path_for(&journal_path());
-    let prepared = prepare(host, writes, &mut journal, &mut temps).and_then(|()| {
+    let prepared = prepare(host, writes, &mut journal, &mut temps, &mut devices).and_then(|()| {
         let encoded = serde_json::to_vec_pretty(&journal).context("encoding the journal")?;
         temps.push(journal_tmp.clone());
-        host.write_temp_unsynced(&journal_tmp, &encoded, private_meta(0o600))
+        let dev = host
+            .write_temp_unsynced(&journal_tmp, &encoded, private_meta(0o600))
             .context("writing the transaction journal")?;
-        sync_filesystems(host, &temps).context("flushing the new files to disk")?;
+        devices.entry(dev).or_insert_with(|| journal_tmp.clone());
+        sync_devices(host, &devices).context("flushing the new files to disk")?;
         host.rename(&journal_tmp, &journal_path())
             .context("committing the transaction journal")
     });
@@ -81,7 +87,14 @@ pub fn commit(host: &Host, writes: &[FileWrite]) -> Result<()> {
         }
         return Err(e.context("no file was changed"));
     }
-    roll_forward(host, &journal)
+    roll_forward(host, &journal, Some(&devices))
+}
+
+fn is_not_found(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+    })
 }
 
 /// Writes the backups and the temp files, unsynced (the caller flushes).
@@ -90,6 +103,7 @@ fn prepare(
     writes: &[FileWrite],
     journal: &mut Journal,
     temps: &mut Vec<PathBuf>,
+    devices: &mut Devices,
 ) -> Result<()> {
     for w in writes.iter().filter(|w| w.backup) {
         let dest = backup_path(&w.path);
@@ -107,27 +121,33 @@ fn prepare(
         // the commit point.
         let tmp = temp_path_for(&dest);
         temps.push(tmp.clone());
-        host.write_temp_unsynced(&tmp, &original, private_meta(0o600))
+        let dev = host
+            .write_temp_unsynced(&tmp, &original, private_meta(0o600))
             .with_context(|| format!("backing up {}", w.path.display()))?;
         host.rename_unsynced(&tmp, &dest)
             .with_context(|| format!("backing up {}", w.path.display()))?;
         temps.pop();
-        temps.push(dest);
+        devices.entry(dev).or_insert(dest);
     }
     for w in writes {
         match &w.contents {
             Some(bytes) => {
-                if let Some(parent) = w.path.parent() {
-                    if !host.is_dir(parent) {
-                        host.create_dir_all(parent, 0o755)?;
-                    }
-                }
                 let tmp = temp_path_for(&w.path);
                 // Recorded before writing, so a half-written temp is cleaned.
                 temps.push(tmp.clone());
                 journal.renames.push((tmp.clone(), w.path.clone()));
-                host.write_temp_unsynced(&tmp, bytes, w.meta)
-                    .with_context(|| format!("writing {}", w.path.display()))?;
+                let dev = match host.write_temp_unsynced(&tmp, bytes, w.meta) {
+                    Err(e)
+                        if is_not_found(&e) && w.path.parent().is_some_and(|p| !host.is_dir(p)) =>
+                    {
+                        // A new file in a new folder.
+                        host.create_dir_all(w.path.parent().expect("checked"), 0o755)?;
+                        host.write_temp_unsynced(&tmp, bytes, w.meta)
+                    }
+                    other => other,
+                }
+                .with_context(|| format!("writing {}", w.path.display()))?;
+                devices.entry(dev).or_insert_with(|| tmp.clone());
             }
             None => journal.removals.push(w.path.clone()),
         }
@@ -135,9 +155,10 @@ fn prepare(
     Ok(())
 }
 
-/// Flushes, once each, every filesystem holding one of these host paths.
-fn sync_filesystems(host: &Host, paths: &[PathBuf]) -> Result<()> {
-    let mut by_device: BTreeMap<u64, PathBuf> = BTreeMap::new();
+/// The filesystems holding these host paths (for a recovery, where the
+/// devices were not recorded).
+fn devices_of(host: &Host, paths: &[PathBuf]) -> Result<Devices> {
+    let mut devices = Devices::new();
     for p in paths {
         let real = host.path(p);
         let probe = if real.exists() {
@@ -148,10 +169,22 @@ fn sync_filesystems(host: &Host, paths: &[PathBuf]) -> Result<()> {
         let dev = std::fs::metadata(&probe)
             .with_context(|| format!("reading metadata of {}", probe.display()))?
             .dev();
-        by_device.entry(dev).or_insert(probe);
+        devices.entry(dev).or_insert_with(|| p.clone());
     }
-    for probe in by_device.values() {
-        let f = File::open(probe).with_context(|| format!("opening {}", probe.display()))?;
+    Ok(devices)
+}
+
+/// Flushes each filesystem once (`syncfs`): data and metadata of every file
+/// written and renamed on it so far become durable.
+fn sync_devices(host: &Host, devices: &Devices) -> Result<()> {
+    for p in devices.values() {
+        let real = host.path(p);
+        let probe = if real.exists() {
+            real
+        } else {
+            real.parent().map(Path::to_path_buf).unwrap_or(real)
+        };
+        let f = File::open(&probe).with_context(|| format!("opening {}", probe.display()))?;
         nix::unistd::syncfs(&f)
             .with_context(|| format!("flushing the filesystem of {}", probe.display()))?;
     }
@@ -178,26 +211,30 @@ pub fn recover(host: &Host) -> Result<bool> {
         ),
     };
     tracing::warn!("completing a change interrupted in an earlier run");
-    roll_forward(host, &journal)?;
+    roll_forward(host, &journal, None)?;
     Ok(true)
 }
 
-fn roll_forward(host: &Host, journal: &Journal) -> Result<()> {
-    let mut touched = Vec::new();
+fn roll_forward(host: &Host, journal: &Journal, devices: Option<&Devices>) -> Result<()> {
     for (tmp, target) in &journal.renames {
-        // Already renamed in an interrupted roll-forward: nothing to do.
-        if host.exists(tmp) {
-            host.rename_unsynced(tmp, target)
-                .with_context(|| format!("replacing {}", target.display()))?;
+        match std::fs::rename(host.path(tmp), host.path(target)) {
+            Ok(()) => host.crash_point(),
+            // Already renamed in an interrupted roll-forward: nothing to do.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("replacing {}", target.display()));
+            }
         }
-        touched.push(target.clone());
     }
     for p in &journal.removals {
         host.remove(p)?;
     }
-    if !touched.is_empty() {
-        sync_filesystems(host, &touched).context("flushing the replaced files to disk")?;
-    }
+    let targets: Vec<PathBuf> = journal.renames.iter().map(|(_, t)| t.clone()).collect();
+    let devices = match devices {
+        Some(d) => d.clone(),
+        None => devices_of(host, &targets)?,
+    };
+    sync_devices(host, &devices).context("flushing the replaced files to disk")?;
     host.remove(&journal_path())
         .context("removing the transaction journal")
 }
