@@ -171,12 +171,14 @@ pub fn plan(host: &Host, sw: &ModeSwitch) -> Result<Plan> {
     let red5_path = layout.red5_properties();
     let red5_now = load_existing(host, &red5_path)?;
     let mut red5 = Properties::parse(&red5_now.text);
-    red5.set("clusterdb.host", &sw.db.url)?;
     // Credentials live in the URI (percent-encoded); the separate keys are
     // what made mongodb+srv:// fail, so they are cleared.
-    red5.set("clusterdb.user", "")?;
-    red5.set("clusterdb.password", "")?;
-    red5.set("useGlobalIp", "false")?;
+    red5.set_all(&[
+        ("clusterdb.host", &sw.db.url),
+        ("clusterdb.user", ""),
+        ("clusterdb.password", ""),
+        ("useGlobalIp", "false"),
+    ])?;
     changes.push(change(red5_now, red5.to_text(), secret));
 
     // conf/jee-container.xml: the cluster blocks.
@@ -191,10 +193,12 @@ pub fn plan(host: &Host, sw: &ModeSwitch) -> Result<Plan> {
         let p = layout.webapp_properties(app);
         let now = load_existing(host, &p)?;
         let mut props = Properties::parse(&now.text);
-        props.set("db.type", sw.db.kind.db_type())?;
-        props.set("db.host", &sw.db.url)?;
-        props.set("db.user", "")?;
-        props.set("db.password", "")?;
+        props.set_all(&[
+            ("db.type", sw.db.kind.db_type()),
+            ("db.host", &sw.db.url),
+            ("db.user", ""),
+            ("db.password", ""),
+        ])?;
         changes.push(change(now, props.to_text(), secret));
     }
 

@@ -2,6 +2,8 @@
 //! every other line, comment, blank line and the order stay byte-for-byte.
 //! Values are escaped the way `java.util.Properties.load` reads them back.
 
+use std::borrow::Cow;
+
 use anyhow::Result;
 
 use crate::bail_usage;
@@ -14,11 +16,13 @@ pub struct Properties {
 }
 
 /// A logical entry: its physical line span, raw key text and decoded parts.
-struct Entry {
+struct Entry<'a> {
     first: usize,
     last: usize,
-    key: String,
-    value: String,
+    /// Unescaped.
+    key: Cow<'a, str>,
+    /// Still escaped: only [`Properties::get`] needs it decoded.
+    value: Cow<'a, str>,
 }
 
 impl Properties {
@@ -38,63 +42,81 @@ impl Properties {
             .into_iter()
             .rev()
             .find(|e| e.key == key)
-            .map(|e| e.value)
+            .map(|e| unescape(&e.value))
     }
 
     /// Sets `key` to `value`: each line holding the key is rewritten in place;
     /// a missing key is appended at the end.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
-        let line = format!(
-            "{}={}{}",
-            escape_key(key),
-            escape_value(key, value)?,
-            self.newline
-        );
-        let hits: Vec<(usize, usize)> = self
+        self.set_all(&[(key, value)])
+    }
+
+    /// Sets several keys in one pass over the file (see [`Properties::set`]).
+    /// Nothing changes when any value is refused.
+    pub fn set_all(&mut self, pairs: &[(&str, &str)]) -> Result<()> {
+        let mut lines_for: Vec<String> = Vec::with_capacity(pairs.len());
+        for (key, value) in pairs {
+            lines_for.push(format!("{}={}", escape_key(key), escape_value(key, value)?));
+        }
+        // (first, last, which pair) for every line holding one of the keys.
+        let hits: Vec<(usize, usize, usize)> = self
             .entries()
             .into_iter()
-            .filter(|e| e.key == key)
-            .map(|e| (e.first, e.last))
+            .filter_map(|e| {
+                let which = pairs.iter().position(|(k, _)| e.key == *k)?;
+                Some((e.first, e.last, which))
+            })
             .collect();
-        if hits.is_empty() {
+        let mut found = vec![false; pairs.len()];
+        // Back to front, so earlier spans keep their indexes.
+        for &(first, last, which) in hits.iter().rev() {
+            found[which] = true;
+            let wanted = &lines_for[which];
+            if first == last && strip_eol(&self.lines[first]) == wanted {
+                continue;
+            }
+            let ending = &self.lines[last][strip_eol(&self.lines[last]).len()..];
+            let new_line = format!("{wanted}{ending}");
+            self.lines.splice(first..=last, std::iter::once(new_line));
+        }
+        for (which, line) in lines_for.into_iter().enumerate() {
+            if found[which] {
+                continue;
+            }
             if let Some(last) = self.lines.last_mut() {
                 if !last.ends_with('\n') {
                     last.push_str(self.newline);
                 }
             }
-            self.lines.push(line);
-            return Ok(());
-        }
-        // Back to front, so earlier spans keep their indexes.
-        for (first, last) in hits.into_iter().rev() {
-            if self.lines[first..=last]
-                .concat()
-                .trim_end_matches(['\r', '\n'])
-                == line.trim_end_matches(['\r', '\n'])
-            {
-                continue;
-            }
-            let keep_ending = self.lines[last].ends_with('\n');
-            let mut new_line = line.clone();
-            if !keep_ending {
-                new_line.truncate(new_line.trim_end_matches(['\r', '\n']).len());
-            }
-            self.lines.splice(first..=last, std::iter::once(new_line));
+            self.lines.push(format!("{line}{}", self.newline));
         }
         Ok(())
     }
 
-    fn entries(&self) -> Vec<Entry> {
+    fn entries(&self) -> Vec<Entry<'_>> {
         let mut out = Vec::new();
         let mut i = 0;
         while i < self.lines.len() {
             let first = i;
-            let mut logical = String::new();
-            let mut line = strip_eol(&self.lines[i]).trim_start_matches([' ', '\t', '\x0c']);
+            let line = strip_eol(&self.lines[i]).trim_start_matches([' ', '\t', '\x0c']);
             if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
                 i += 1;
                 continue;
             }
+            if !ends_with_odd_backslashes(line) || i + 1 == self.lines.len() {
+                // The common case: one physical line, borrowed, no copies.
+                let (key, value) = split_key_value(line);
+                out.push(Entry {
+                    first,
+                    last: i,
+                    key: unescape_cow(key),
+                    value: Cow::Borrowed(value),
+                });
+                i += 1;
+                continue;
+            }
+            let mut logical = String::new();
+            let mut line = line;
             loop {
                 if ends_with_odd_backslashes(line) && i + 1 < self.lines.len() {
                     logical.push_str(&line[..line.len() - 1]);
@@ -109,12 +131,20 @@ impl Properties {
             out.push(Entry {
                 first,
                 last: i,
-                key: unescape(key),
-                value: unescape(value),
+                key: Cow::Owned(unescape(key)),
+                value: Cow::Owned(value.to_string()),
             });
             i += 1;
         }
         out
+    }
+}
+
+fn unescape_cow(s: &str) -> Cow<'_, str> {
+    if s.contains('\\') {
+        Cow::Owned(unescape(s))
+    } else {
+        Cow::Borrowed(s)
     }
 }
 
