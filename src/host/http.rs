@@ -67,11 +67,13 @@ pub fn get_status(url: &HttpUrl, timeout: Duration) -> Result<u16> {
         .with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    write!(
-        s,
+    // One write: a request split over several segments, half read by a
+    // server that then closes, turns into a reset instead of an answer.
+    let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ams-agent\r\nConnection: close\r\n\r\n",
         url.path, url.host
-    )?;
+    );
+    s.write_all(request.as_bytes())?;
     let mut head = [0u8; 64];
     let n = s.read(&mut head).context("reading the HTTP answer")?;
     let line = String::from_utf8_lossy(&head[..n]);
@@ -148,8 +150,14 @@ mod tests {
         let port = l.local_addr().unwrap().port();
         std::thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
+            let mut request = Vec::new();
             let mut buf = [0u8; 512];
-            let _ = s.read(&mut buf);
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
             s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
                 .unwrap();
         });
