@@ -8,8 +8,10 @@
 
 pub mod ams;
 pub mod cli;
+pub mod config;
 pub mod error;
 pub mod host;
 pub mod logging;
 pub mod mongo;
+pub mod node;
 pub mod plan;

@@ -12,7 +12,11 @@ use crate::host::{CommandRunner, Host, SystemRunner};
 use crate::mongo::url::Credentials;
 
 pub mod generate;
+pub mod join;
+pub mod leave;
 pub mod mode;
+pub mod run;
+pub mod status;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -70,6 +74,10 @@ impl GlobalArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     Mode(mode::ModeArgs),
+    Join(join::JoinArgs),
+    Run(run::RunArgs),
+    Status(status::StatusArgs),
+    Leave(leave::LeaveArgs),
     #[command(hide = true)]
     Generate(generate::GenerateArgs),
 }
@@ -100,6 +108,10 @@ pub fn run(cli: Cli) -> Result<()> {
     let ctx = Context::new(&cli.global.root, cli.global.dry_run);
     match cli.command {
         Command::Mode(args) => mode::run(&ctx, args),
+        Command::Join(args) => join::run(&ctx, args),
+        Command::Run(args) => run::run(&ctx, args),
+        Command::Status(args) => status::run(&ctx, args),
+        Command::Leave(args) => leave::run(&ctx, args),
         Command::Generate(args) => generate::run(args),
     }
 }

@@ -625,11 +625,20 @@ mod tests {
     fn passwords_split_off_decoded() {
         assert_eq!(
             split_password("mongodb://u:p%40ss%0A@h1,h2/admin?x=@"),
-            ("mongodb://u@h1,h2/admin?x=@".to_string(), Some("p@ss\n".to_string()))
+            (
+                "mongodb://u@h1,h2/admin?x=@".to_string(),
+                Some("p@ss\n".to_string())
+            )
         );
-        assert_eq!(split_password("mongodb://u@h"), ("mongodb://u@h".into(), None));
+        assert_eq!(
+            split_password("mongodb://u@h"),
+            ("mongodb://u@h".into(), None)
+        );
         assert_eq!(split_password("mongodb://h"), ("mongodb://h".into(), None));
-        assert_eq!(split_password("mongodb://u:@h"), ("mongodb://u@h".into(), None));
+        assert_eq!(
+            split_password("mongodb://u:@h"),
+            ("mongodb://u@h".into(), None)
+        );
     }
 
     #[test]

@@ -1,0 +1,590 @@
+//! `ams-agent join --mongo <ip|host|URI>`: the EC2 user-data entry point.
+//!
+//! Waits for MongoDB (it is often still booting), registers the node as
+//! `joining`, switches AMS to cluster mode (the `mode` plan, with the
+//! instance's private IPv4 in /etc/hosts), restarts AMS and waits for it,
+//! writes `/etc/ams-agent/agent.toml` and the 0600 password file, enables
+//! the reporter, marks the node `ready`. Idempotent per instance. A failed
+//! step is recorded (in MongoDB when reachable, and locally) and reported in
+//! one line naming the step; exit 1.
+
+use std::io::{BufRead, Write as _};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+
+use super::mode::{print_or_apply, switch_mode};
+use super::run::{Gatherer, ReporterSettings, jitter, runtime};
+use super::{Context, MongoAuthArgs, parse_duration};
+use crate::ams::AmsLayout;
+use crate::ams::layout::{DEFAULT_AMS_HOME, DEFAULT_HTTP_URL};
+use crate::ams::mode::{self, Mode, ModeSwitch};
+use crate::bail_usage;
+use crate::config::{
+    self, AgentConfig, CONFIG_DIR, CONFIG_FILE, DEFAULT_COLLECTION, DEFAULT_DATABASE, JOIN_RECORD,
+    JoinRecord, LAST_ERROR, LastErrorRecord, MongoSection, NodeSection, PASSWORD_FILE,
+    ReporterSection, Role,
+};
+use crate::host::fs::private_meta;
+use crate::host::systemd::ServiceAction;
+use crate::host::{Host, tty};
+use crate::mongo::error::RegistryError;
+use crate::mongo::registry::{Deadlines, LastError, NodeState, Registry, Target};
+use crate::mongo::url::{self, DbKind, DbUrl};
+use crate::node::health::CpuSampler;
+use crate::node::identity::{self, NodeIdentity};
+use crate::node::imds;
+use crate::plan::{FileChange, Plan, Step};
+
+pub const AGENT_UNIT: &str = "ams-agent.service";
+
+/// Join this node to the AMS cluster (EC2 user-data entry point)
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Join this node to the AMS cluster: the EC2 user-data entry point.\n\n\
+    Waits for MongoDB (with backoff, up to --wait), registers the node as `joining`, \
+    switches AMS to cluster mode (the instance's private IPv4 goes into /etc/hosts), \
+    restarts AMS and waits for it, writes /etc/ams-agent/agent.toml and the 0600 password \
+    file, enables and starts ams-agent.service, marks the node `ready`.\n\n\
+    Running it again on the same instance changes nothing. Without a terminal it never \
+    asks: a missing value is an error naming the flag (exit code 2)."
+)]
+pub struct JoinArgs {
+    /// MongoDB: 10.0.1.5, host[:port], h1,h2:27018, mongodb://…, mongodb+srv://…
+    #[arg(long, value_name = "DB")]
+    pub mongo: Option<String>,
+
+    #[command(flatten)]
+    pub auth: MongoAuthArgs,
+
+    /// This node's role in the cluster
+    #[arg(long, value_enum, default_value = "origin")]
+    pub role: Role,
+
+    /// Ant Media Server install folder
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_AMS_HOME)]
+    pub ams_home: PathBuf,
+
+    /// How long to wait for MongoDB to accept us (it may still be booting)
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub wait: Duration,
+
+    /// How long to wait for AMS to answer after its restart
+    #[arg(long, value_name = "DURATION", default_value = "3m", value_parser = parse_duration)]
+    pub ams_timeout: Duration,
+
+    /// Switch AMS's files only; do not restart it
+    #[arg(long)]
+    pub no_restart: bool,
+
+    /// This node's private IPv4 for /etc/hosts (default: from the instance
+    /// metadata, else the default route's)
+    #[arg(long, value_name = "IPV4")]
+    pub ip: Option<Ipv4Addr>,
+
+    /// Database of the node registry
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_DATABASE)]
+    pub database: String,
+
+    /// Collection of the node registry
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_COLLECTION)]
+    pub collection: String,
+
+    /// Heartbeat interval of the reporter
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    /// Remove a node's document this long after its last heartbeat (TTL index)
+    #[arg(long, value_name = "DURATION", default_value = "7days", value_parser = parse_duration)]
+    pub ttl: Duration,
+
+    /// URL that answers once AMS is up
+    #[arg(long, hide = true, env = "AMS_AGENT_AMS_URL", default_value = DEFAULT_HTTP_URL)]
+    pub ams_url: String,
+
+    /// Instance-metadata endpoint
+    #[arg(long, hide = true, env = imds::ENDPOINT_ENV, default_value = imds::DEFAULT_ENDPOINT)]
+    pub imds_endpoint: String,
+}
+
+/// The MongoDB argument: the flag, else a question on a terminal, else a
+/// usage error naming the flag (never a prompt without a terminal).
+fn mongo_input(args: &JoinArgs) -> Result<String> {
+    if let Some(m) = &args.mongo {
+        return Ok(m.clone());
+    }
+    if !tty::can_prompt() {
+        bail_usage!(
+            "--mongo is required (no terminal to ask on): pass --mongo <ip|host|mongodb://URI>"
+        );
+    }
+    eprint!("MongoDB address (IP, host name or mongodb:// URI): ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading the MongoDB address")?;
+    let line = line.trim().to_string();
+    if line.is_empty() {
+        bail_usage!("no MongoDB address given; pass --mongo");
+    }
+    Ok(line)
+}
+
+/// Validated input: everything a join needs, checked before anything is touched.
+struct Request {
+    db: DbUrl,
+    target: Target,
+    config: AgentConfig,
+    layout: AmsLayout,
+}
+
+fn validate(ctx: &Context, args: &JoinArgs) -> Result<Request> {
+    let input = mongo_input(args)?;
+    let creds = args.auth.credentials()?;
+    let db = url::classify(&input, &creds, &ctx.host, "--mongo")?;
+    if db.kind != DbKind::MongoDb {
+        bail_usage!(
+            "--mongo `{}`: join needs MongoDB (the node registry lives there), not {}",
+            db.redacted(),
+            db.kind.db_type()
+        );
+    }
+    if let Err(e) = config::validate_names(&args.database, &args.collection) {
+        bail_usage!("--database/--collection: {e:#}");
+    }
+    if let Err(e) = config::validate_interval(args.interval, "--interval") {
+        bail_usage!("{e:#}");
+    }
+    if args.ttl < Duration::from_secs(60) {
+        bail_usage!("--ttl must be at least 1m");
+    }
+    if args.wait.is_zero() {
+        bail_usage!("--wait must be longer than 0s");
+    }
+    crate::host::http::HttpUrl::parse(&args.ams_url)
+        .map_err(|e| crate::error::UsageError::new(format!("--ams-url: {e:#}")))?;
+    let layout = AmsLayout::new(&args.ams_home);
+    layout.check(&ctx.host)?;
+    let (uri, password) = url::split_password(&db.url);
+    let config = AgentConfig {
+        mongo: MongoSection {
+            uri: uri.clone(),
+            database: args.database.clone(),
+            collection: args.collection.clone(),
+            ttl: args.ttl,
+        },
+        node: NodeSection {
+            role: args.role,
+            ams_home: args.ams_home.clone(),
+            ams_mode: None,
+            node_group: None,
+        },
+        reporter: ReporterSection {
+            interval: args.interval,
+            ..ReporterSection::default()
+        },
+    };
+    Ok(Request {
+        target: Target {
+            uri,
+            password,
+            database: args.database.clone(),
+            collection: args.collection.clone(),
+        },
+        db,
+        config,
+        layout,
+    })
+}
+
+/// True when this very instance already joined with these settings.
+fn already_joined(host: &Host, node: &NodeIdentity, req: &Request) -> bool {
+    let Some(rec) = JoinRecord::load(host) else {
+        return false;
+    };
+    let Ok(Some(mut on_disk)) = AgentConfig::load(host, Path::new(CONFIG_FILE)) else {
+        return false;
+    };
+    on_disk.node.ams_mode = None;
+    on_disk.node.node_group = None;
+    let password_same = host.read_optional(Path::new(PASSWORD_FILE)).ok().flatten()
+        == Some(config::password_file_content(
+            req.target.password.as_deref(),
+        ));
+    rec.node_id == node.id
+        && rec.mongo == req.target.uri
+        && rec.database == req.target.database
+        && rec.collection == req.target.collection
+        && rec.role == req.config.node.role
+        && on_disk == req.config
+        && password_same
+}
+
+fn file_change(
+    host: &Host,
+    path: &str,
+    after: Vec<u8>,
+    mode: u32,
+    internal: bool,
+) -> Result<FileChange> {
+    let p = Path::new(path);
+    Ok(FileChange {
+        path: p.to_path_buf(),
+        before: host.read_optional(p)?,
+        after: Some(after),
+        meta_before: host.meta(p)?,
+        meta: private_meta(mode),
+        internal,
+    })
+}
+
+/// The agent's own files and the reporter service, as a plan.
+fn agent_plan(host: &Host, req: &Request, node: &NodeIdentity) -> Result<Plan> {
+    let mut plan = Plan::new(format!("configure the reporter of node {}", node.id));
+    plan.secrets = req.db.secrets.clone();
+    if let Some(p) = &req.target.password {
+        plan.secrets.push(p.clone());
+    }
+    let record = JoinRecord {
+        node_id: node.id.clone(),
+        mongo: req.target.uri.clone(),
+        database: req.target.database.clone(),
+        collection: req.target.collection.clone(),
+        role: req.config.node.role,
+        joined_at: config::unix_now(),
+    };
+    plan.files(
+        "write the agent configuration",
+        vec![
+            file_change(
+                host,
+                CONFIG_FILE,
+                req.config.to_toml().into_bytes(),
+                0o644,
+                false,
+            )?,
+            file_change(
+                host,
+                PASSWORD_FILE,
+                config::password_file_content(req.target.password.as_deref()),
+                0o600,
+                false,
+            )?,
+            file_change(host, JOIN_RECORD, record.to_json(), 0o644, true)?,
+        ],
+    );
+    plan.push(Step::Service {
+        unit: AGENT_UNIT.into(),
+        action: ServiceAction::EnableNow,
+    });
+    Ok(plan)
+}
+
+/// Waits for MongoDB: exponential backoff with jitter between attempts,
+/// each attempt a `ping` during which the driver re-checks the server every
+/// 500 ms, up to `wait` in all. Fails at once on errors waiting cannot fix
+/// (authentication, TLS, a bad URI).
+pub async fn wait_for_mongo(target: &Target, wait: Duration) -> Result<Registry, RegistryError> {
+    let start = Instant::now();
+    let shown = target.shown();
+    let mut backoff = Duration::from_millis(100);
+    let mut last_reason: Option<String> = None;
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let left = wait.saturating_sub(start.elapsed());
+        let select = left.clamp(Duration::from_millis(200), Duration::from_secs(2));
+        let deadlines = Deadlines {
+            connect: Duration::from_secs(3),
+            select,
+            op: select + Duration::from_secs(5),
+        };
+        let result = match Registry::open(target, deadlines).await {
+            Ok(reg) => match reg.ping().await {
+                Ok(()) => Ok(reg),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        let err = match result {
+            Ok(reg) => {
+                if last_reason.is_some() {
+                    tracing::info!(
+                        "MongoDB at {shown} answered after {:.1}s ({attempts} attempts)",
+                        start.elapsed().as_secs_f64()
+                    );
+                }
+                return Ok(reg);
+            }
+            Err(e) => e,
+        };
+        if !err.transient() {
+            return Err(err);
+        }
+        if start.elapsed() >= wait {
+            return Err(RegistryError::new(
+                err.failure,
+                format!(
+                    "MongoDB did not become reachable within {} ({attempts} attempts); last error: {err}",
+                    humantime::format_duration(wait)
+                ),
+            ));
+        }
+        let reason = format!("{:?}", err.failure);
+        if last_reason.as_deref() != Some(reason.as_str()) {
+            tracing::info!(
+                "waiting up to {} for MongoDB: {err}",
+                humantime::format_duration(wait)
+            );
+            last_reason = Some(reason);
+        } else {
+            tracing::debug!("still waiting for MongoDB: {err}");
+        }
+        // Full jitter in [backoff/2, backoff], capped at 1 s: many nodes
+        // booting together do not hit a starting server in lockstep, and a
+        // server that comes up is noticed within about a second.
+        let pause = backoff / 2 + jitter(backoff / 2);
+        tokio::time::sleep(pause.min(wait.saturating_sub(start.elapsed()))).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+pub fn run(ctx: &Context, args: JoinArgs) -> Result<()> {
+    let started = Instant::now();
+    let req = validate(ctx, &args)?;
+    let rt = runtime()?;
+    let node = match rt.block_on(identity::resolve(&ctx.host, &args.imds_endpoint)) {
+        Ok(n) => n,
+        Err(e) => {
+            let step = "identify this node";
+            let message = format!("{e:#}");
+            if !ctx.dry_run {
+                config::record_last_error(
+                    &ctx.host,
+                    &LastErrorRecord {
+                        command: "join".into(),
+                        step: step.into(),
+                        message: message.clone(),
+                        node_id: None,
+                        at: config::unix_now(),
+                    },
+                );
+            }
+            anyhow::bail!("join failed at step `{step}`: {message}");
+        }
+    };
+    let private_ip = args.ip.or(node.private_ip);
+    let switch = ModeSwitch {
+        mode: Mode::Cluster,
+        db: req.db.clone(),
+        layout: req.layout.clone(),
+        ip: private_ip,
+        restart: (!args.no_restart).then(|| mode::Restart {
+            url: args.ams_url.clone(),
+            ..mode::default_restart(args.ams_timeout)
+        }),
+    };
+
+    if ctx.dry_run {
+        println!(
+            "Plan: join node {} ({}, {}) to the registry at {} ({}.{})",
+            node.id,
+            node.source.name(),
+            req.config.node.role.name(),
+            req.target.shown(),
+            req.target.database,
+            req.target.collection
+        );
+        println!(
+            "- wait up to {} for MongoDB, create the registry indexes, register the node as `joining`",
+            humantime::format_duration(args.wait)
+        );
+        switch_mode(ctx, &switch)?;
+        print!("{}", agent_plan(&ctx.host, &req, &node)?.render());
+        println!("- mark the node `ready`");
+        println!("(dry run: nothing was changed and nothing was sent to MongoDB)");
+        return Ok(());
+    }
+
+    if already_joined(&ctx.host, &node, &req) {
+        println!(
+            "node {} already joined {} as {}; nothing to do",
+            node.id,
+            req.target.shown(),
+            req.config.node.role.name()
+        );
+        return Ok(());
+    }
+
+    let mut j = Joiner {
+        ctx,
+        node: &node,
+        req: &req,
+        registry: None,
+        rt: &rt,
+    };
+    j.run(&args, &switch, started)
+}
+
+struct Joiner<'a> {
+    ctx: &'a Context,
+    node: &'a NodeIdentity,
+    req: &'a Request,
+    registry: Option<Registry>,
+    rt: &'a tokio::runtime::Runtime,
+}
+
+impl Joiner<'_> {
+    /// Records a failed step locally and, when reachable, in MongoDB; the
+    /// error names the step.
+    fn fail(&self, step: &str, err: anyhow::Error) -> anyhow::Error {
+        let message = format!("{err:#}");
+        let message = message.split(['\n', '\r']).collect::<Vec<_>>().join(" ");
+        config::record_last_error(
+            &self.ctx.host,
+            &LastErrorRecord {
+                command: "join".into(),
+                step: step.into(),
+                message: message.clone(),
+                node_id: Some(self.node.id.clone()),
+                at: config::unix_now(),
+            },
+        );
+        if let Some(reg) = &self.registry {
+            let le = LastError {
+                step: step.into(),
+                message: message.clone(),
+            };
+            if let Err(e) =
+                self.rt
+                    .block_on(reg.record_error(&self.node.id, &le, Duration::from_secs(3)))
+            {
+                tracing::debug!("could not record the error in MongoDB: {e}");
+            }
+        }
+        anyhow::anyhow!("join failed at step `{step}`: {message}")
+    }
+
+    fn run(&mut self, args: &JoinArgs, switch: &ModeSwitch, started: Instant) -> Result<()> {
+        let host = &self.ctx.host;
+        let settings = ReporterSettings {
+            target: self.req.target.clone(),
+            role: self.req.config.node.role,
+            reporter: self.req.config.reporter.clone(),
+            layout: self.req.layout.clone(),
+            fallback_mode: None,
+            fallback_group: None,
+            ams_url: args.ams_url.clone(),
+            imds_endpoint: args.imds_endpoint.clone(),
+            ttl: args.ttl,
+        };
+
+        // 1. MongoDB (CPU is sampled meanwhile, for the first heartbeat).
+        let step = "wait for MongoDB";
+        tracing::info!(
+            "joining node {} ({}) to MongoDB at {}",
+            self.node.id,
+            settings.role.name(),
+            self.req.target.shown()
+        );
+        let (cpu, reg) = self.rt.block_on(async {
+            let cpu = CpuSampler::start(
+                settings.reporter.cpu_samples,
+                settings.reporter.cpu_sample_interval,
+            );
+            (cpu, wait_for_mongo(&self.req.target, args.wait).await)
+        });
+        let reg = reg.map_err(|e| self.fail(step, e.into()))?;
+        let reachable_at = Instant::now();
+        self.registry = Some(reg);
+        let reg = self.registry.as_ref().expect("set above");
+
+        // 2. Register as joining, then the indexes.
+        let step = "register the node";
+        let runner = self.ctx.runner.as_ref();
+        let mut gather = Gatherer::new(host, runner, &settings, cpu);
+        let res: Result<(), RegistryError> = self.rt.block_on(async {
+            let report = gather.report(self.node, Some(NodeState::Joining)).await;
+            reg.heartbeat(&report, true).await?;
+            tracing::info!(
+                "registered as joining {:.0} ms after MongoDB answered",
+                reachable_at.elapsed().as_secs_f64() * 1000.0
+            );
+            reg.ensure_indexes(args.ttl).await
+        });
+        res.map_err(|e| self.fail(step, e.into()))?;
+
+        // 3. AMS to cluster mode (the `mode` plan), restart, wait.
+        let step = "switch AMS to cluster mode";
+        switch_mode(self.ctx, switch).map_err(|e| self.fail(step, e))?;
+
+        // 4. The agent's files and the reporter.
+        let step = "configure and start the reporter";
+        let mut req_cfg = self.req.config.clone();
+        if let Some((m, g)) = crate::node::health::ams_config(host, &self.req.layout) {
+            req_cfg.node.ams_mode = Some(m);
+            req_cfg.node.node_group = g;
+        }
+        let req = Request {
+            db: self.req.db.clone(),
+            target: self.req.target.clone(),
+            config: req_cfg,
+            layout: self.req.layout.clone(),
+        };
+        let plan = agent_plan(host, &req, self.node).map_err(|e| self.fail(step, e))?;
+        host.create_dir_all(Path::new(CONFIG_DIR), 0o755)
+            .map_err(|e| self.fail(step, e))?;
+        print_or_apply(self.ctx, &plan).map_err(|e| self.fail(step, e))?;
+
+        // 5. Ready.
+        let step = "mark the node ready";
+        let reg = self.registry.as_ref().expect("set above");
+        gather.refresh();
+        let state = self.rt.block_on(async {
+            let report = gather.report(self.node, Some(NodeState::Ready)).await;
+            reg.heartbeat(&report, false).await.map(|_| report)
+        });
+        let report = state.map_err(|e| self.fail(step, e.into()))?;
+        let _ = host.remove(Path::new(LAST_ERROR));
+        if let Some(reg) = self.registry.take() {
+            self.rt.block_on(reg.close());
+        }
+
+        println!("Joined the cluster:");
+        println!(
+            "  node      {} ({}), {}, host {}, private IP {}",
+            self.node.id,
+            self.node.source.name(),
+            settings.role.name(),
+            self.node.hostname,
+            switch
+                .ip
+                .map_or_else(|| "from the default route".into(), |ip| ip.to_string())
+        );
+        println!(
+            "  registry  {} {}.{}",
+            self.req.target.shown(),
+            self.req.target.database,
+            self.req.target.collection
+        );
+        println!(
+            "  AMS       cluster mode, {}",
+            match (args.no_restart, report.ams.http_status) {
+                (true, _) => "not restarted (--no-restart)".to_string(),
+                (false, Some(code)) => format!("answering on {} (HTTP {code})", args.ams_url),
+                (false, None) => format!("restarted, not answering on {} yet", args.ams_url),
+            }
+        );
+        println!(
+            "  reporter  {AGENT_UNIT}, every {}",
+            humantime::format_duration(settings.reporter.interval)
+        );
+        println!("  took      {:.1}s", started.elapsed().as_secs_f64());
+        Ok(())
+    }
+}

@@ -1,0 +1,316 @@
+//! `ams-agent status [--json]`: the cluster as the registry sees it. Every
+//! node with role, state, alive/dead (alive = `lastSeen` within 4 of its
+//! heartbeat intervals, AMS's rule), CPU, memory and the age of its last
+//! heartbeat, plus a per-role summary: what an autoscaling decision needs.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+use mongodb::bson::{Bson, DateTime, Document};
+use serde::Serialize;
+
+use super::Context;
+use super::run::{RegistryArgs, Resolved, runtime};
+use crate::mongo::registry::{Deadlines, Registry};
+
+/// A node is alive while its last heartbeat is younger than this many intervals.
+pub const ALIVE_INTERVALS: u32 = 4;
+const DEFAULT_INTERVAL_SECONDS: f64 = 5.0;
+
+/// Show every node of the cluster and a per-role summary
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
+
+    /// How long to wait for MongoDB
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRow {
+    pub id: String,
+    pub role: String,
+    pub state: String,
+    pub alive: bool,
+    pub cpu: Option<f64>,
+    pub memory: Option<f64>,
+    /// Seconds since the last heartbeat (server clock).
+    pub age_seconds: Option<f64>,
+    pub hostname: Option<String>,
+    pub private_ip: Option<String>,
+    pub node_group: Option<String>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RoleSummary {
+    pub nodes: usize,
+    pub alive: usize,
+    /// Average CPU % over the alive nodes that reported one.
+    pub average_cpu: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StatusView {
+    pub nodes: Vec<NodeRow>,
+    pub roles: BTreeMap<String, RoleSummary>,
+}
+
+fn num(doc: &Document, key: &str) -> Option<f64> {
+    match doc.get(key)? {
+        Bson::Double(v) => Some(*v),
+        Bson::Int32(v) => Some(*v as f64),
+        Bson::Int64(v) => Some(*v as f64),
+        _ => None,
+    }
+}
+
+fn text(doc: &Document, key: &str) -> Option<String> {
+    match doc.get(key)? {
+        Bson::String(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// Builds the view from the node documents and the server's clock.
+pub fn view(docs: &[Document], now: DateTime) -> StatusView {
+    let mut nodes = Vec::with_capacity(docs.len());
+    for d in docs {
+        let id = match d.get("_id") {
+            Some(Bson::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+            None => continue,
+        };
+        let health = d.get_document("health").ok();
+        let age = d
+            .get_datetime("lastSeen")
+            .ok()
+            .map(|t| (now.timestamp_millis() - t.timestamp_millis()).max(0) as f64 / 1000.0);
+        let interval = num(d, "intervalSeconds")
+            .filter(|v| *v > 0.0)
+            .unwrap_or(DEFAULT_INTERVAL_SECONDS);
+        let state = text(d, "state").unwrap_or_else(|| "unknown".into());
+        let alive = state != "left" && age.is_some_and(|a| a < interval * ALIVE_INTERVALS as f64);
+        nodes.push(NodeRow {
+            id,
+            role: text(d, "role").unwrap_or_else(|| "unknown".into()),
+            state,
+            alive,
+            cpu: health.and_then(|h| num(h, "cpu")),
+            memory: health.and_then(|h| num(h, "memoryUsed")),
+            age_seconds: age.map(|a| (a * 10.0).round() / 10.0),
+            hostname: text(d, "hostname"),
+            private_ip: text(d, "privateIp"),
+            node_group: text(d, "nodeGroup"),
+            last_error: d.get_document("lastError").ok().map(|e| {
+                format!(
+                    "{}: {}",
+                    text(e, "step").unwrap_or_default(),
+                    text(e, "message").unwrap_or_default()
+                )
+            }),
+        });
+    }
+    nodes.sort_by(|a, b| (&a.role, &a.id).cmp(&(&b.role, &b.id)));
+    let mut roles: BTreeMap<String, RoleSummary> = BTreeMap::new();
+    let mut cpu_sums: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+    for n in &nodes {
+        let r = roles.entry(n.role.clone()).or_default();
+        r.nodes += 1;
+        if n.alive {
+            r.alive += 1;
+            if let Some(c) = n.cpu {
+                let e = cpu_sums.entry(n.role.clone()).or_default();
+                e.0 += c;
+                e.1 += 1;
+            }
+        }
+    }
+    for (role, (sum, count)) in cpu_sums {
+        if let Some(r) = roles.get_mut(&role) {
+            r.average_cpu = Some(((sum / count as f64) * 10.0).round() / 10.0);
+        }
+    }
+    StatusView { nodes, roles }
+}
+
+fn opt(v: Option<f64>, unit: &str) -> String {
+    v.map_or("-".into(), |v| format!("{v:.1}{unit}"))
+}
+
+fn age(v: Option<f64>) -> String {
+    match v {
+        None => "never".into(),
+        Some(s) if s < 120.0 => format!("{s:.0}s ago"),
+        Some(s) if s < 7200.0 => format!("{:.0}m ago", s / 60.0),
+        Some(s) if s < 172_800.0 => format!("{:.0}h ago", s / 3600.0),
+        Some(s) => format!("{:.0}d ago", s / 86400.0),
+    }
+}
+
+/// The table a person reads.
+pub fn render(v: &StatusView) -> String {
+    let mut out = String::new();
+    if v.nodes.is_empty() {
+        out.push_str("no nodes registered\n");
+        return out;
+    }
+    let rows: Vec<[String; 8]> = v
+        .nodes
+        .iter()
+        .map(|n| {
+            [
+                n.id.clone(),
+                n.role.clone(),
+                n.state.clone(),
+                if n.alive { "alive" } else { "dead" }.into(),
+                opt(n.cpu, "%"),
+                opt(n.memory, "%"),
+                age(n.age_seconds),
+                n.private_ip.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    let head = [
+        "NODE",
+        "ROLE",
+        "STATE",
+        "ALIVE",
+        "CPU",
+        "MEM",
+        "LAST SEEN",
+        "PRIVATE IP",
+    ];
+    let mut widths = head.map(str::len);
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut l = String::new();
+        for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(c);
+            } else {
+                let _ = write!(l, "{c:<w$}  ");
+            }
+        }
+        l.trim_end().to_string()
+    };
+    let _ = writeln!(out, "{}", line(&head.map(String::from)));
+    for r in &rows {
+        let _ = writeln!(out, "{}", line(r));
+    }
+    out.push('\n');
+    for (role, s) in &v.roles {
+        let _ = writeln!(
+            out,
+            "{role}: {} alive of {}, average CPU {}",
+            s.alive,
+            s.nodes,
+            s.average_cpu.map_or("-".into(), |c| format!("{c:.1}%"))
+        );
+    }
+    out
+}
+
+pub fn run(ctx: &Context, args: StatusArgs) -> Result<()> {
+    let Resolved { target, .. } = args.registry.resolve(&ctx.host)?;
+    let rt = runtime()?;
+    let (docs, now) = rt
+        .block_on(async {
+            let deadlines = Deadlines {
+                connect: args.timeout.min(Duration::from_secs(5)),
+                select: args.timeout,
+                op: args.timeout,
+            };
+            let reg = Registry::open(&target, deadlines).await?;
+            let r = reg.list().await;
+            reg.close().await;
+            r
+        })
+        .with_context(|| {
+            format!(
+                "reading the node registry {}.{}",
+                target.database, target.collection
+            )
+        })?;
+    let now = now.unwrap_or_else(DateTime::now);
+    let v = view(&docs, now);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).context("writing JSON")?
+        );
+    } else {
+        print!("{}", render(&v));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mongodb::bson::doc;
+
+    #[test]
+    fn alive_is_four_intervals_and_roles_average_alive_cpu() {
+        let now = DateTime::from_millis(1_000_000_000);
+        let ago = |s: i64| DateTime::from_millis(1_000_000_000 - s * 1000);
+        let docs = vec![
+            doc! { "_id": "a", "role": "origin", "state": "ready", "lastSeen": ago(19), "intervalSeconds": 5.0, "health": { "cpu": 80.0, "memoryUsed": 50.0 } },
+            doc! { "_id": "b", "role": "origin", "state": "ready", "lastSeen": ago(21), "intervalSeconds": 5.0, "health": { "cpu": 10.0 } },
+            doc! { "_id": "c", "role": "edge", "state": "ready", "lastSeen": ago(3), "intervalSeconds": 1.0, "health": { "cpu": 20.0 } },
+            doc! { "_id": "d", "role": "edge", "state": "ready", "lastSeen": ago(5), "intervalSeconds": 1.0, "health": { "cpu": 99.0 } },
+            doc! { "_id": "e", "role": "edge", "state": "left", "lastSeen": ago(0), "health": { "cpu": 99.0 } },
+            doc! { "_id": "f", "role": "edge", "state": "ready", "lastSeen": ago(1), "health": { "cpu": 40 } },
+        ];
+        let v = view(&docs, now);
+        let alive: Vec<(&str, bool)> = v.nodes.iter().map(|n| (n.id.as_str(), n.alive)).collect();
+        assert_eq!(
+            alive,
+            [
+                ("c", true),
+                ("d", false),
+                ("e", false),
+                ("f", true),
+                ("a", true),
+                ("b", false)
+            ]
+        );
+        assert_eq!(
+            v.roles["origin"],
+            RoleSummary {
+                nodes: 2,
+                alive: 1,
+                average_cpu: Some(80.0)
+            }
+        );
+        assert_eq!(
+            v.roles["edge"],
+            RoleSummary {
+                nodes: 4,
+                alive: 2,
+                average_cpu: Some(30.0)
+            }
+        );
+        let table = render(&v);
+        assert!(
+            table.contains("origin: 1 alive of 2, average CPU 80.0%"),
+            "{table}"
+        );
+        assert!(table.lines().next().unwrap().starts_with("NODE"), "{table}");
+    }
+}

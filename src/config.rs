@@ -1,0 +1,477 @@
+//! The agent's own configuration: `/etc/ams-agent/agent.toml` (never holds a
+//! secret, mode 0644) and the MongoDB password file
+//! `/etc/ams-agent/mongo-password` (mode 0600, always present, empty when
+//! there is no password, because the unit loads it with `LoadCredential=`).
+//!
+//! Both are written by `join`; `run`, `status` and `leave` read them. The
+//! order of precedence at run time is: `agent.toml`, then the credentials
+//! file, then the environment, then flags.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::ams::layout::DEFAULT_AMS_HOME;
+use crate::ams::mode::Mode;
+use crate::bail_usage;
+use crate::host::Host;
+
+pub const CONFIG_DIR: &str = "/etc/ams-agent";
+pub const CONFIG_FILE: &str = "/etc/ams-agent/agent.toml";
+pub const PASSWORD_FILE: &str = "/etc/ams-agent/mongo-password";
+/// Name of the credential in `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`).
+pub const CREDENTIAL_NAME: &str = "mongo-password";
+
+pub const DEFAULT_DATABASE: &str = "ams_agent";
+pub const DEFAULT_COLLECTION: &str = "nodes";
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+pub const DEFAULT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const DEFAULT_CPU_SAMPLES: u32 = 5;
+pub const DEFAULT_CPU_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Origin,
+    Edge,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Origin => "origin",
+            Role::Edge => "edge",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub mongo: MongoSection,
+    pub node: NodeSection,
+    #[serde(default)]
+    pub reporter: ReporterSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MongoSection {
+    /// The connection URI without its password (the user is kept).
+    pub uri: String,
+    #[serde(default = "default_database")]
+    pub database: String,
+    #[serde(default = "default_collection")]
+    pub collection: String,
+    /// Node documents whose `lastSeen` is older than this are removed by the
+    /// server (TTL index).
+    #[serde(default = "default_ttl", with = "humantime_serde_compat")]
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    pub role: Role,
+    #[serde(default = "default_ams_home")]
+    pub ams_home: PathBuf,
+    /// AMS's mode and node group as `join` left them; the reporter re-reads
+    /// AMS's files when it may, and falls back to these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ams_mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_group: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReporterSection {
+    #[serde(default = "default_interval", with = "humantime_serde_compat")]
+    pub interval: Duration,
+    #[serde(default = "default_cpu_samples")]
+    pub cpu_samples: u32,
+    #[serde(
+        default = "default_cpu_sample_interval",
+        with = "humantime_serde_compat"
+    )]
+    pub cpu_sample_interval: Duration,
+}
+
+impl Default for ReporterSection {
+    fn default() -> Self {
+        ReporterSection {
+            interval: DEFAULT_INTERVAL,
+            cpu_samples: DEFAULT_CPU_SAMPLES,
+            cpu_sample_interval: DEFAULT_CPU_SAMPLE_INTERVAL,
+        }
+    }
+}
+
+fn default_database() -> String {
+    DEFAULT_DATABASE.into()
+}
+fn default_collection() -> String {
+    DEFAULT_COLLECTION.into()
+}
+fn default_ttl() -> Duration {
+    DEFAULT_TTL
+}
+fn default_interval() -> Duration {
+    DEFAULT_INTERVAL
+}
+fn default_cpu_samples() -> u32 {
+    DEFAULT_CPU_SAMPLES
+}
+fn default_cpu_sample_interval() -> Duration {
+    DEFAULT_CPU_SAMPLE_INTERVAL
+}
+fn default_ams_home() -> PathBuf {
+    PathBuf::from(DEFAULT_AMS_HOME)
+}
+
+/// Durations as humantime strings (`"5s"`, `"7days"`).
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map_err(|e| D::Error::custom(format!("`{text}`: {e} (examples: 5s, 1m, 7days)")))
+    }
+}
+
+impl AgentConfig {
+    /// Loads `path` (a host path, root-prefixed). `Ok(None)` when the file
+    /// does not exist; a malformed file is bad input naming the file.
+    pub fn load(host: &Host, path: &Path) -> Result<Option<AgentConfig>> {
+        let Some(bytes) = host.read_optional(path)? else {
+            return Ok(None);
+        };
+        let Ok(text) = String::from_utf8(bytes) else {
+            bail_usage!("{}: not UTF-8 text", path.display());
+        };
+        let cfg: AgentConfig = match toml::from_str(&text) {
+            Ok(c) => c,
+            Err(e) => bail_usage!(
+                "{}: {}",
+                path.display(),
+                e.to_string().lines().collect::<Vec<_>>().join(" ")
+            ),
+        };
+        cfg.validate().map_err(|e| {
+            anyhow::anyhow!(crate::error::UsageError::new(format!(
+                "{}: {e:#}",
+                path.display()
+            )))
+        })?;
+        Ok(Some(cfg))
+    }
+
+    pub fn to_toml(&self) -> String {
+        let body = toml::to_string(self).expect("the configuration serialises");
+        format!(
+            "# ams-agent configuration, written by `ams-agent join`.\n\
+             # No secret here: the MongoDB password is in {PASSWORD_FILE} (mode 0600).\n\n{body}"
+        )
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if crate::mongo::url::uri_password(&self.mongo.uri).is_some() {
+            anyhow::bail!("[mongo] uri holds a password; keep it in {PASSWORD_FILE}");
+        }
+        validate_names(&self.mongo.database, &self.mongo.collection)?;
+        validate_interval(self.reporter.interval, "[reporter] interval")?;
+        if self.reporter.cpu_samples == 0 || self.reporter.cpu_samples > 600 {
+            anyhow::bail!("[reporter] cpu_samples must be between 1 and 600");
+        }
+        if self.reporter.cpu_sample_interval < Duration::from_millis(200) {
+            anyhow::bail!("[reporter] cpu_sample_interval must be at least 200ms");
+        }
+        if self.mongo.ttl < Duration::from_secs(60) {
+            anyhow::bail!("[mongo] ttl must be at least 1m");
+        }
+        Ok(())
+    }
+
+    pub fn ams_mode(&self) -> Option<Mode> {
+        match self.node.ams_mode.as_deref() {
+            Some("cluster") => Some(Mode::Cluster),
+            Some("standalone") => Some(Mode::Standalone),
+            _ => None,
+        }
+    }
+}
+
+/// Checks a MongoDB database and collection name (the server's own rules).
+pub fn validate_names(database: &str, collection: &str) -> Result<()> {
+    if database.is_empty() || database.len() > 63 {
+        anyhow::bail!("database name `{database}` must be 1-63 characters");
+    }
+    if let Some(c) = database.chars().find(|c| {
+        matches!(
+            c,
+            '/' | '\\' | '.' | ' ' | '"' | '$' | '*' | '<' | '>' | ':' | '|' | '?'
+        ) || c.is_control()
+    }) {
+        anyhow::bail!(
+            "database name `{}` contains `{}`",
+            database.escape_debug(),
+            c.escape_debug()
+        );
+    }
+    if collection.is_empty() || collection.len() > 120 {
+        anyhow::bail!("collection name `{collection}` must be 1-120 characters");
+    }
+    if collection.starts_with("system.")
+        || collection.contains('$')
+        || collection.chars().any(char::is_control)
+    {
+        anyhow::bail!(
+            "collection name `{}` is not allowed (no `$`, no control characters, not system.*)",
+            collection.escape_debug()
+        );
+    }
+    Ok(())
+}
+
+pub fn validate_interval(d: Duration, what: &str) -> Result<()> {
+    if d < Duration::from_millis(500) || d > Duration::from_secs(3600) {
+        anyhow::bail!(
+            "{what} {} is out of range (500ms to 1h)",
+            humantime::format_duration(d)
+        );
+    }
+    Ok(())
+}
+
+/// The password file's content for `password`: the password and one
+/// newline, or nothing at all.
+pub fn password_file_content(password: Option<&str>) -> Vec<u8> {
+    match password {
+        Some(p) if !p.is_empty() => format!("{p}\n").into_bytes(),
+        _ => Vec::new(),
+    }
+}
+
+/// Where the password comes from at run time: `$CREDENTIALS_DIRECTORY/mongo-password`
+/// when systemd passed credentials, else `/etc/ams-agent/mongo-password`
+/// under the root; `AMS_AGENT_MONGO_PASSWORD` overrides both. A missing or
+/// empty file means "no password". Exactly one trailing newline is dropped.
+pub fn runtime_password(host: &Host) -> Result<Option<String>> {
+    if let Some(p) = std::env::var(crate::cli::PASSWORD_ENV)
+        .ok()
+        .filter(|p| !p.is_empty())
+    {
+        return Ok(Some(p));
+    }
+    let (real, shown) = match std::env::var_os("CREDENTIALS_DIRECTORY") {
+        Some(dir) => {
+            let p = Path::new(&dir).join(CREDENTIAL_NAME);
+            (p.clone(), p)
+        }
+        None => (
+            host.path(Path::new(PASSWORD_FILE)),
+            PathBuf::from(PASSWORD_FILE),
+        ),
+    };
+    let bytes = match std::fs::read(&real) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "reading the MongoDB password from {} (run as root, or set {})",
+                    shown.display(),
+                    crate::cli::PASSWORD_ENV
+                )
+            });
+        }
+    };
+    let mut text = String::from_utf8(bytes).with_context(|| {
+        format!(
+            "reading {}: the password is not UTF-8 text",
+            shown.display()
+        )
+    })?;
+    if text.ends_with('\n') {
+        text.pop();
+    }
+    Ok((!text.is_empty()).then_some(text))
+}
+
+/// Where `join` records that this instance joined (per instance: a new
+/// instance booted from the same image has another id and joins afresh).
+pub const JOIN_RECORD: &str = "/var/lib/ams-agent/joined.json";
+/// The last failure of `join`/`leave`, kept locally (no secret in it).
+pub const LAST_ERROR: &str = "/var/lib/ams-agent/last-error.json";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinRecord {
+    pub node_id: String,
+    /// The registry URI, without password.
+    pub mongo: String,
+    pub database: String,
+    pub collection: String,
+    pub role: Role,
+    /// Seconds since the Unix epoch.
+    pub joined_at: u64,
+}
+
+impl JoinRecord {
+    pub fn load(host: &Host) -> Option<JoinRecord> {
+        let bytes = host.read_optional(Path::new(JOIN_RECORD)).ok()??;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).expect("the record serialises");
+        v.push(b'\n');
+        v
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastErrorRecord {
+    pub command: String,
+    pub step: String,
+    pub message: String,
+    pub node_id: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Writes `last-error.json` (best effort: a failure to record a failure is
+/// only logged).
+pub fn record_last_error(host: &Host, rec: &LastErrorRecord) {
+    let write = || -> Result<()> {
+        host.create_dir_all(Path::new(crate::host::fs::STATE_DIR), 0o700)?;
+        let mut v = serde_json::to_vec_pretty(rec)?;
+        v.push(b'\n');
+        host.write_atomic(
+            Path::new(LAST_ERROR),
+            &v,
+            crate::host::fs::private_meta(0o644),
+        )
+    };
+    if let Err(e) = write() {
+        tracing::warn!("could not record the error in {LAST_ERROR}: {e:#}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::fs::{CrashPoints, private_meta};
+
+    fn sample() -> AgentConfig {
+        AgentConfig {
+            mongo: MongoSection {
+                uri: "mongodb://ams@10.0.1.5:27017".into(),
+                database: DEFAULT_DATABASE.into(),
+                collection: DEFAULT_COLLECTION.into(),
+                ttl: DEFAULT_TTL,
+            },
+            node: NodeSection {
+                role: Role::Origin,
+                ams_home: DEFAULT_AMS_HOME.into(),
+                ams_mode: Some("cluster".into()),
+                node_group: Some("default".into()),
+            },
+            reporter: ReporterSection::default(),
+        }
+    }
+
+    #[test]
+    fn round_trips_with_the_documented_key_names() {
+        let text = sample().to_toml();
+        for needle in [
+            "[mongo]",
+            "uri = \"mongodb://ams@10.0.1.5:27017\"",
+            "database = \"ams_agent\"",
+            "collection = \"nodes\"",
+            "[node]",
+            "role = \"origin\"",
+            "ams_home = \"/usr/local/antmedia\"",
+            "[reporter]",
+            "interval = \"5s\"",
+            "cpu_samples = 5",
+            "cpu_sample_interval = \"1s\"",
+        ] {
+            assert!(text.contains(needle), "{needle} missing in\n{text}");
+        }
+        let back: AgentConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back, sample());
+    }
+
+    #[test]
+    fn the_documented_minimal_file_loads() {
+        let text = "[mongo]\nuri = \"mongodb://ams@10.0.1.5:27017\"\ndatabase = \"ams_agent\"\ncollection = \"nodes\"\n[node]\nrole = \"edge\"\nams_home = \"/usr/local/antmedia\"\n[reporter]\ninterval = \"5s\"\ncpu_samples = 5\ncpu_sample_interval = \"1s\"\n";
+        let c: AgentConfig = toml::from_str(text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.node.role, Role::Edge);
+        assert_eq!(c.mongo.ttl, DEFAULT_TTL);
+    }
+
+    #[test]
+    fn bad_files_are_usage_errors_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = Host::new(dir.path(), CrashPoints::default());
+        h.create_dir_all(Path::new(CONFIG_DIR), 0o755).unwrap();
+        let p = Path::new(CONFIG_FILE);
+        assert!(AgentConfig::load(&h, p).unwrap().is_none());
+        for bad in [
+            "nonsense",
+            "[mongo]\nuri = \"mongodb://u:pw@h\"\n[node]\nrole = \"origin\"\n",
+            "[mongo]\nuri = \"mongodb://h\"\n[node]\nrole = \"relay\"\n",
+            "[mongo]\nuri = \"mongodb://h\"\n[node]\nrole = \"origin\"\n[reporter]\ninterval = \"1ms\"\n",
+            "[mongo]\nuri = \"mongodb://h\"\ndatabase = \"a.b\"\n[node]\nrole = \"origin\"\n",
+        ] {
+            h.write_atomic(p, bad.as_bytes(), private_meta(0o644))
+                .unwrap();
+            let e = AgentConfig::load(&h, p).unwrap_err();
+            assert_eq!(crate::error::exit_code(&e), 2, "{bad}");
+            let msg = format!("{e:#}");
+            assert!(msg.contains(CONFIG_FILE), "{msg}");
+            assert!(!msg.contains('\n'), "one line: {msg}");
+            assert!(!msg.contains("pw"), "no password: {msg}");
+        }
+    }
+
+    #[test]
+    fn password_file_round_trip_keeps_odd_passwords() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = Host::new(dir.path(), CrashPoints::default());
+        h.create_dir_all(Path::new(CONFIG_DIR), 0o755).unwrap();
+        for pw in ["p@ss:w/rd?#%\\", "line1\nline2", "ends-with-newline\n", "ü"] {
+            h.write_atomic(
+                Path::new(PASSWORD_FILE),
+                &password_file_content(Some(pw)),
+                private_meta(0o600),
+            )
+            .unwrap();
+            // SAFETY-free: tests in this module do not set these variables.
+            assert_eq!(runtime_password(&h).unwrap().as_deref(), Some(pw));
+        }
+        h.write_atomic(
+            Path::new(PASSWORD_FILE),
+            &password_file_content(None),
+            private_meta(0o600),
+        )
+        .unwrap();
+        assert_eq!(runtime_password(&h).unwrap(), None);
+    }
+}

@@ -1,0 +1,467 @@
+//! The node registry: one document per node in a collection of the agent's
+//! own (`ams_agent.nodes` by default), upserted by node id, `lastSeen` from
+//! the server's clock (`$currentDate`), a heartbeat counter, and a TTL index
+//! that drops nodes autoscaling terminated long ago.
+//!
+//! Every operation has a deadline of its own on top of the driver's server
+//! selection timeout, so a stalled server never hangs a caller.
+
+use std::future::IntoFuture;
+use std::time::Duration;
+
+use anyhow::Result;
+use mongodb::bson::{Bson, Document, doc};
+use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::{Client, Collection, Database, IndexModel};
+
+use super::error::{Failure, RegistryError};
+use crate::config::Role;
+use crate::node::health::{AmsState, Health};
+use crate::node::identity::NodeIdentity;
+
+pub const TTL_INDEX: &str = "lastSeen_ttl";
+pub const ROLE_INDEX: &str = "role_state";
+
+/// Where the registry lives. The password is kept apart from the URI.
+#[derive(Clone)]
+pub struct Target {
+    /// The URI without its password.
+    pub uri: String,
+    pub password: Option<String>,
+    pub database: String,
+    pub collection: String,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("uri", &self.shown())
+            .field("password", &self.password.as_ref().map(|_| "****"))
+            .field("database", &self.database)
+            .field("collection", &self.collection)
+            .finish()
+    }
+}
+
+impl Target {
+    /// The URI as printed: the password (kept apart) shows as `****`.
+    pub fn shown(&self) -> String {
+        let plain = super::url::redact(&self.uri);
+        if self.password.is_none() {
+            return plain;
+        }
+        let Some(start) = plain.find("://").map(|i| i + 3) else {
+            return plain;
+        };
+        let rest = &plain[start..];
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        match rest[..authority_end].rfind('@') {
+            Some(at) if !rest[..at].contains(':') => {
+                format!("{}{}:****{}", &plain[..start], &rest[..at], &rest[at..])
+            }
+            _ => plain,
+        }
+    }
+}
+
+/// Deadlines for talking to MongoDB.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    pub connect: Duration,
+    /// How long one operation may wait for a usable server.
+    pub select: Duration,
+    /// The whole operation, server selection included.
+    pub op: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            connect: Duration::from_secs(5),
+            select: Duration::from_secs(5),
+            op: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeState {
+    Joining,
+    Ready,
+    Degraded,
+    Leaving,
+    Left,
+}
+
+impl NodeState {
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeState::Joining => "joining",
+            NodeState::Ready => "ready",
+            NodeState::Degraded => "degraded",
+            NodeState::Leaving => "leaving",
+            NodeState::Left => "left",
+        }
+    }
+}
+
+/// Everything a heartbeat says about the node.
+#[derive(Debug, Clone)]
+pub struct NodeReport {
+    pub identity: NodeIdentity,
+    pub role: Role,
+    pub state: NodeState,
+    pub ams: AmsState,
+    pub health: Health,
+    pub interval: Duration,
+}
+
+/// What a failed step leaves in the node's document.
+#[derive(Debug, Clone)]
+pub struct LastError {
+    pub step: String,
+    pub message: String,
+}
+
+fn opt_str(v: &Option<String>) -> Bson {
+    v.as_ref().map_or(Bson::Null, |s| Bson::String(s.clone()))
+}
+
+fn opt_f64(v: Option<f64>) -> Bson {
+    v.map_or(Bson::Null, Bson::Double)
+}
+
+impl NodeReport {
+    /// The `$set` part of the heartbeat upsert.
+    pub fn set_fields(&self) -> Document {
+        let id = &self.identity;
+        let h = &self.health;
+        doc! {
+            "hostname": &id.hostname,
+            "privateIp": id.private_ip.map_or(Bson::Null, |ip| Bson::String(ip.to_string())),
+            "publicIp": id.public_ip.map_or(Bson::Null, |ip| Bson::String(ip.to_string())),
+            "instanceType": opt_str(&id.instance_type),
+            "availabilityZone": opt_str(&id.availability_zone),
+            "idSource": id.source.name(),
+            "role": self.role.name(),
+            "nodeGroup": opt_str(&self.ams.node_group),
+            "ams": {
+                "mode": opt_str(&self.ams.mode),
+                "service": &self.ams.service,
+                "http": self.ams.answers(),
+                "httpStatus": self.ams.http_status.map_or(Bson::Null, |s| Bson::Int32(s as i32)),
+            },
+            "health": {
+                "cpu": opt_f64(h.cpu),
+                "cpuCount": h.cpu_count as i32,
+                "load1": h.load[0],
+                "load5": h.load[1],
+                "load15": h.load[2],
+                "memoryUsed": opt_f64(h.memory_used),
+                "diskUsed": opt_f64(h.disk_used),
+                "uptime": h.uptime_seconds as i64,
+            },
+            "state": self.state.name(),
+            "intervalSeconds": self.interval.as_secs_f64(),
+            "agentVersion": env!("CARGO_PKG_VERSION"),
+        }
+    }
+
+    /// The whole update document of a heartbeat. `joined` also stamps
+    /// `joinedAt` (server clock) and clears an earlier `lastError`.
+    pub fn update(&self, joined: bool) -> Document {
+        let mut current = doc! { "lastSeen": true };
+        if joined {
+            current.insert("joinedAt", true);
+        }
+        let mut u = doc! {
+            "$set": self.set_fields(),
+            "$currentDate": current,
+            "$inc": { "heartbeats": 1_i64 },
+        };
+        if joined {
+            u.insert("$unset", doc! { "lastError": "" });
+        }
+        u
+    }
+}
+
+/// An open registry: a driver client (lazy, pooled) and the collection.
+pub struct Registry {
+    client: Client,
+    db: Database,
+    coll: Collection<Document>,
+    shown: String,
+    deadlines: Deadlines,
+}
+
+impl Registry {
+    /// Parses the URI and prepares the client. Connects lazily: nothing is
+    /// sent until the first operation (except SRV/TXT lookups for
+    /// `mongodb+srv://`, bounded by the connect deadline).
+    pub async fn open(target: &Target, deadlines: Deadlines) -> Result<Registry, RegistryError> {
+        let shown = target.shown();
+        let parse = ClientOptions::parse(target.uri.as_str());
+        let mut opts = match tokio::time::timeout(deadlines.connect, parse).await {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) => return Err(RegistryError::from_driver(&e, &shown, "reading the URI")),
+            Err(_) => {
+                return Err(RegistryError::new(
+                    Failure::Timeout,
+                    format!(
+                        "resolving the hosts of {shown} took longer than {}",
+                        humantime::format_duration(deadlines.connect)
+                    ),
+                ));
+            }
+        };
+        if let Some(pw) = &target.password {
+            match opts.credential.as_mut() {
+                Some(c) if c.username.is_some() => c.password = Some(pw.clone()),
+                _ => {
+                    return Err(RegistryError::new(
+                        Failure::Config,
+                        format!("a MongoDB password is set, but {shown} names no user"),
+                    ));
+                }
+            }
+        }
+        opts.app_name = Some(format!("ams-agent {}", env!("CARGO_PKG_VERSION")));
+        opts.connect_timeout = Some(deadlines.connect);
+        opts.server_selection_timeout = Some(deadlines.select);
+        // While an operation waits for the server, the driver re-checks it
+        // every 500 ms; between operations this slower pace suffices.
+        opts.heartbeat_freq = Some(Duration::from_secs(10));
+        opts.max_pool_size = Some(2);
+        opts.min_pool_size = Some(0);
+        let client = Client::with_options(opts)
+            .map_err(|e| RegistryError::from_driver(&e, &shown, "preparing the client"))?;
+        let db = client.database(&target.database);
+        let coll = db.collection::<Document>(&target.collection);
+        Ok(Registry {
+            client,
+            db,
+            coll,
+            shown,
+            deadlines,
+        })
+    }
+
+    pub fn shown_uri(&self) -> &str {
+        &self.shown
+    }
+
+    pub fn deadlines(&self) -> Deadlines {
+        self.deadlines
+    }
+
+    /// Runs `fut` within the operation deadline, turning driver errors into
+    /// clear messages.
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        limit: Duration,
+        fut: impl IntoFuture<Output = mongodb::error::Result<T>>,
+    ) -> Result<T, RegistryError> {
+        match tokio::time::timeout(limit, fut.into_future()).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(RegistryError::from_driver(&e, &self.shown, what)),
+            Err(_) => Err(RegistryError::new(
+                Failure::Timeout,
+                format!(
+                    "{what}: MongoDB at {} did not answer within {}",
+                    self.shown,
+                    humantime::format_duration(limit)
+                ),
+            )),
+        }
+    }
+
+    /// `ping` on the registry's database: reachable, and (with
+    /// credentials) authenticated.
+    pub async fn ping(&self) -> Result<(), RegistryError> {
+        self.bounded(
+            "pinging",
+            self.deadlines.op,
+            self.db.run_command(doc! { "ping": 1 }),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Creates the indexes if missing; when the TTL changed, adjusts it with
+    /// `collMod` instead of failing.
+    pub async fn ensure_indexes(&self, ttl: Duration) -> Result<(), RegistryError> {
+        let models = vec![
+            IndexModel::builder()
+                .keys(doc! { "lastSeen": 1 })
+                .options(
+                    IndexOptions::builder()
+                        .name(TTL_INDEX.to_string())
+                        .expire_after(ttl)
+                        .build(),
+                )
+                .build(),
+            IndexModel::builder()
+                .keys(doc! { "role": 1, "state": 1 })
+                .options(IndexOptions::builder().name(ROLE_INDEX.to_string()).build())
+                .build(),
+        ];
+        let res = self
+            .bounded(
+                "creating the registry indexes",
+                self.deadlines.op,
+                self.coll.create_indexes(models),
+            )
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            // IndexOptionsConflict / IndexKeySpecsConflict: another TTL.
+            Err(e) if matches!(e.code, Some(85) | Some(86)) => {
+                tracing::info!(
+                    "changing the TTL of {}.{} to {}",
+                    self.db.name(),
+                    self.coll.name(),
+                    humantime::format_duration(ttl)
+                );
+                self.bounded(
+                    "changing the TTL index",
+                    self.deadlines.op,
+                    self.db.run_command(doc! {
+                        "collMod": self.coll.name(),
+                        "index": { "name": TTL_INDEX, "expireAfterSeconds": ttl.as_secs() as i64 },
+                    }),
+                )
+                .await
+                .map(|_| ())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The heartbeat: upsert by node id.
+    pub async fn heartbeat(&self, report: &NodeReport, joined: bool) -> Result<(), RegistryError> {
+        self.upsert(
+            &report.identity.id,
+            report.update(joined),
+            self.deadlines.op,
+        )
+        .await
+    }
+
+    async fn upsert(
+        &self,
+        id: &str,
+        update: Document,
+        limit: Duration,
+    ) -> Result<(), RegistryError> {
+        self.bounded(
+            "writing the node document",
+            limit,
+            self.coll
+                .update_one(doc! { "_id": id }, update)
+                .upsert(true),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Sets the node's state only (for `leave` and shutdown), within `limit`.
+    pub async fn set_state(
+        &self,
+        id: &str,
+        state: NodeState,
+        limit: Duration,
+    ) -> Result<(), RegistryError> {
+        self.upsert(
+            id,
+            doc! {
+                "$set": { "state": state.name() },
+                "$currentDate": { "lastSeen": true },
+            },
+            limit,
+        )
+        .await
+    }
+
+    /// Records a failed step in the node's document, within `limit`.
+    pub async fn record_error(
+        &self,
+        id: &str,
+        err: &LastError,
+        limit: Duration,
+    ) -> Result<(), RegistryError> {
+        self.upsert(
+            id,
+            doc! {
+                "$set": { "lastError": { "step": &err.step, "message": &err.message } },
+                "$currentDate": { "lastError.at": true },
+            },
+            limit,
+        )
+        .await
+    }
+
+    /// Every node document (the fields `status` shows) and the server's
+    /// clock, so ages do not depend on this machine's clock.
+    pub async fn list(
+        &self,
+    ) -> Result<(Vec<Document>, Option<mongodb::bson::DateTime>), RegistryError> {
+        let hello = self
+            .bounded(
+                "asking the server's time",
+                self.deadlines.op,
+                self.db.run_command(doc! { "hello": 1 }),
+            )
+            .await?;
+        let now = hello.get_datetime("localTime").ok().copied();
+        let projection = doc! {
+            "hostname": 1, "privateIp": 1, "role": 1, "state": 1, "nodeGroup": 1,
+            "health.cpu": 1, "health.memoryUsed": 1, "lastSeen": 1, "intervalSeconds": 1,
+            "lastError": 1, "ams.http": 1,
+        };
+        let deadline = self.deadlines.op;
+        let fetch = async {
+            let mut cursor = self
+                .coll
+                .find(doc! {})
+                .projection(projection)
+                .batch_size(10_000)
+                .sort(doc! { "role": 1, "_id": 1 })
+                .await?;
+            let mut docs = Vec::new();
+            while cursor.advance().await? {
+                docs.push(cursor.deserialize_current()?);
+            }
+            Ok(docs)
+        };
+        let docs = self.bounded("listing the nodes", deadline, fetch).await?;
+        Ok((docs, now))
+    }
+
+    /// Closes the pool (ends sessions politely) within a short deadline.
+    pub async fn close(self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.client.shutdown()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shown_uri_masks_a_separate_password() {
+        let mut t = Target {
+            uri: "mongodb://ams@h1,h2/admin?x=@".into(),
+            password: Some("pw".into()),
+            database: "d".into(),
+            collection: "c".into(),
+        };
+        assert_eq!(t.shown(), "mongodb://ams:****@h1,h2/admin?x=@");
+        t.password = None;
+        assert_eq!(t.shown(), "mongodb://ams@h1,h2/admin?x=@");
+        t.uri = "mongodb://h".into();
+        t.password = Some("pw".into());
+        assert_eq!(t.shown(), "mongodb://h");
+    }
+}

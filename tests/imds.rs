@@ -1,0 +1,140 @@
+//! IMDSv2 against an in-test HTTP server: the token flow is required and
+//! followed, an expired token is renewed, and without an endpoint the node
+//! falls back to its own facts fast.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use ams_agent::host::Host;
+use ams_agent::host::fs::CrashPoints;
+use ams_agent::node::identity::{self, IdSource};
+use ams_agent::node::imds::{Budget, Imds};
+use common::{Imds as ImdsServer, free_port};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn the_token_flow_is_used_for_every_read() {
+    let server = ImdsServer::start("i-0123456789abcdef0", "10.0.1.20");
+    server.set("public-ipv4", "54.1.2.3");
+    let client = Imds::new(&server.url, Budget::default()).unwrap();
+    let meta = rt().block_on(client.instance()).unwrap();
+    assert_eq!(meta.instance_id, "i-0123456789abcdef0");
+    assert_eq!(meta.local_ipv4, Some("10.0.1.20".parse().unwrap()));
+    assert_eq!(meta.public_ipv4, Some("54.1.2.3".parse().unwrap()));
+    assert_eq!(meta.instance_type.as_deref(), Some("c5.xlarge"));
+    assert_eq!(meta.availability_zone.as_deref(), Some("eu-west-1a"));
+    // One token for all five reads, and no read without it.
+    assert_eq!(server.state.token_puts.load(Ordering::SeqCst), 1);
+    assert_eq!(server.state.gets.load(Ordering::SeqCst), 5);
+    assert_eq!(server.state.unauthorized.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_missing_item_is_none_not_an_error() {
+    let server = ImdsServer::start("i-0aaaaaaaaaaaaaaaa", "10.0.1.21");
+    let client = Imds::new(&server.url, Budget::default()).unwrap();
+    let meta = rt().block_on(client.instance()).unwrap();
+    assert_eq!(
+        meta.public_ipv4, None,
+        "a private instance has no public-ipv4 (404)"
+    );
+}
+
+#[test]
+fn an_expired_token_is_renewed_once() {
+    let server = ImdsServer::start("i-0bbbbbbbbbbbbbbbb", "10.0.1.22");
+    let client = Imds::new(&server.url, Budget::default()).unwrap();
+    let rt = rt();
+    assert_eq!(
+        rt.block_on(client.get("instance-id")).unwrap().as_deref(),
+        Some("i-0bbbbbbbbbbbbbbbb")
+    );
+    server.expire_tokens();
+    assert_eq!(
+        rt.block_on(client.get("local-ipv4")).unwrap().as_deref(),
+        Some("10.0.1.22")
+    );
+    assert_eq!(server.state.unauthorized.load(Ordering::SeqCst), 1);
+    assert_eq!(server.state.token_puts.load(Ordering::SeqCst), 2);
+}
+
+fn host_with_machine_id() -> (tempfile::TempDir, Host) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+    std::fs::write(
+        dir.path().join("etc/machine-id"),
+        "0123456789abcdef0123456789abcdef\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("etc/hostname"), "node-7\n").unwrap();
+    let h = Host::new(dir.path(), CrashPoints::default());
+    (dir, h)
+}
+
+#[test]
+fn without_an_endpoint_the_fallback_is_fast() {
+    let (_d, host) = host_with_machine_id();
+    let rt = rt();
+    // Nothing listens: connection refused, three quick attempts.
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let start = Instant::now();
+    let id = rt.block_on(identity::resolve(&host, &dead)).unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(id.source, IdSource::MachineId);
+    assert_eq!(id.id, "0123456789abcdef0123456789abcdef");
+    assert_eq!(id.hostname, "node-7");
+
+    // A listener that accepts but never answers (like a filtered
+    // 169.254.169.254): the request deadline bounds every attempt.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = format!("http://{}", l.local_addr().unwrap());
+    let start = Instant::now();
+    let id = rt.block_on(identity::resolve(&host, &silent)).unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(id.source, IdSource::MachineId);
+    drop(l);
+}
+
+#[test]
+fn ec2_identity_wins_over_machine_id() {
+    let (_d, host) = host_with_machine_id();
+    let server = ImdsServer::start("i-0ccccccccccccccccc", "10.0.1.23");
+    let id = rt()
+        .block_on(identity::resolve(&host, &server.url))
+        .unwrap();
+    assert_eq!(id.source, IdSource::Ec2);
+    assert_eq!(id.id, "i-0ccccccccccccccccc");
+    assert_eq!(id.private_ip, Some("10.0.1.23".parse().unwrap()));
+}
+
+#[test]
+fn no_metadata_and_no_machine_id_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::new(dir.path(), CrashPoints::default());
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let err = rt().block_on(identity::resolve(&host, &dead)).unwrap_err();
+    assert!(format!("{err:#}").contains("/etc/machine-id"), "{err:#}");
+}
+
+#[test]
+fn a_bogus_instance_id_is_refused() {
+    let server = ImdsServer::start("i-0123\nX-Injected: 1", "10.0.1.24");
+    let client = Imds::new(&server.url, Budget::default()).unwrap();
+    assert!(rt().block_on(client.instance()).is_err());
+}

@@ -1,0 +1,175 @@
+//! `ams-agent status` and `ams-agent leave` against the MockupDB peer (and a
+//! real mongod when AMS_AGENT_TEST_MONGO_URI is set).
+
+mod common;
+mod fixture;
+
+use std::time::{Duration, Instant};
+
+use common::{Imds, MongoPeer, PeerOptions, free_port, real_mongo_uri};
+use fixture::{Tree, error_line, stderr, stdout};
+use serde_json::{Value, json};
+
+#[test]
+fn status_lists_every_node_with_a_per_role_summary() {
+    let t = Tree::new();
+    let peer = MongoPeer::start(PeerOptions {
+        seed: 40,
+        ..Default::default()
+    });
+    let out = t.run(&["status", "--mongo", &peer.uri(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let nodes = v["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 40);
+    // The seed: every 4th node an origin; lastSeen 1, 2, 3 or 60 s ago at a
+    // 5 s interval, so alive exactly when younger than 20 s.
+    for n in nodes {
+        let age = n["ageSeconds"].as_f64().unwrap();
+        assert_eq!(n["alive"].as_bool().unwrap(), age < 20.0, "{n}");
+        assert!(n["cpu"].is_number() && n["memory"].is_number(), "{n}");
+    }
+    let origin = &v["roles"]["origin"];
+    assert_eq!(origin["nodes"], 10);
+    let alive: Vec<&Value> = nodes
+        .iter()
+        .filter(|n| n["role"] == "origin" && n["alive"] == true)
+        .collect();
+    assert_eq!(origin["alive"], alive.len());
+    let avg = alive
+        .iter()
+        .map(|n| n["cpu"].as_f64().unwrap())
+        .sum::<f64>()
+        / alive.len() as f64;
+    assert!(
+        (origin["averageCpu"].as_f64().unwrap() - avg).abs() < 0.06,
+        "{origin} vs {avg}"
+    );
+    assert_eq!(v["roles"]["edge"]["nodes"], 30);
+
+    let table = t.run(&["status", "--mongo", &peer.uri()]);
+    assert!(table.status.success());
+    let text = stdout(&table);
+    assert!(text.starts_with("NODE"), "{text}");
+    assert!(
+        text.contains(&format!("origin: {} alive of 10, average CPU", alive.len())),
+        "{text}"
+    );
+}
+
+#[test]
+fn status_over_1000_nodes_is_fast() {
+    let t = Tree::new();
+    let peer = MongoPeer::start(PeerOptions {
+        seed: 1000,
+        ..Default::default()
+    });
+    let start = Instant::now();
+    let out = t.run(&["status", "--mongo", &peer.uri(), "--json"]);
+    let took = start.elapsed();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["nodes"].as_array().unwrap().len(), 1000);
+    // The release target is 0.5 s (bench/status.sh); a debug build on a
+    // busy CI machine gets some slack.
+    assert!(took < Duration::from_secs(2), "{took:?}");
+}
+
+#[test]
+fn status_needs_a_registry_and_says_so() {
+    let t = Tree::new();
+    let out = t.run(&["status"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        error_line(&out).contains("--mongo is not given"),
+        "{}",
+        stderr(&out)
+    );
+
+    let start = Instant::now();
+    let out = t.run(&[
+        "status",
+        "--mongo",
+        &format!("127.0.0.1:{}", free_port()),
+        "--timeout",
+        "1s",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(start.elapsed() < Duration::from_secs(4));
+    let line = error_line(&out);
+    assert!(
+        line.contains("reading the node registry ams_agent.nodes"),
+        "{line}"
+    );
+    assert!(line.contains("cannot reach MongoDB"), "{line}");
+}
+
+#[test]
+fn status_reports_an_authentication_failure_clearly() {
+    let t = Tree::new();
+    let peer = MongoPeer::start(PeerOptions {
+        auth_fail: true,
+        ..Default::default()
+    });
+    let out = t
+        .command(&[
+            "status",
+            "--mongo",
+            &format!("mongodb://ops:hunter2@127.0.0.1:{}/", peer.port),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let line = error_line(&out);
+    assert!(line.contains("authentication failed"), "{line}");
+    assert!(line.contains("mongodb://ops:****@127.0.0.1"), "{line}");
+    assert!(!stderr(&out).contains("hunter2"));
+}
+
+#[test]
+fn leave_stops_the_reporter_and_marks_the_node_left() {
+    let t = Tree::new();
+    let imds = Imds::start("i-0ddddddddddddddd1", "10.0.1.30");
+    let peer = MongoPeer::start(PeerOptions::default());
+    std::fs::create_dir_all(t.path("var/lib/ams-agent")).unwrap();
+    std::fs::write(t.path("var/lib/ams-agent/joined.json"), "{}").unwrap();
+
+    let dry = t
+        .command(&["--dry-run", "leave", "--mongo", &peer.uri()])
+        .env("AMS_AGENT_IMDS_ENDPOINT", &imds.url)
+        .output()
+        .unwrap();
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    assert!(stdout(&dry).contains("systemctl disable --now ams-agent.service"));
+    assert!(peer.named("update").is_empty() && t.systemctl_calls().is_empty());
+
+    let out = t
+        .command(&["leave", "--mongo", &peer.uri()])
+        .env("AMS_AGENT_IMDS_ENDPOINT", &imds.url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(t.systemctl_calls(), ["disable --now ams-agent.service"]);
+    let u = peer.updates();
+    assert_eq!(u.len(), 1);
+    assert_eq!(u[0].0, json!({ "_id": "i-0ddddddddddddddd1" }));
+    assert_eq!(u[0].1["$set"], json!({ "state": "left" }));
+    assert!(
+        !t.path("var/lib/ams-agent/joined.json").exists(),
+        "join may run again"
+    );
+}
+
+#[test]
+fn real_mongod_status() {
+    let Some(uri) = real_mongo_uri() else {
+        eprintln!("skipped: AMS_AGENT_TEST_MONGO_URI is not set");
+        return;
+    };
+    let t = Tree::new();
+    let db = common::unique_db("status");
+    let out = t.run(&["status", "--mongo", &uri, "--database", &db, "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["nodes"], json!([]));
+}
