@@ -36,7 +36,7 @@ def files_of(tree):
 
 
 def agent(tree, mode):
-    args = [BIN, "-q", "mode", mode] + (["10.0.1.5"] if mode == "cluster" else []) + ["--ip", "10.0.1.20", "--no-restart"]
+    args = [BIN, "-q", "mode", mode] + (["10.0.1.5"] if mode == "cluster" else []) + ["--ip", "10.0.1.20", "--no-restart", "--skip-db-check"]
     t = time.perf_counter()
     subprocess.run(args, env={"AMS_AGENT_ROOT": tree, "PATH": os.environ["PATH"]}, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - t

@@ -130,6 +130,7 @@ fn kill_at_every_point_of_a_switch_without_restart() {
             "--ip",
             "10.0.1.20",
             "--no-restart",
+            "--skip-db-check",
         ],
         false,
     );
@@ -138,7 +139,14 @@ fn kill_at_every_point_of_a_switch_without_restart() {
 #[test]
 fn kill_at_every_point_of_a_switch_with_restart() {
     crash_everywhere(
-        &["mode", "cluster", "mongo.internal", "--ip", "10.0.1.20"],
+        &[
+            "mode",
+            "cluster",
+            "mongo.internal",
+            "--ip",
+            "10.0.1.20",
+            "--skip-db-check",
+        ],
         true,
     );
 }

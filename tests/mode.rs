@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use fixture::{AMS, Tree, dead_url, error_line, fake_ams_http, stderr, stdout};
 
-const NO_RESTART: &[&str] = &["--ip", "10.0.1.20", "--no-restart"];
+/// No restart, and no MongoDB to check: these tests are about the files.
+const NO_RESTART: &[&str] = &["--ip", "10.0.1.20", "--no-restart", "--skip-db-check"];
 
 fn args<'a>(head: &[&'a str], tail: &[&'a str]) -> Vec<&'a str> {
     head.iter().chain(tail).copied().collect()
@@ -486,7 +487,14 @@ fn dry_run_prints_diffs_and_changes_nothing() {
 fn second_run_changes_nothing_and_does_not_restart() {
     let t = Tree::new();
     let url = fake_ams_http();
-    let a = ["mode", "cluster", "10.0.1.5", "--ip", "10.0.1.20"];
+    let a = [
+        "mode",
+        "cluster",
+        "10.0.1.5",
+        "--ip",
+        "10.0.1.20",
+        "--skip-db-check",
+    ];
     let out = t
         .command(&a)
         .env("AMS_AGENT_AMS_URL", &url)
@@ -523,7 +531,14 @@ fn missing_service_is_a_clear_message_and_the_restart_is_retried_next_time() {
         5,
         "Failed to restart antmedia.service: Unit antmedia.service not found.",
     );
-    let a = ["mode", "cluster", "10.0.1.5", "--ip", "10.0.1.20"];
+    let a = [
+        "mode",
+        "cluster",
+        "10.0.1.5",
+        "--ip",
+        "10.0.1.20",
+        "--skip-db-check",
+    ];
     let out = t
         .command(&a)
         .env("AMS_AGENT_AMS_URL", &url)
@@ -573,6 +588,7 @@ fn waiting_for_ams_has_a_deadline_and_names_what_it_waited_for() {
             "10.0.1.20",
             "--wait",
             "2s",
+            "--skip-db-check",
         ])
         .env("AMS_AGENT_AMS_URL", &url)
         .output()
@@ -713,4 +729,85 @@ fn full_disk_fails_cleanly_and_changes_nothing() {
         "stray files"
     );
     assert_eq!(after, before);
+}
+
+mod common;
+
+/// Before switching, the MongoDB server must answer (a real wire peer here):
+/// the shell switched blindly and AMS then stopped at start-up.
+#[test]
+fn switch_checks_that_mongodb_answers_first() {
+    let peer = common::MongoPeer::start(common::PeerOptions::default());
+    let t = Tree::new();
+    let db = format!("127.0.0.1:{}", peer.port);
+    let out = t.run(&["mode", "cluster", &db, "--ip", "10.0.1.20", "--no-restart"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !peer.named("ping").is_empty(),
+        "no ping reached MongoDB: {:?}",
+        peer.commands()
+    );
+    assert_eq!(
+        line(&red5(&t), "clusterdb.host"),
+        format!("clusterdb.host=mongodb://{db}")
+    );
+}
+
+#[test]
+fn unreachable_mongodb_changes_nothing_within_the_deadline() {
+    let t = Tree::new();
+    let before = t.snapshot();
+    let port = common::free_port();
+    let start = Instant::now();
+    let out = t.run(&[
+        "mode",
+        "cluster",
+        &format!("127.0.0.1:{port}"),
+        "--ip",
+        "10.0.1.20",
+        "--no-restart",
+        "--db-timeout",
+        "2s",
+    ]);
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = error_line(&out);
+    assert!(err.contains("checking MongoDB before switching"), "{err}");
+    assert!(err.contains("--skip-db-check"), "{err}");
+    assert_eq!(t.snapshot(), before);
+}
+
+#[test]
+fn rejected_credentials_change_nothing_and_stay_secret() {
+    let peer = common::MongoPeer::start(common::PeerOptions {
+        auth_fail: true,
+        ..Default::default()
+    });
+    let t = Tree::new();
+    let before = t.snapshot();
+    let out = t
+        .command(&[
+            "mode",
+            "cluster",
+            &format!("127.0.0.1:{}", peer.port),
+            "--mongo-user",
+            "ams",
+            "--ip",
+            "10.0.1.20",
+            "--no-restart",
+            "--db-timeout",
+            "5s",
+        ])
+        .env("AMS_AGENT_MONGO_PASSWORD", "Wr0ng-s3cret")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = error_line(&out);
+    assert!(err.to_lowercase().contains("auth"), "{err}");
+    assert!(!stderr(&out).contains("Wr0ng-s3cret"), "{}", stderr(&out));
+    assert_eq!(t.snapshot(), before);
 }

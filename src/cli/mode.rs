@@ -13,7 +13,9 @@ use crate::ams::AmsLayout;
 use crate::ams::layout::{DEFAULT_AMS_HOME, DEFAULT_HTTP_URL};
 use crate::ams::mode::{self, Mode, ModeSwitch};
 use crate::host::txn;
-use crate::mongo::url::{self, DbUrl};
+use crate::mongo::error::RegistryError;
+use crate::mongo::registry::{Deadlines, Registry, Target};
+use crate::mongo::url::{self, DbKind, DbUrl};
 use crate::plan::{ApplyCtx, Plan};
 
 /// Switch Ant Media Server between standalone and cluster mode
@@ -72,6 +74,15 @@ pub struct SwitchOpts {
     #[arg(long)]
     pub no_restart: bool,
 
+    /// How long to wait for the MongoDB server to answer before switching
+    /// (AMS stops at start-up when it cannot reach its database)
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub db_timeout: Duration,
+
+    /// Switch even if the MongoDB server does not answer now
+    #[arg(long)]
+    pub skip_db_check: bool,
+
     /// How long to wait for AMS to answer after the restart
     #[arg(long, value_name = "DURATION", default_value = "3m", value_parser = parse_duration)]
     pub wait: Duration,
@@ -118,8 +129,44 @@ pub fn run(ctx: &Context, args: ModeArgs) -> Result<()> {
             DbUrl::mapdb()
         }
     };
+    // Every local check before the network one, so bad input is always
+    // reported at once with exit code 2.
+    AmsLayout::new(&opts.ams_home).check(&ctx.host)?;
+    if db.kind == DbKind::MongoDb && !opts.skip_db_check && !ctx.dry_run {
+        check_mongodb(&db, opts.db_timeout)?;
+    }
     let switch = opts.switch(mode, db);
     switch_mode(ctx, &switch)
+}
+
+/// Refuses to point AMS at a MongoDB server that does not answer (or does
+/// not accept the credentials): the shell switched anyway, and AMS then
+/// stopped at start-up.
+fn check_mongodb(db: &DbUrl, timeout: Duration) -> Result<()> {
+    let (uri, password) = url::split_password(&db.url);
+    let target = Target {
+        uri,
+        password,
+        database: "admin".into(),
+        collection: "unused".into(),
+    };
+    let deadlines = Deadlines {
+        connect: timeout.min(Duration::from_secs(5)),
+        select: timeout,
+        op: timeout,
+    };
+    tracing::info!("checking that MongoDB at {} answers", db.redacted());
+    let checked: std::result::Result<(), RegistryError> = super::run::runtime()?.block_on(async {
+        let registry = Registry::open(&target, deadlines).await?;
+        let pinged = registry.ping().await;
+        registry.close().await;
+        pinged
+    });
+    checked.map_err(|e| {
+        anyhow::anyhow!(
+            "checking MongoDB before switching: {e}; nothing was changed (start MongoDB, fix the address or credentials, or pass --skip-db-check to switch anyway)"
+        )
+    })
 }
 
 /// Plans and applies (or prints) a mode switch; shared with `join`.
