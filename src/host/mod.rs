@@ -4,6 +4,7 @@
 pub mod fs;
 pub mod http;
 pub mod net;
+pub mod nss;
 pub mod runner;
 pub mod systemd;
 pub mod tty;
