@@ -483,32 +483,31 @@ fn dry_run_prints_diffs_and_changes_nothing() {
     assert!(t.systemctl_calls().is_empty());
 }
 
-#[test]
-fn second_run_changes_nothing_and_does_not_restart() {
-    let t = Tree::new();
-    let url = fake_ams_http();
-    let a = [
+/// `mode cluster 10.0.1.5` with the restart, AMS's probe pointed at `url`.
+fn switch_with_restart(t: &Tree, url: &str) -> std::process::Output {
+    t.command(&[
         "mode",
         "cluster",
         "10.0.1.5",
         "--ip",
         "10.0.1.20",
         "--skip-db-check",
-    ];
-    let out = t
-        .command(&a)
-        .env("AMS_AGENT_AMS_URL", &url)
-        .output()
-        .unwrap();
+    ])
+    .env("AMS_AGENT_AMS_URL", url)
+    .output()
+    .unwrap()
+}
+
+#[test]
+fn second_run_changes_nothing_and_does_not_restart() {
+    let t = Tree::new();
+    let url = fake_ams_http();
+    let out = switch_with_restart(&t, &url);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(t.systemctl_calls(), ["restart antmedia"]);
     let inodes: Vec<u64> = fixture_inodes(&t);
     let before = t.snapshot();
-    let out = t
-        .command(&a)
-        .env("AMS_AGENT_AMS_URL", &url)
-        .output()
-        .unwrap();
+    let out = switch_with_restart(&t, &url);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("nothing to do"), "{}", stdout(&out));
     assert_eq!(t.snapshot(), before);
@@ -531,19 +530,7 @@ fn missing_service_is_a_clear_message_and_the_restart_is_retried_next_time() {
         5,
         "Failed to restart antmedia.service: Unit antmedia.service not found.",
     );
-    let a = [
-        "mode",
-        "cluster",
-        "10.0.1.5",
-        "--ip",
-        "10.0.1.20",
-        "--skip-db-check",
-    ];
-    let out = t
-        .command(&a)
-        .env("AMS_AGENT_AMS_URL", &url)
-        .output()
-        .unwrap();
+    let out = switch_with_restart(&t, &url);
     assert_eq!(out.status.code(), Some(1));
     let err = error_line(&out);
     assert!(err.contains("service antmedia is not installed"), "{err}");
@@ -556,21 +543,13 @@ fn missing_service_is_a_clear_message_and_the_restart_is_retried_next_time() {
             .contains("clusterdb.host=mongodb://10.0.1.5:27017")
     );
     t.fake_systemctl(0, "");
-    let out = t
-        .command(&a)
-        .env("AMS_AGENT_AMS_URL", &url)
-        .output()
-        .unwrap();
+    let out = switch_with_restart(&t, &url);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         t.systemctl_calls().last().map(String::as_str),
         Some("restart antmedia")
     );
-    let out = t
-        .command(&a)
-        .env("AMS_AGENT_AMS_URL", &url)
-        .output()
-        .unwrap();
+    let out = switch_with_restart(&t, &url);
     assert!(stdout(&out).contains("nothing to do"), "{}", stdout(&out));
 }
 
