@@ -246,7 +246,8 @@ fn render_file_change(out: &mut String, c: &FileChange) {
             .header(&header_a, &header_a)
             .to_string();
         for line in text.lines() {
-            let _ = writeln!(out, "   {line}");
+            // Any URI password, old or new, whatever its escaping.
+            let _ = writeln!(out, "   {}", crate::mongo::url::redact_loose(line));
         }
     }
 }

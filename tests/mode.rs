@@ -259,7 +259,7 @@ fn password_from_the_environment_and_dry_run_masks_it() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(
-        text.contains("+clusterdb.host=mongodb://ams:********@mongo.internal:27017"),
+        text.contains("+clusterdb.host=mongodb://ams:****@mongo.internal:27017"),
         "{text}"
     );
     assert!(!text.contains("s3cr3t"), "{text}");
@@ -789,4 +789,198 @@ fn rejected_credentials_change_nothing_and_stay_secret() {
     assert!(err.to_lowercase().contains("auth"), "{err}");
     assert!(!stderr(&out).contains("Wr0ng-s3cret"), "{}", stderr(&out));
     assert_eq!(t.snapshot(), before);
+}
+
+/// No password, the current one or the new one, in any output: the diff's
+/// `-` lines show what the files hold now.
+#[test]
+fn dry_run_never_shows_the_configured_password() {
+    let t = Tree::new();
+    let pw1 = t.dir.path().join("pw1");
+    let pw2 = t.dir.path().join("pw2");
+    fs::write(&pw1, "old/p@ss:word\n").unwrap();
+    fs::write(&pw2, "new-secret\n").unwrap();
+    let with = |pw: &Path| {
+        args(
+            &["mode", "cluster", "10.0.1.5", "--mongo-user", "ams"],
+            &["--mongo-password-file", pw.to_str().unwrap()],
+        )
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>()
+    };
+    let a1 = with(&pw1);
+    let a1: Vec<&str> = a1.iter().map(String::as_str).collect();
+    let out = t.run(&args(&a1, NO_RESTART));
+    assert!(out.status.success(), "{}", stderr(&out));
+    for next in [
+        vec!["--dry-run", "mode", "standalone"],
+        vec![
+            "--dry-run",
+            "mode",
+            "cluster",
+            "10.0.1.5",
+            "--mongo-user",
+            "ams",
+            "--mongo-password-file",
+            pw2.to_str().unwrap(),
+        ],
+        vec!["--dry-run", "mode", "cluster", "mongodb://u:a%5Cb@h"],
+    ] {
+        let out = t.run(&args(&next, NO_RESTART));
+        assert!(out.status.success(), "{next:?}: {}", stderr(&out));
+        let all = format!("{}{}", stdout(&out), stderr(&out));
+        for leak in [
+            "old%2Fp%40ss%3Aword",
+            "old/p@ss:word",
+            "new-secret",
+            "a%5Cb",
+        ] {
+            assert!(!all.contains(leak), "{next:?} printed {leak}: {all}");
+        }
+        assert!(
+            all.contains("-clusterdb.host=mongodb://ams:****@10.0.1.5:27017"),
+            "{all}"
+        );
+    }
+}
+
+#[test]
+fn malformed_credentials_and_options_are_refused_without_echoing_them() {
+    let t = Tree::new();
+    let before = t.snapshot();
+    for (db, needle) in [
+        ("mongodb://u:se/cret@h", "unescaped '/' or '?'"),
+        ("mongodb://u:se?cret@h", "unescaped '/' or '?'"),
+        ("mongodb://u:se\\cret@h", "unescaped '\\'"),
+        (
+            "redis://default:se/cret@redis.internal:6379",
+            "unescaped '/' or '?'",
+        ),
+        ("rediss://default:se@cr@et@redis.internal:6379", "'@'"),
+        (
+            "mongodb://127.0.0.1:1/?tls=maybe",
+            "not a valid MongoDB URI",
+        ),
+        (
+            "mongodb://127.0.0.1:1/?authMechanism=BOGUS",
+            "not a valid MongoDB URI",
+        ),
+    ] {
+        let start = Instant::now();
+        let out = t.run(&["mode", "cluster", db, "--ip", "10.0.1.20", "--no-restart"]);
+        assert!(start.elapsed() < Duration::from_secs(2), "{db}");
+        assert_eq!(out.status.code(), Some(2), "{db}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains(needle), "{db}: {err}");
+        assert!(!err.contains("cret"), "{db} echoed: {err}");
+    }
+    assert_eq!(t.snapshot(), before);
+}
+
+#[test]
+fn messages_name_the_password_variable_when_it_is_the_source() {
+    let t = Tree::new();
+    for a in [
+        vec!["mode", "standalone", "--no-restart"],
+        vec!["mode", "cluster", "mongodb://u:p@h", "--no-restart"],
+        vec!["mode", "cluster", "redis://h:6379", "--no-restart"],
+    ] {
+        let out = t
+            .command(&a)
+            .env("AMS_AGENT_MONGO_PASSWORD", "x")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{a:?}");
+        assert!(
+            stderr(&out).contains("AMS_AGENT_MONGO_PASSWORD"),
+            "{a:?}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn bad_waits_and_probe_urls_are_bad_input_before_anything_happens() {
+    let t = Tree::new();
+    let before = t.snapshot();
+    for (extra, env_url, needle) in [
+        (vec!["--wait", "0s"], None, "--wait"),
+        (vec!["--db-timeout", "0s"], None, "--db-timeout"),
+        (vec![], Some("https://localhost:5443/"), "AMS_AGENT_AMS_URL"),
+    ] {
+        let mut cmd = t.command(&args(
+            &[
+                "mode",
+                "cluster",
+                "10.0.1.5",
+                "--ip",
+                "10.0.1.20",
+                "--skip-db-check",
+            ],
+            &extra,
+        ));
+        if let Some(u) = env_url {
+            cmd.env("AMS_AGENT_AMS_URL", u);
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {}", stderr(&out));
+        assert!(error_line(&out).contains(needle), "{}", stderr(&out));
+    }
+    assert_eq!(t.snapshot(), before);
+    assert!(t.systemctl_calls().is_empty());
+}
+
+/// Already switched: nothing to do, so MongoDB being down right now is no
+/// reason to fail.
+#[test]
+fn no_database_check_when_there_is_nothing_to_do() {
+    let t = Tree::new();
+    let db = format!("127.0.0.1:{}", common::free_port());
+    let out = t.run(&args(&["mode", "cluster", &db], NO_RESTART));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let start = Instant::now();
+    let out = t.run(&["mode", "cluster", &db, "--ip", "10.0.1.20", "--no-restart"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("nothing to do"), "{}", stdout(&out));
+    assert!(start.elapsed() < Duration::from_secs(2));
+}
+
+/// A crash before the commit point leaves temp files (which may hold a
+/// password) beside the targets; the next switch removes them, even one to
+/// another mode.
+#[test]
+fn temp_files_of_a_crashed_run_are_removed_by_the_next_one() {
+    let t = Tree::new();
+    let pw = t.dir.path().join("pw");
+    fs::write(&pw, "secret\n").unwrap();
+    let out = t
+        .command(&args(
+            &[
+                "mode",
+                "cluster",
+                "10.0.1.5",
+                "--mongo-user",
+                "ams",
+                "--mongo-password-file",
+                pw.to_str().unwrap(),
+            ],
+            NO_RESTART,
+        ))
+        // Past the backups and the temp files, before the commit point.
+        .env("AMS_AGENT_CRASH_AT", "19")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let temps = |t: &Tree| -> Vec<String> {
+        t.snapshot()
+            .into_keys()
+            .filter(|k| k.ends_with(".ams-agent-tmp"))
+            .collect()
+    };
+    assert!(temps(&t).len() >= 5, "{:?}", temps(&t));
+    assert!(!t.path("var/lib/ams-agent/journal.json").exists());
+    let out = t.run(&args(&["mode", "standalone"], NO_RESTART));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(temps(&t), Vec::<String>::new());
 }

@@ -11,8 +11,9 @@ use super::jee;
 use super::layout::{self, AmsLayout};
 use super::properties::Properties;
 use crate::bail_usage;
-use crate::host::fs::{FileMeta, STATE_DIR, private_meta};
+use crate::host::fs::{FileMeta, STATE_DIR, private_meta, temp_path_for};
 use crate::host::systemd::ServiceAction;
+use crate::host::txn;
 use crate::host::{Host, net};
 use crate::mongo::url::{DbKind, DbUrl};
 use crate::plan::{FileChange, Plan, Step};
@@ -227,6 +228,24 @@ pub fn plan(host: &Host, sw: &ModeSwitch) -> Result<Plan> {
     ));
     plan.secrets = sw.db.secrets.clone();
     let files_change = changes.iter().any(|c| !c.is_noop());
+    // Temp files left by a run that crashed before its commit point (they
+    // may hold a password): removed with this change.
+    if !txn::pending(host) {
+        let strays: Vec<FileChange> = changes
+            .iter()
+            .map(|c| temp_path_for(&c.path))
+            .filter(|t| host.exists(t))
+            .map(|t| FileChange {
+                path: t,
+                before: Some(Vec::new()),
+                after: None,
+                meta_before: None,
+                meta: private_meta(0o600),
+                internal: true,
+            })
+            .collect();
+        changes.extend(strays);
+    }
     let marker_set = host.exists(&restart_marker());
     if let Some(restart) = &sw.restart {
         if files_change && !marker_set {

@@ -136,9 +136,13 @@ pub const PASSWORD_ENV: &str = "AMS_AGENT_MONGO_PASSWORD";
 impl MongoAuthArgs {
     pub fn credentials(&self) -> Result<Credentials> {
         let from_env = std::env::var(PASSWORD_ENV).ok().filter(|p| !p.is_empty());
-        let password = match (&self.mongo_password_file, from_env) {
-            (Some(file), _) => Some(read_password_file(file, "--mongo-password-file")?),
-            (None, env) => env,
+        let (password, password_from) = match (&self.mongo_password_file, from_env) {
+            (Some(file), _) => (
+                Some(read_password_file(file, "--mongo-password-file")?),
+                "--mongo-password-file",
+            ),
+            (None, Some(env)) => (Some(env), PASSWORD_ENV),
+            (None, None) => (None, ""),
         };
         if let Some(user) = &self.mongo_user {
             if user.is_empty() {
@@ -151,6 +155,7 @@ impl MongoAuthArgs {
         Ok(Credentials {
             user: self.mongo_user.clone(),
             password,
+            password_from,
         })
     }
 }

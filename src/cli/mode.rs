@@ -12,6 +12,7 @@ use super::{Context, MongoAuthArgs, parse_duration};
 use crate::ams::AmsLayout;
 use crate::ams::layout::{DEFAULT_AMS_HOME, DEFAULT_HTTP_URL};
 use crate::ams::mode::{self, Mode, ModeSwitch};
+use crate::host::http::HttpUrl;
 use crate::host::txn;
 use crate::mongo::error::RegistryError;
 use crate::mongo::registry::{Deadlines, Registry, Target};
@@ -124,19 +125,34 @@ pub fn run(ctx: &Context, args: ModeArgs) -> Result<()> {
         Some(db) => url::classify(&db, &creds, &ctx.host, "DB")?,
         None => {
             if creds.user.is_some() || creds.password.is_some() {
-                crate::bail_usage!("--mongo-user/--mongo-password-file need a DB argument");
+                crate::bail_usage!(
+                    "{} given, but no DB argument to use them with",
+                    creds.flags()
+                );
             }
             DbUrl::mapdb()
         }
     };
-    // Every local check before the network one, so bad input is always
-    // reported at once with exit code 2.
-    AmsLayout::new(&opts.ams_home).check(&ctx.host)?;
-    if db.kind == DbKind::MongoDb && !opts.skip_db_check && !ctx.dry_run {
-        check_mongodb(&db, opts.db_timeout)?;
+    if opts.wait.is_zero() {
+        crate::bail_usage!("--wait must be longer than 0s");
     }
+    if opts.db_timeout.is_zero() {
+        crate::bail_usage!("--db-timeout must be longer than 0s");
+    }
+    HttpUrl::parse(&opts.ams_url).map_err(|e| {
+        crate::error::UsageError::new(format!("--ams-url / AMS_AGENT_AMS_URL: {e:#}"))
+    })?;
+    let check = db.kind == DbKind::MongoDb && !opts.skip_db_check;
+    let timeout = opts.db_timeout;
     let switch = opts.switch(mode, db);
-    switch_mode(ctx, &switch)
+    // The plan (every local check) first, so bad input is reported at once
+    // with exit code 2; the network check only when there is work to do.
+    switch_mode_checked(ctx, &switch, |plan| {
+        if check && !plan.is_empty() {
+            check_mongodb(&switch.db, timeout)?;
+        }
+        Ok(())
+    })
 }
 
 /// Refuses to point AMS at a MongoDB server that does not answer (or does
@@ -171,6 +187,16 @@ fn check_mongodb(db: &DbUrl, timeout: Duration) -> Result<()> {
 
 /// Plans and applies (or prints) a mode switch; shared with `join`.
 pub fn switch_mode(ctx: &Context, switch: &ModeSwitch) -> Result<()> {
+    switch_mode_checked(ctx, switch, |_| Ok(()))
+}
+
+/// [`switch_mode`], with `before_apply` run on the plan before anything is
+/// changed (not in `--dry-run`).
+fn switch_mode_checked(
+    ctx: &Context,
+    switch: &ModeSwitch,
+    before_apply: impl FnOnce(&Plan) -> Result<()>,
+) -> Result<()> {
     if ctx.dry_run {
         if txn::pending(&ctx.host) {
             println!("Note: a change interrupted in an earlier run will be completed first.");
@@ -179,6 +205,9 @@ pub fn switch_mode(ctx: &Context, switch: &ModeSwitch) -> Result<()> {
         tracing::info!("an interrupted change from an earlier run was completed first");
     }
     let plan = mode::plan(&ctx.host, switch)?;
+    if !ctx.dry_run {
+        before_apply(&plan)?;
+    }
     print_or_apply(ctx, &plan)?;
     if !plan.is_empty() && !ctx.dry_run {
         tracing::info!(

@@ -75,7 +75,21 @@ pub fn get_status(url: &HttpUrl, timeout: Duration) -> Result<u16> {
     );
     s.write_all(request.as_bytes())?;
     let mut head = [0u8; 64];
-    let n = s.read(&mut head).context("reading the HTTP answer")?;
+    let n = match s.read(&mut head) {
+        Ok(n) => n,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            bail!(
+                "{addr} accepted the connection but sent no HTTP answer within {}",
+                humantime::format_duration(Duration::from_millis(timeout.as_millis() as u64))
+            )
+        }
+        Err(e) => return Err(e).context("reading the HTTP answer"),
+    };
     let line = String::from_utf8_lossy(&head[..n]);
     let code = line
         .strip_prefix("HTTP/1.")

@@ -48,6 +48,29 @@ impl DbKind {
 pub struct Credentials {
     pub user: Option<String>,
     pub password: Option<String>,
+    /// Where the password came from (`--mongo-password-file` or
+    /// `AMS_AGENT_MONGO_PASSWORD`), for messages.
+    pub password_from: &'static str,
+}
+
+impl Credentials {
+    /// How to name the separate credentials in a message.
+    pub fn flags(&self) -> String {
+        match (self.user.is_some(), self.password.is_some()) {
+            (true, true) => format!("--mongo-user and {}", self.password_source()),
+            (true, false) => "--mongo-user".into(),
+            (false, true) => self.password_source().into(),
+            (false, false) => String::new(),
+        }
+    }
+
+    fn password_source(&self) -> &'static str {
+        if self.password_from.is_empty() {
+            "--mongo-password-file"
+        } else {
+            self.password_from
+        }
+    }
 }
 
 impl fmt::Debug for Credentials {
@@ -55,6 +78,7 @@ impl fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "********"))
+            .field("password_from", &self.password_from)
             .finish()
     }
 }
@@ -122,6 +146,24 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// For input that is not (yet) known to be well formed: everything between
+/// the first `:` after `://` and the last `@` is masked (all of it when there
+/// is no `:`), so a password with an unescaped `/`, `?` or `@` is never
+/// echoed.
+pub fn redact_loose(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let Some(at) = url[start..].rfind('@').map(|at| start + at) else {
+        return url.to_string();
+    };
+    // The user (before the first ':') stays readable; the rest is masked.
+    match url[start..at].find(':') {
+        Some(colon) => format!("{}:****{}", &url[..start + colon], &url[at..]),
+        None => format!("{}****{}", &url[..start], &url[at..]),
+    }
+}
+
 const FORMS: &str = "expected an IPv4 or [IPv6] address, a host name, host:port, a comma-separated host list, a mongodb:// or mongodb+srv:// URI, a redis:// or rediss:// URI, or the path of an existing Redis YAML file";
 
 /// Classifies the DB argument of `mode cluster`, `mode standalone <db>` and
@@ -134,10 +176,16 @@ pub fn classify(input: &str, creds: &Credentials, host: &Host, flag: &str) -> Re
         bail_usage!("{flag} contains a newline or control character; {FORMS}");
     }
     if input.chars().any(char::is_whitespace) {
-        bail_usage!("{flag} `{}` contains white space; {FORMS}", redact(input));
+        bail_usage!(
+            "{flag} `{}` contains white space; {FORMS}",
+            redact_loose(input)
+        );
     }
     if creds.password.is_some() && creds.user.is_none() {
-        bail_usage!("a MongoDB password was given without a user; add --mongo-user");
+        bail_usage!(
+            "a MongoDB password was given ({}) without a user; add --mongo-user",
+            creds.password_source()
+        );
     }
     let lower = input.to_ascii_lowercase();
     if lower.starts_with("mongodb://") || lower.starts_with("mongodb+srv://") {
@@ -145,10 +193,21 @@ pub fn classify(input: &str, creds: &Credentials, host: &Host, flag: &str) -> Re
     }
     if lower.starts_with("redis://") || lower.starts_with("rediss://") {
         no_separate_creds(creds, "a redis:// URI")?;
+        let shown = redact_loose(input);
+        let scheme_end = input.find("://").expect("checked above") + 3;
+        let rest = &input[scheme_end..];
+        let (userinfo, hosts, _tail) = split_authority(rest, flag, &shown)?;
+        let secrets = match userinfo {
+            Some(u) => check_userinfo(u, true, flag, &shown)?,
+            None => Vec::new(),
+        };
+        if hosts.is_empty() {
+            bail_usage!("{flag} `{shown}` names no host");
+        }
         return Ok(DbUrl {
             kind: DbKind::Redis,
             url: input.to_string(),
-            secrets: uri_password(input).into_iter().collect(),
+            secrets,
         });
     }
     if looks_like_path(input) {
@@ -157,7 +216,7 @@ pub fn classify(input: &str, creds: &Credentials, host: &Host, flag: &str) -> Re
     if lower.contains("://") {
         bail_usage!(
             "{flag} `{}` has an unsupported scheme; {FORMS}",
-            redact(input)
+            redact_loose(input)
         );
     }
     match parse_host_list(input, false) {
@@ -176,7 +235,10 @@ pub fn classify(input: &str, creds: &Credentials, host: &Host, flag: &str) -> Re
             if Path::new(input).is_file() {
                 return redis_file(input, creds, host, flag);
             }
-            bail_usage!("{flag} `{}` is not valid: {why}; {FORMS}", redact(input))
+            bail_usage!(
+                "{flag} `{}` is not valid: {why}; {FORMS}",
+                redact_loose(input)
+            )
         }
     }
 }
@@ -211,10 +273,73 @@ fn redis_file(input: &str, creds: &Credentials, host: &Host, flag: &str) -> Resu
 fn no_separate_creds(creds: &Credentials, what: &str) -> Result<()> {
     if creds.user.is_some() || creds.password.is_some() {
         bail_usage!(
-            "--mongo-user/--mongo-password-file apply to MongoDB only, not to {what}; put the credentials in the URI"
+            "{} apply to MongoDB only, not to {what}; put the credentials in the URI",
+            creds.flags()
         );
     }
     Ok(())
+}
+
+/// Splits `userinfo@hosts/tail` (the part after `scheme://`). Credentials
+/// with an unescaped `@`, `/` or `?` are refused here, before anything could
+/// mistake part of a password for a host.
+fn split_authority<'a>(
+    rest: &'a str,
+    flag: &str,
+    shown: &str,
+) -> Result<(Option<&'a str>, &'a str, &'a str)> {
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.matches('@').count() {
+        0 if tail.contains('@') => bail_usage!(
+            "{flag} `{shown}`: the credentials contain an unescaped '/' or '?'; percent-encode them (%2F, %3F), or pass them with --mongo-user and --mongo-password-file"
+        ),
+        0 => Ok((None, authority, tail)),
+        1 => {
+            let (u, h) = authority.split_once('@').expect("one @");
+            Ok((Some(u), h, tail))
+        }
+        _ => bail_usage!(
+            "{flag} `{shown}`: the credentials contain an unescaped '@'; percent-encode it as %40, or pass them with --mongo-user and --mongo-password-file"
+        ),
+    }
+}
+
+/// Checks `user[:password]` of a URI; returns the password's forms (as
+/// written and decoded) for masking.
+fn check_userinfo(u: &str, allow_empty_user: bool, flag: &str, shown: &str) -> Result<Vec<String>> {
+    let (user, pass) = match u.split_once(':') {
+        Some((user, pass)) => (user, Some(pass)),
+        None => (u, None),
+    };
+    if user.is_empty() && !allow_empty_user {
+        bail_usage!("{flag} `{shown}`: the user name before '@' is empty");
+    }
+    for (part, text) in [("user name", Some(user)), ("password", pass)] {
+        let Some(text) = text else { continue };
+        if let Some(bad) = text
+            .chars()
+            .find(|c| matches!(c, ':' | '/' | '?' | '#' | '[' | ']' | '@' | '\\'))
+        {
+            bail_usage!(
+                "{flag} `{shown}`: the {part} contains an unescaped '{bad}'; percent-encode it, or pass the credentials with --mongo-user and --mongo-password-file"
+            );
+        }
+        check_percent_escapes(text).map_err(|why| {
+            crate::error::UsageError::new(format!("{flag} `{shown}`: the {part} {why}"))
+        })?;
+    }
+    let mut secrets = Vec::new();
+    if let Some(p) = pass.filter(|p| !p.is_empty()) {
+        secrets.push(p.to_string());
+        let decoded = percent_encoding::percent_decode_str(p)
+            .decode_utf8_lossy()
+            .into_owned();
+        if decoded != p {
+            secrets.push(decoded);
+        }
+    }
+    Ok(secrets)
 }
 
 fn encoded_userinfo(creds: &Credentials) -> String {
@@ -276,64 +401,17 @@ fn mongo_uri(input: &str, creds: &Credentials, flag: &str) -> Result<DbUrl> {
     let scheme = input[..scheme_end].to_ascii_lowercase();
     let srv = scheme == "mongodb+srv://";
     let rest = &input[scheme_end..];
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let shown = redact(input);
-
-    let (userinfo, hosts) = match authority.matches('@').count() {
-        0 => {
-            if tail.split('?').next().unwrap_or("").contains('@') {
-                bail_usage!(
-                    "{flag} `{shown}`: the credentials contain an unescaped '/'; percent-encode it as %2F, or pass them with --mongo-user and --mongo-password-file"
-                );
-            }
-            (None, authority)
-        }
-        1 => {
-            let (u, h) = authority.split_once('@').expect("one @");
-            (Some(u), h)
-        }
-        _ => bail_usage!(
-            "{flag} `{shown}`: the credentials contain an unescaped '@'; percent-encode it as %40, or pass them with --mongo-user and --mongo-password-file"
-        ),
-    };
+    let shown = redact_loose(input);
+    let (userinfo, hosts, tail) = split_authority(rest, flag, &shown)?;
     let mut secrets = Vec::new();
     if let Some(u) = userinfo {
         if creds.user.is_some() || creds.password.is_some() {
             bail_usage!(
-                "{flag} `{shown}` already holds credentials; do not also pass --mongo-user/--mongo-password-file"
+                "{flag} `{shown}` already holds credentials; do not also pass {}",
+                creds.flags()
             );
         }
-        let (user, pass) = match u.split_once(':') {
-            Some((user, pass)) => (user, Some(pass)),
-            None => (u, None),
-        };
-        if user.is_empty() {
-            bail_usage!("{flag} `{shown}`: the user name before '@' is empty");
-        }
-        for (part, text) in [("user name", Some(user)), ("password", pass)] {
-            let Some(text) = text else { continue };
-            if let Some(bad) = text
-                .chars()
-                .find(|c| matches!(c, ':' | '/' | '?' | '#' | '[' | ']' | '@'))
-            {
-                bail_usage!(
-                    "{flag} `{shown}`: the {part} contains an unescaped '{bad}'; percent-encode it, or pass the credentials with --mongo-user and --mongo-password-file"
-                );
-            }
-            check_percent_escapes(text).map_err(|why| {
-                crate::error::UsageError::new(format!("{flag} `{shown}`: the {part} {why}"))
-            })?;
-        }
-        if let Some(p) = pass.filter(|p| !p.is_empty()) {
-            secrets.push(p.to_string());
-            let decoded = percent_encoding::percent_decode_str(p)
-                .decode_utf8_lossy()
-                .into_owned();
-            if decoded != p {
-                secrets.push(decoded);
-            }
-        }
+        secrets = check_userinfo(u, false, flag, &shown)?;
     }
     if hosts.is_empty() {
         bail_usage!("{flag} `{shown}` names no host");
@@ -363,6 +441,19 @@ fn mongo_uri(input: &str, creds: &Credentials, flag: &str) -> Result<DbUrl> {
     url.push_str(hosts);
     url.push_str(tail);
     secrets.extend(secret_forms(creds));
+    // The driver's own parser (no network) catches unknown or malformed
+    // options now, not when AMS or the reporter first connects.
+    if let Err(e) = mongodb::options::ConnectionString::parse(&url) {
+        let why = match e.kind.as_ref() {
+            mongodb::error::ErrorKind::InvalidArgument { message, .. } => message.clone(),
+            other => other.to_string(),
+        };
+        let mut why = why;
+        for secret in &secrets {
+            why = why.replace(secret.as_str(), "****");
+        }
+        bail_usage!("{flag} `{shown}` is not a valid MongoDB URI: {why}");
+    }
     Ok(DbUrl {
         kind: DbKind::MongoDb,
         url,
@@ -534,6 +625,7 @@ mod tests {
         let creds = Credentials {
             user: Some("ams admin".into()),
             password: Some("p@ss:w/rd?#%\\\nü".into()),
+            ..Default::default()
         };
         let db = classify("10.0.1.5", &creds, &host(), "DB").unwrap();
         assert_eq!(
@@ -588,12 +680,14 @@ mod tests {
         let creds = Credentials {
             user: Some("u".into()),
             password: Some("p".into()),
+            ..Default::default()
         };
         assert!(classify("mongodb://a:b@h", &creds, &host(), "DB").is_err());
         assert!(classify("redis://h", &creds, &host(), "DB").is_err());
         let only_pw = Credentials {
             user: None,
             password: Some("p".into()),
+            ..Default::default()
         };
         assert!(
             classify("h", &only_pw, &host(), "DB")
@@ -639,6 +733,21 @@ mod tests {
             split_password("mongodb://u:@h"),
             ("mongodb://u@h".into(), None)
         );
+    }
+
+    #[test]
+    fn loose_redaction_never_shows_a_malformed_password() {
+        assert_eq!(redact_loose("mongodb://u:se/cret@h"), "mongodb://u:****@h");
+        assert_eq!(
+            redact_loose("mongodb://u:a@b?c@h/x"),
+            "mongodb://u:****@h/x"
+        );
+        assert_eq!(redact_loose("mongodb://token@h"), "mongodb://****@h");
+        assert_eq!(
+            redact_loose("-db.host=mongodb://u:p@h:1"),
+            "-db.host=mongodb://u:****@h:1"
+        );
+        assert_eq!(redact_loose("mongodb://h:1/?x=1"), "mongodb://h:1/?x=1");
     }
 
     #[test]
