@@ -7,6 +7,7 @@
 //! order of precedence at run time is: `agent.toml`, then the credentials
 //! file, then the environment, then flags.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -28,6 +29,10 @@ pub const DEFAULT_DATABASE: &str = "ams_agent";
 pub const DEFAULT_COLLECTION: &str = "nodes";
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The shortest TTL accepted.
+pub const MIN_TTL: Duration = Duration::from_secs(60);
+/// The longest TTL MongoDB accepts (`expireAfterSeconds` is a 32-bit int).
+pub const MAX_TTL: Duration = Duration::from_secs(i32::MAX as u64);
 pub const DEFAULT_CPU_SAMPLES: u32 = 5;
 pub const DEFAULT_CPU_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -74,7 +79,16 @@ pub struct MongoSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSection {
+    /// This node's id as `join` registered it (the EC2 instance id, else
+    /// /etc/machine-id); `run` and `leave` use it, so a metadata blip never
+    /// turns the node into another document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     pub role: Role,
+    /// The private IPv4 given to `join --ip`: reported as `privateIp`
+    /// (else the instance metadata's, else the default route's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_ip: Option<Ipv4Addr>,
     #[serde(default = "default_ams_home")]
     pub ams_home: PathBuf,
     /// AMS's mode and node group as `join` left them; the reporter re-reads
@@ -195,8 +209,14 @@ impl AgentConfig {
         if self.reporter.cpu_sample_interval < Duration::from_millis(200) {
             anyhow::bail!("[reporter] cpu_sample_interval must be at least 200ms");
         }
-        if self.mongo.ttl < Duration::from_secs(60) {
-            anyhow::bail!("[mongo] ttl must be at least 1m");
+        validate_ttl(self.mongo.ttl, "[mongo] ttl")?;
+        if let Some(id) = &self.node.id {
+            if !valid_node_id(id) {
+                anyhow::bail!(
+                    "[node] id `{}` is not a node id (letters, digits and `-`, at most 64)",
+                    id.escape_debug()
+                );
+            }
         }
         Ok(())
     }
@@ -242,12 +262,38 @@ pub fn validate_names(database: &str, collection: &str) -> Result<()> {
     Ok(())
 }
 
+/// A node id as the registry uses it: an EC2 instance id or a machine id.
+pub fn valid_node_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+/// The TTL of node documents: MongoDB takes 1 s to 2^31-1 s; below a
+/// minute a node would vanish between two slow heartbeats.
+pub fn validate_ttl(d: Duration, what: &str) -> Result<()> {
+    if d < MIN_TTL || d > MAX_TTL {
+        anyhow::bail!(
+            "{what} {} is out of range (1m to {}s, about 68 years; MongoDB's expireAfterSeconds limit)",
+            show_duration(d),
+            MAX_TTL.as_secs()
+        );
+    }
+    Ok(())
+}
+
+/// A duration as printed in messages: whole milliseconds below a second,
+/// whole seconds above (never `6s 999ms 991us 564ns`).
+pub fn show_duration(d: Duration) -> String {
+    let rounded = if d < Duration::from_secs(1) {
+        Duration::from_millis(((d.as_micros() + 500) / 1000) as u64)
+    } else {
+        Duration::from_secs(((d.as_millis() + 500) / 1000) as u64)
+    };
+    humantime::format_duration(rounded).to_string()
+}
+
 pub fn validate_interval(d: Duration, what: &str) -> Result<()> {
     if d < Duration::from_millis(500) || d > Duration::from_secs(3600) {
-        anyhow::bail!(
-            "{what} {} is out of range (500ms to 1h)",
-            humantime::format_duration(d)
-        );
+        anyhow::bail!("{what} {} is out of range (500ms to 1h)", show_duration(d));
     }
     Ok(())
 }
@@ -386,7 +432,9 @@ mod tests {
                 ttl: DEFAULT_TTL,
             },
             node: NodeSection {
+                id: Some("i-0abc".into()),
                 role: Role::Origin,
+                private_ip: Some("10.0.1.20".parse().unwrap()),
                 ams_home: DEFAULT_AMS_HOME.into(),
                 ams_mode: Some("cluster".into()),
                 node_group: Some("default".into()),
@@ -439,6 +487,9 @@ mod tests {
             "[mongo]\nuri = \"mongodb://h\"\n[node]\nrole = \"relay\"\n",
             "[mongo]\nuri = \"mongodb://h\"\n[node]\nrole = \"origin\"\n[reporter]\ninterval = \"1ms\"\n",
             "[mongo]\nuri = \"mongodb://h\"\ndatabase = \"a.b\"\n[node]\nrole = \"origin\"\n",
+            "[mongo]\nuri = \"mongodb://h\"\nttl = \"1000000000000d\"\n[node]\nrole = \"origin\"\n",
+            "[mongo]\nuri = \"mongodb://h\"\n[node]\nid = \"i-1/../x\"\nrole = \"origin\"\n",
+            "[mongo]\nuri = \"mongodb://h\"\n[node]\nrole = \"origin\"\nprivate_ip = \"10.0.1\"\n",
         ] {
             h.write_atomic(p, bad.as_bytes(), private_meta(0o644))
                 .unwrap();
@@ -449,6 +500,19 @@ mod tests {
             assert!(!msg.contains('\n'), "one line: {msg}");
             assert!(!msg.contains("pw"), "no password: {msg}");
         }
+    }
+
+    #[test]
+    fn durations_are_shown_rounded_and_the_ttl_fits_mongodb() {
+        assert_eq!(show_duration(Duration::from_nanos(6_999_991_564)), "7s");
+        assert_eq!(show_duration(Duration::from_micros(1_999_600)), "2s");
+        assert_eq!(show_duration(Duration::from_micros(250_400)), "250ms");
+        assert_eq!(show_duration(Duration::from_secs(600)), "10m");
+        assert!(validate_ttl(Duration::from_secs(7 * 86400), "--ttl").is_ok());
+        assert!(validate_ttl(MAX_TTL, "--ttl").is_ok());
+        let e = validate_ttl(MAX_TTL + Duration::from_secs(1), "--ttl").unwrap_err();
+        assert!(format!("{e}").contains("2147483647"), "{e}");
+        assert!(validate_ttl(Duration::from_secs(59), "--ttl").is_err());
     }
 
     #[test]

@@ -138,3 +138,80 @@ fn a_bogus_instance_id_is_refused() {
     let client = Imds::new(&server.url, Budget::default()).unwrap();
     assert!(rt().block_on(client.instance()).is_err());
 }
+
+#[test]
+fn a_failing_optional_item_keeps_the_ec2_identity() {
+    let (_d, host) = host_with_machine_id();
+    let server = ImdsServer::start("i-0ddddddddddddddddd", "10.0.1.25");
+    // IMDS throttling one item, and a server error on another.
+    server.fail("placement/availability-zone", 429);
+    server.fail("public-ipv4", 500);
+    let client = Imds::new(&server.url, Budget::default()).unwrap();
+    let rt = rt();
+    let meta = rt.block_on(client.instance()).unwrap();
+    assert_eq!(meta.instance_id, "i-0ddddddddddddddddd");
+    assert_eq!(meta.availability_zone, None);
+    assert_eq!(meta.public_ipv4, None);
+    assert_eq!(meta.local_ipv4, Some("10.0.1.25".parse().unwrap()));
+    assert_eq!(meta.instance_type.as_deref(), Some("c5.xlarge"));
+    let id = rt.block_on(identity::resolve(&host, &server.url)).unwrap();
+    assert_eq!(id.source, IdSource::Ec2, "not the machine-id fallback");
+    assert_eq!(id.id, "i-0ddddddddddddddddd");
+
+    // The instance id itself failing is still "no metadata".
+    server.fail("instance-id", 429);
+    let id = rt.block_on(identity::resolve(&host, &server.url)).unwrap();
+    assert_eq!(id.source, IdSource::MachineId);
+}
+
+#[test]
+fn a_stored_id_survives_a_metadata_outage_but_not_another_instance() {
+    let (_d, host) = host_with_machine_id();
+    let rt = rt();
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let id = rt
+        .block_on(identity::resolve_stored(
+            &host,
+            &dead,
+            Some("i-0eeeeeeeeeeeeeeeee"),
+        ))
+        .unwrap();
+    assert_eq!(id.id, "i-0eeeeeeeeeeeeeeeee", "not /etc/machine-id");
+    assert_eq!(id.source, IdSource::Ec2);
+    assert_eq!(id.hostname, "node-7");
+
+    // The same instance answering: its metadata, the stored id.
+    let same = ImdsServer::start("i-0eeeeeeeeeeeeeeeee", "10.0.1.26");
+    same.fail("placement/availability-zone", 429);
+    let id = rt
+        .block_on(identity::resolve_stored(
+            &host,
+            &same.url,
+            Some("i-0eeeeeeeeeeeeeeeee"),
+        ))
+        .unwrap();
+    assert_eq!(id.id, "i-0eeeeeeeeeeeeeeeee");
+    assert_eq!(id.private_ip, Some("10.0.1.26".parse().unwrap()));
+
+    // Another instance (an image of a joined node): the new instance's id.
+    let other = ImdsServer::start("i-0fffffffffffffffff", "10.0.1.27");
+    let id = rt
+        .block_on(identity::resolve_stored(
+            &host,
+            &other.url,
+            Some("i-0eeeeeeeeeeeeeeeee"),
+        ))
+        .unwrap();
+    assert_eq!(id.id, "i-0fffffffffffffffff");
+
+    // A stored machine id of another machine (a cloned disk): this one's.
+    let id = rt
+        .block_on(identity::resolve_stored(
+            &host,
+            &dead,
+            Some("ffffffffffffffffffffffffffffffff"),
+        ))
+        .unwrap();
+    assert_eq!(id.id, "0123456789abcdef0123456789abcdef");
+    assert_eq!(id.source, IdSource::MachineId);
+}

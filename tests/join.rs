@@ -202,6 +202,9 @@ fn without_a_terminal_a_missing_value_exits_2_at_once_and_touches_nothing() {
         ),
         (vec!["--mongo", "h", "--interval", "1ms"], "--interval"),
         (vec!["--mongo", "h", "--wait", "soon"], "--wait"),
+        (vec!["--mongo", "h", "--ams-timeout", "0s"], "--ams-timeout"),
+        (vec!["--mongo", "h", "--ttl", "1000000000000d"], "--ttl"),
+        (vec!["--mongo", "h", "--ttl", "30s"], "--ttl"),
         (vec!["--mongo", "h", "--ams-home", "/nowhere"], "--ams-home"),
         (vec!["--mongo", "h", "--role", "relay"], "--role"),
     ] {
@@ -359,14 +362,25 @@ fn a_failed_step_is_recorded_in_mongodb_and_locally() {
     let u = peer.updates();
     let rec = u
         .iter()
-        .find(|(_, upd, _)| upd["$set"].get("lastError").is_some())
+        .find(|(_, upd, _)| upd["$set"].get("lastError.step").is_some())
         .expect("lastError recorded in MongoDB");
     assert_eq!(rec.0, json!({ "_id": "i-0aaaaaaaaaaaaaaa8" }));
     assert_eq!(
-        rec.1["$set"]["lastError"]["step"],
+        rec.1["$set"]["lastError.step"],
         "switch AMS to cluster mode"
     );
     assert_eq!(rec.1["$currentDate"], json!({ "lastError.at": true }));
+    // And the peer (which refuses path conflicts as mongod does) kept it.
+    let st = t.run(&["status", "--mongo", &peer.uri(), "--json"]);
+    assert!(st.status.success(), "{}", stderr(&st));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&st)).unwrap();
+    let err = v["nodes"][0]["lastError"].as_str().unwrap().to_string();
+    assert!(err.starts_with("switch AMS to cluster mode: "), "{err}");
+    assert!(
+        !stderr(&out).contains("could not record"),
+        "{}",
+        stderr(&out)
+    );
     let le: serde_json::Value =
         serde_json::from_str(&t.read("var/lib/ams-agent/last-error.json")).unwrap();
     assert_eq!(le["command"], "join");
@@ -418,4 +432,214 @@ fn credentials_go_to_the_0600_file_and_never_into_agent_toml() {
         assert_eq!(d.get_str("state").unwrap(), "ready");
         c.database(&db).drop().await.unwrap();
     });
+}
+
+/// A `systemctl` on PATH that logs its arguments and fails (exit 1) only
+/// for `enable`.
+fn systemctl_failing_enable(t: &Tree) {
+    let log = t.dir.path().join("systemctl.log");
+    let script = format!(
+        "#!/bin/sh\necho \"$*\" >> '{}'\ncase \"$1\" in enable) echo 'Failed to enable unit: Access denied' >&2; exit 1;; esac\nexit 0\n",
+        log.display()
+    );
+    let p = t.bin.join("systemctl");
+    std::fs::write(&p, script).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn a_join_that_failed_half_way_is_repaired_by_running_it_again() {
+    let t = Tree::new();
+    systemctl_failing_enable(&t);
+    let imds = Imds::start("i-0aaaaaaaaaaaaaa10", IP);
+    let ams = fake_ams_http();
+    let peer = MongoPeer::start(PeerOptions::default());
+    let args = ["--mongo", &peer.uri(), "--wait", "20s"];
+    let out = run(&t, &imds, &ams, &args);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let line = error_line(&out);
+    assert!(
+        line.contains("join failed at step `configure and start the reporter`"),
+        "{line}"
+    );
+    assert!(
+        !t.path("var/lib/ams-agent/joined.json").exists(),
+        "a failed join is not recorded as done"
+    );
+    assert_ne!(peer.updates().last().unwrap().1["$set"]["state"], "ready");
+
+    // The user-data runs again, systemd works now: the join is completed.
+    t.fake_systemctl(0, "");
+    let again = run(&t, &imds, &ams, &args);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(
+        !stdout(&again).contains("already joined"),
+        "{}",
+        stdout(&again)
+    );
+    let calls = t.systemctl_calls();
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| *c == "enable --now ams-agent.service")
+            .count(),
+        2,
+        "{calls:?}"
+    );
+    let last = peer.updates().last().unwrap().clone();
+    assert_eq!(last.0, json!({ "_id": "i-0aaaaaaaaaaaaaa10" }));
+    assert_eq!(last.1["$set"]["state"], "ready");
+    let rec: serde_json::Value =
+        serde_json::from_str(&t.read("var/lib/ams-agent/joined.json")).unwrap();
+    assert_eq!(rec["node_id"], "i-0aaaaaaaaaaaaaa10");
+
+    // And now it is done.
+    let third = run(&t, &imds, &ams, &args);
+    assert!(third.status.success(), "{}", stderr(&third));
+    assert!(
+        stdout(&third).contains("already joined"),
+        "{}",
+        stdout(&third)
+    );
+}
+
+#[test]
+fn the_ip_given_to_join_is_the_registered_private_ip_and_is_saved() {
+    let t = Tree::new();
+    let imds = Imds::start("i-0aaaaaaaaaaaaaa11", IP);
+    let peer = MongoPeer::start(PeerOptions::default());
+    let out = run(
+        &t,
+        &imds,
+        &fake_ams_http(),
+        &["--mongo", &peer.uri(), "--ip", "10.0.1.77"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("private IP 10.0.1.77"),
+        "{}",
+        stdout(&out)
+    );
+    let u = peer.updates();
+    assert!(u.len() >= 2, "{u:?}");
+    for (_, upd, _) in &u {
+        assert_eq!(upd["$set"]["privateIp"], "10.0.1.77", "{upd}");
+    }
+    let hosts = t.read("etc/hosts");
+    assert!(hosts.lines().any(|l| l.starts_with("10.0.1.77")), "{hosts}");
+    // Saved for the reporter, with the node id, so `run` reports the same.
+    let cfg = t.read("etc/ams-agent/agent.toml");
+    assert!(cfg.contains("private_ip = \"10.0.1.77\""), "{cfg}");
+    assert!(cfg.contains("id = \"i-0aaaaaaaaaaaaaa11\""), "{cfg}");
+}
+
+#[test]
+fn dry_run_on_a_joined_node_says_nothing_to_do() {
+    let t = Tree::new();
+    let imds = Imds::start("i-0aaaaaaaaaaaaaa12", IP);
+    let peer = MongoPeer::start(PeerOptions::default());
+    let args = ["--mongo", &peer.uri()];
+    let out = run(&t, &imds, &fake_ams_http(), &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let n = peer.commands().len();
+    let dry = t
+        .command(&["--dry-run", "join", "--mongo", &peer.uri()])
+        .env("AMS_AGENT_IMDS_ENDPOINT", &imds.url)
+        .env("AMS_AGENT_AMS_URL", fake_ams_http())
+        .output()
+        .unwrap();
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    let text = stdout(&dry);
+    assert!(
+        text.contains("already joined") && text.contains("nothing to do"),
+        "{text}"
+    );
+    assert!(!text.contains("Plan:"), "{text}");
+    assert_eq!(peer.commands().len(), n, "dry run talked to MongoDB");
+}
+
+#[test]
+fn a_plan_that_cannot_be_made_fails_before_anything_reaches_mongodb() {
+    let t = Tree::new();
+    std::fs::write(t.path("etc/hostname"), "localhost\n").unwrap();
+    let imds = Imds::start("i-0aaaaaaaaaaaaaa13", IP);
+    let peer = MongoPeer::start(PeerOptions::default());
+    let before = t.snapshot();
+    let out = run(&t, &imds, &fake_ams_http(), &["--mongo", &peer.uri()]);
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    let line = error_line(&out);
+    assert!(line.contains("localhost"), "{line}");
+    assert!(line.contains("switch AMS to cluster mode"), "{line}");
+    assert!(
+        peer.named("update").is_empty() && peer.named("createIndexes").is_empty(),
+        "a stray `joining` document: {:?}",
+        peer.updates()
+    );
+    assert_eq!(t.snapshot(), before, "nothing changed");
+    assert!(t.systemctl_calls().is_empty());
+}
+
+#[test]
+fn an_interrupted_change_is_completed_even_when_already_joined() {
+    let t = Tree::new();
+    let imds = Imds::start("i-0aaaaaaaaaaaaaa14", IP);
+    let peer = MongoPeer::start(PeerOptions::default());
+    let args = ["--mongo", &peer.uri()];
+    let out = run(&t, &imds, &fake_ams_http(), &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // A change that crashed after its commit point: the journal names a
+    // rename still to do.
+    let target = format!("/{AMS}/conf/red5.properties");
+    let tmp = format!("/{AMS}/conf/.red5.properties.ams-agent-tmp");
+    let new = format!("{}# landed by recovery\n", t.read(&target[1..]));
+    std::fs::write(t.path(&tmp[1..]), &new).unwrap();
+    std::fs::write(
+        t.path("var/lib/ams-agent/journal.json"),
+        serde_json::to_vec(&json!({ "renames": [[tmp, target]], "removals": [] })).unwrap(),
+    )
+    .unwrap();
+
+    let again = run(&t, &imds, &fake_ams_http(), &args);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(
+        stdout(&again).contains("already joined"),
+        "{}",
+        stdout(&again)
+    );
+    assert_eq!(t.read(&target[1..]), new, "the interrupted change landed");
+    assert!(!t.path("var/lib/ams-agent/journal.json").exists());
+}
+
+/// True when `text` shows a duration with sub-second noise (`991us`, `564ns`).
+fn has_duration_noise(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.windows(3).any(|w| {
+        w[0].is_ascii_digit() && (w[1] == b'u' || w[1] == b'n' || w[1] == b'\xc2') && w[2] == b's'
+    })
+}
+
+#[test]
+fn wait_is_a_deadline_even_when_mongodb_stalls() {
+    let t = Tree::new();
+    let imds = Imds::start("i-0aaaaaaaaaaaaaa15", IP);
+    let mut peer = MongoPeer::start(PeerOptions::default());
+    peer.control("fault ping stall");
+    let start = Instant::now();
+    let out = run(
+        &t,
+        &imds,
+        "http://127.0.0.1:1/",
+        &["--mongo", &peer.uri(), "--wait", "2s"],
+    );
+    let took = start.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        took < Duration::from_millis(3500),
+        "--wait 2s took {took:?}"
+    );
+    let line = error_line(&out);
+    assert!(line.contains("within 2s"), "{line}");
+    assert!(!has_duration_noise(&stderr(&out)), "{}", stderr(&out));
+    assert!(peer.named("update").is_empty());
 }

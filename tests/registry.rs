@@ -177,13 +177,67 @@ fn set_state_and_record_error_touch_only_their_fields() {
         u[0].1,
         json!({ "$set": { "state": "left" }, "$currentDate": { "lastSeen": true } })
     );
+    // Dotted fields: `$set: {lastError: {…}}` beside `$currentDate:
+    // {"lastError.at": …}` is a path conflict a real mongod refuses (code 40).
     assert_eq!(
         u[1].1,
         json!({
-            "$set": { "lastError": { "step": "switch AMS to cluster mode", "message": "boom" } },
+            "$set": { "lastError.step": "switch AMS to cluster mode", "lastError.message": "boom" },
             "$currentDate": { "lastError.at": true }
         })
     );
+}
+
+#[test]
+fn every_update_the_agent_sends_is_free_of_path_conflicts() {
+    // The peer refuses overlapping paths with code 40, as mongod does.
+    let peer = MongoPeer::start(PeerOptions::default());
+    let rt = rt();
+    let (docs, refused) = rt.block_on(async {
+        let reg = Registry::open(&target(&peer.uri()), quick()).await.unwrap();
+        let le = ams_agent::mongo::registry::LastError {
+            step: "register the node".into(),
+            message: "boom".into(),
+        };
+        reg.record_error("i-3", &le, Duration::from_secs(2))
+            .await
+            .unwrap();
+        reg.heartbeat(&report("i-3", NodeState::Joining), true)
+            .await
+            .unwrap();
+        reg.record_error("i-3", &le, Duration::from_secs(2))
+            .await
+            .unwrap();
+        reg.heartbeat(&report("i-3", NodeState::Ready), false)
+            .await
+            .unwrap();
+        reg.set_state("i-3", NodeState::Left, Duration::from_secs(2))
+            .await
+            .unwrap();
+        let (docs, _) = reg.list().await.unwrap();
+        // The shape the agent used to send, for contrast.
+        let client = mongodb::Client::with_uri_str(peer.uri()).await.unwrap();
+        let refused = client
+            .database("ams_agent")
+            .collection::<mongodb::bson::Document>("nodes")
+            .update_one(
+                mongodb::bson::doc! { "_id": "i-3" },
+                mongodb::bson::doc! {
+                    "$set": { "lastError": { "step": "s", "message": "m" } },
+                    "$currentDate": { "lastError.at": true },
+                },
+            )
+            .await
+            .unwrap_err();
+        (docs, refused)
+    });
+    assert!(refused.to_string().contains("conflict"), "{refused}");
+    assert_eq!(docs.len(), 1);
+    let le = docs[0].get_document("lastError").unwrap();
+    assert_eq!(le.get_str("step").unwrap(), "register the node");
+    assert_eq!(le.get_str("message").unwrap(), "boom");
+    assert!(le.get_datetime("at").is_ok(), "{le}");
+    assert_eq!(docs[0].get_str("state").unwrap(), "left");
 }
 
 fn err_of(

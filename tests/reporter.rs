@@ -383,3 +383,38 @@ fn real_mongod_reporter_round_trip() {
         c.database(&db).drop().await.unwrap();
     });
 }
+
+#[test]
+fn the_reporter_keeps_the_node_id_and_private_ip_join_stored() {
+    // agent.toml as `join --ip 10.0.1.77` leaves it; the metadata service
+    // does not answer (a blip), /etc/machine-id exists: the stored id and
+    // the --ip address are reported, not the fallbacks.
+    let t = Tree::new();
+    let peer = MongoPeer::start(PeerOptions::default());
+    std::fs::create_dir_all(t.path("etc/ams-agent")).unwrap();
+    std::fs::write(
+        t.path("etc/ams-agent/agent.toml"),
+        format!(
+            "[mongo]\nuri = \"{}\"\n[node]\nid = \"i-0aaaaaaaaaaaaaa21\"\nrole = \"edge\"\nprivate_ip = \"10.0.1.77\"\n[reporter]\ninterval = \"1s\"\n",
+            peer.uri()
+        ),
+    )
+    .unwrap();
+    let mut r = Reporter::start(&t, &[], &[]);
+    wait_for("2 heartbeats", Duration::from_secs(15), || {
+        beats(&peer).len() >= 2
+    });
+    for (q, u, _) in peer.updates() {
+        assert_eq!(q, json!({ "_id": "i-0aaaaaaaaaaaaaa21" }), "{}", r.log());
+        if u.get("$inc").is_some() {
+            assert_eq!(u["$set"]["privateIp"], "10.0.1.77");
+            assert_eq!(u["$set"]["idSource"], "ec2");
+        }
+    }
+    let (code, _) = r.signal(Signal::SIGTERM);
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        peer.updates().last().unwrap().0,
+        json!({ "_id": "i-0aaaaaaaaaaaaaa21" })
+    );
+}

@@ -173,3 +173,88 @@ fn real_mongod_status() {
     let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(v["nodes"], json!([]));
 }
+
+#[test]
+fn bad_timeouts_and_config_paths_are_usage_errors_naming_the_flag() {
+    let t = Tree::new();
+    let peer = MongoPeer::start(PeerOptions::default());
+    // A folder (--config is a host path, under the test's root).
+    let dir = "/etc".to_string();
+    let before = t.snapshot();
+    for (args, needle) in [
+        (
+            vec!["status", "--mongo", &peer.uri(), "--timeout", "0s"],
+            "--timeout",
+        ),
+        (
+            vec!["leave", "--mongo", &peer.uri(), "--timeout", "0s"],
+            "--timeout",
+        ),
+        (vec!["status", "--config", &dir], "--config"),
+        (vec!["leave", "--config", &dir], "--config"),
+    ] {
+        let start = Instant::now();
+        let out = t.run(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(start.elapsed() < Duration::from_secs(1), "{args:?}");
+        let line = error_line(&out);
+        assert_eq!(line.lines().count(), 1, "{args:?}: {}", stderr(&out));
+        assert!(line.contains(needle), "{args:?}: {line}");
+        assert!(!line.contains("Server selection"), "{line}");
+    }
+    assert_eq!(t.snapshot(), before);
+    assert!(t.systemctl_calls().is_empty());
+    assert!(peer.commands().is_empty(), "{:?}", peer.commands());
+}
+
+#[test]
+fn leave_marks_the_stored_node_id_and_completes_an_interrupted_change() {
+    let t = Tree::new();
+    let peer = MongoPeer::start(PeerOptions::default());
+    std::fs::write(
+        t.path("etc/machine-id"),
+        "0123456789abcdef0123456789abcdef\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(t.path("etc/ams-agent")).unwrap();
+    std::fs::write(
+        t.path("etc/ams-agent/agent.toml"),
+        format!(
+            "[mongo]\nuri = \"{}\"\n[node]\nid = \"i-0ddddddddddddddd2\"\nrole = \"edge\"\n",
+            peer.uri()
+        ),
+    )
+    .unwrap();
+    // A change that crashed after its commit point.
+    std::fs::create_dir_all(t.path("var/lib/ams-agent")).unwrap();
+    std::fs::write(
+        t.path("etc/.hosts.ams-agent-tmp"),
+        "10.0.1.31 ip-10-0-1-20\n",
+    )
+    .unwrap();
+    std::fs::write(
+        t.path("var/lib/ams-agent/journal.json"),
+        serde_json::to_vec(
+            &json!({ "renames": [["/etc/.hosts.ams-agent-tmp", "/etc/hosts"]], "removals": [] }),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+
+    // The metadata service is down (a blip): the stored id, not machine-id.
+    let out = t
+        .command(&["leave"])
+        .env(
+            "AMS_AGENT_IMDS_ENDPOINT",
+            format!("http://127.0.0.1:{}", free_port()),
+        )
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let u = peer.updates();
+    assert_eq!(u.len(), 1, "{u:?}");
+    assert_eq!(u[0].0, json!({ "_id": "i-0ddddddddddddddd2" }));
+    assert_eq!(t.read("etc/hosts"), "10.0.1.31 ip-10-0-1-20\n");
+    assert!(!t.path("var/lib/ams-agent/journal.json").exists());
+}

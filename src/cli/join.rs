@@ -30,7 +30,7 @@ use crate::config::{
 };
 use crate::host::fs::private_meta;
 use crate::host::systemd::ServiceAction;
-use crate::host::{Host, tty};
+use crate::host::{Host, tty, txn};
 use crate::mongo::error::RegistryError;
 use crate::mongo::registry::{Deadlines, LastError, NodeState, Registry, Target};
 use crate::mongo::url::{self, DbKind, DbUrl};
@@ -160,11 +160,14 @@ fn validate(ctx: &Context, args: &JoinArgs) -> Result<Request> {
     if let Err(e) = config::validate_interval(args.interval, "--interval") {
         bail_usage!("{e:#}");
     }
-    if args.ttl < Duration::from_secs(60) {
-        bail_usage!("--ttl must be at least 1m");
+    if let Err(e) = config::validate_ttl(args.ttl, "--ttl") {
+        bail_usage!("{e:#}");
     }
     if args.wait.is_zero() {
         bail_usage!("--wait must be longer than 0s");
+    }
+    if args.ams_timeout.is_zero() {
+        bail_usage!("--ams-timeout must be longer than 0s (e.g. 3m)");
     }
     crate::host::http::HttpUrl::parse(&args.ams_url)
         .map_err(|e| crate::error::UsageError::new(format!("--ams-url: {e:#}")))?;
@@ -179,7 +182,10 @@ fn validate(ctx: &Context, args: &JoinArgs) -> Result<Request> {
             ttl: args.ttl,
         },
         node: NodeSection {
+            // Filled in once the node is identified.
+            id: None,
             role: args.role,
+            private_ip: args.ip,
             ams_home: args.ams_home.clone(),
             ams_mode: None,
             node_group: None,
@@ -202,11 +208,17 @@ fn validate(ctx: &Context, args: &JoinArgs) -> Result<Request> {
     })
 }
 
-/// True when this very instance already joined with these settings.
-fn already_joined(host: &Host, node: &NodeIdentity, req: &Request) -> bool {
+/// True when this very instance already joined with these settings. The
+/// join record is written last (after the node is marked ready), so a join
+/// that failed half-way is never taken for a finished one.
+fn already_joined(host: &Host, node: &NodeIdentity, req: &Request, restart: bool) -> bool {
     let Some(rec) = JoinRecord::load(host) else {
         return false;
     };
+    // Switched files still waiting for their AMS restart (a crash).
+    if restart && host.exists(&mode::restart_marker()) {
+        return false;
+    }
     let Ok(Some(mut on_disk)) = AgentConfig::load(host, Path::new(CONFIG_FILE)) else {
         return false;
     };
@@ -243,6 +255,19 @@ fn file_change(
     })
 }
 
+/// The record that this instance joined: written last, once the node is
+/// marked ready.
+fn join_record(req: &Request, node: &NodeIdentity) -> JoinRecord {
+    JoinRecord {
+        node_id: node.id.clone(),
+        mongo: req.target.uri.clone(),
+        database: req.target.database.clone(),
+        collection: req.target.collection.clone(),
+        role: req.config.node.role,
+        joined_at: config::unix_now(),
+    }
+}
+
 /// The agent's own files and the reporter service, as a plan.
 fn agent_plan(host: &Host, req: &Request, node: &NodeIdentity) -> Result<Plan> {
     let mut plan = Plan::new(format!("configure the reporter of node {}", node.id));
@@ -250,14 +275,6 @@ fn agent_plan(host: &Host, req: &Request, node: &NodeIdentity) -> Result<Plan> {
     if let Some(p) = &req.target.password {
         plan.secrets.push(p.clone());
     }
-    let record = JoinRecord {
-        node_id: node.id.clone(),
-        mongo: req.target.uri.clone(),
-        database: req.target.database.clone(),
-        collection: req.target.collection.clone(),
-        role: req.config.node.role,
-        joined_at: config::unix_now(),
-    };
     plan.files(
         "write the agent configuration",
         vec![
@@ -275,7 +292,6 @@ fn agent_plan(host: &Host, req: &Request, node: &NodeIdentity) -> Result<Plan> {
                 0o600,
                 false,
             )?,
-            file_change(host, JOIN_RECORD, record.to_json(), 0o644, true)?,
         ],
     );
     plan.push(Step::Service {
@@ -297,12 +313,19 @@ pub async fn wait_for_mongo(target: &Target, wait: Duration) -> Result<Registry,
     let mut attempts = 0u32;
     loop {
         attempts += 1;
-        let left = wait.saturating_sub(start.elapsed());
-        let select = left.clamp(Duration::from_millis(200), Duration::from_secs(2));
+        // Every deadline of an attempt is clamped to the time left, so the
+        // whole wait never overruns `wait` (a server that stalls on `ping`
+        // included).
+        let left = wait
+            .saturating_sub(start.elapsed())
+            .max(Duration::from_millis(100));
+        let select = left
+            .clamp(Duration::from_millis(200), Duration::from_secs(2))
+            .min(left);
         let deadlines = Deadlines {
-            connect: Duration::from_secs(3),
+            connect: Duration::from_secs(3).min(left),
             select,
-            op: select + Duration::from_secs(5),
+            op: (select + Duration::from_secs(5)).min(left),
         };
         let result = match Registry::open(target, deadlines).await {
             Ok(reg) => match reg.ping().await {
@@ -331,7 +354,7 @@ pub async fn wait_for_mongo(target: &Target, wait: Duration) -> Result<Registry,
                 err.failure,
                 format!(
                     "MongoDB did not become reachable within {} ({attempts} attempts); last error: {err}",
-                    humantime::format_duration(wait)
+                    config::show_duration(wait)
                 ),
             ));
         }
@@ -339,7 +362,7 @@ pub async fn wait_for_mongo(target: &Target, wait: Duration) -> Result<Registry,
         if last_reason.as_deref() != Some(reason.as_str()) {
             tracing::info!(
                 "waiting up to {} for MongoDB: {err}",
-                humantime::format_duration(wait)
+                config::show_duration(wait)
             );
             last_reason = Some(reason);
         } else {
@@ -356,9 +379,24 @@ pub async fn wait_for_mongo(target: &Target, wait: Duration) -> Result<Registry,
 
 pub fn run(ctx: &Context, args: JoinArgs) -> Result<()> {
     let started = Instant::now();
-    let req = validate(ctx, &args)?;
+    let mut req = validate(ctx, &args)?;
+    // Every mutating command first completes a change a crash interrupted
+    // (also when this node turns out to be joined already).
+    if !ctx.dry_run && txn::recover(&ctx.host)? {
+        tracing::info!("an interrupted change from an earlier run was completed first");
+    }
     let rt = runtime()?;
-    let node = match rt.block_on(identity::resolve(&ctx.host, &args.imds_endpoint)) {
+    // The id an earlier join stored: kept through a metadata blip.
+    let stored = AgentConfig::load(&ctx.host, Path::new(CONFIG_FILE))
+        .ok()
+        .flatten()
+        .and_then(|c| c.node.id);
+    let resolved = rt.block_on(identity::resolve_stored(
+        &ctx.host,
+        &args.imds_endpoint,
+        stored.as_deref(),
+    ));
+    let mut node = match resolved {
         Ok(n) => n,
         Err(e) => {
             let step = "identify this node";
@@ -378,17 +416,30 @@ pub fn run(ctx: &Context, args: JoinArgs) -> Result<()> {
             anyhow::bail!("join failed at step `{step}`: {message}");
         }
     };
-    let private_ip = args.ip.or(node.private_ip);
+    // `--ip`, else the metadata's local-ipv4, else the default route's: the
+    // address pinned in /etc/hosts is the one the registry shows.
+    node.private_ip = args.ip.or(node.private_ip);
+    req.config.node.id = Some(node.id.clone());
     let switch = ModeSwitch {
         mode: Mode::Cluster,
         db: req.db.clone(),
         layout: req.layout.clone(),
-        ip: private_ip,
+        ip: node.private_ip,
         restart: (!args.no_restart).then(|| mode::Restart {
             url: args.ams_url.clone(),
             ..mode::default_restart(args.ams_timeout)
         }),
     };
+
+    if already_joined(&ctx.host, &node, &req, switch.restart.is_some()) {
+        println!(
+            "node {} already joined {} as {}; nothing to do",
+            node.id,
+            req.target.shown(),
+            req.config.node.role.name()
+        );
+        return Ok(());
+    }
 
     if ctx.dry_run {
         println!(
@@ -402,22 +453,13 @@ pub fn run(ctx: &Context, args: JoinArgs) -> Result<()> {
         );
         println!(
             "- wait up to {} for MongoDB, create the registry indexes, register the node as `joining`",
-            humantime::format_duration(args.wait)
+            config::show_duration(args.wait)
         );
         switch_mode(ctx, &switch)?;
         print!("{}", agent_plan(&ctx.host, &req, &node)?.render());
         println!("- mark the node `ready`");
+        println!("- record the join in {JOIN_RECORD}");
         println!("(dry run: nothing was changed and nothing was sent to MongoDB)");
-        return Ok(());
-    }
-
-    if already_joined(&ctx.host, &node, &req) {
-        println!(
-            "node {} already joined {} as {}; nothing to do",
-            node.id,
-            req.target.shown(),
-            req.config.node.role.name()
-        );
         return Ok(());
     }
 
@@ -464,10 +506,19 @@ impl Joiner<'_> {
                 self.rt
                     .block_on(reg.record_error(&self.node.id, &le, Duration::from_secs(3)))
             {
-                tracing::debug!("could not record the error in MongoDB: {e}");
+                // The error names the URI with its password masked.
+                tracing::warn!(
+                    "could not record the failed step in the node document of {}: {e}",
+                    self.node.id
+                );
             }
         }
-        anyhow::anyhow!("join failed at step `{step}`: {message}")
+        let failed = format!("join failed at step `{step}`: {message}");
+        if crate::error::exit_code(&err) == 2 {
+            // Bad input stays bad input (exit code 2).
+            return crate::error::UsageError::new(failed).into();
+        }
+        anyhow::anyhow!(failed)
     }
 
     fn run(&mut self, args: &JoinArgs, switch: &ModeSwitch, started: Instant) -> Result<()> {
@@ -482,7 +533,18 @@ impl Joiner<'_> {
             ams_url: args.ams_url.clone(),
             imds_endpoint: args.imds_endpoint.clone(),
             ttl: args.ttl,
+            node_id: Some(self.node.id.clone()),
+            private_ip: args.ip,
         };
+
+        // 0. Every local check before anything is sent to MongoDB: a plan
+        // that cannot be made (a host name that cannot be pinned, no address
+        // for /etc/hosts, unreadable AMS or agent files) must not leave a
+        // stray `joining` document behind.
+        let step = "switch AMS to cluster mode";
+        mode::plan(host, switch).map_err(|e| self.fail(step, e))?;
+        let step = "configure and start the reporter";
+        agent_plan(host, self.req, self.node).map_err(|e| self.fail(step, e))?;
 
         // 1. MongoDB (CPU is sampled meanwhile, for the first heartbeat).
         let step = "wait for MongoDB";
@@ -550,6 +612,20 @@ impl Joiner<'_> {
             reg.heartbeat(&report, false).await.map(|_| report)
         });
         let report = state.map_err(|e| self.fail(step, e.into()))?;
+
+        // 6. The join record, last: only a join that went all the way is
+        // "already joined" to a later run (a failed one is repaired by
+        // running it again).
+        let step = "record the join";
+        host.create_dir_all(Path::new(crate::host::fs::STATE_DIR), 0o700)
+            .and_then(|()| {
+                host.write_atomic(
+                    Path::new(JOIN_RECORD),
+                    &join_record(self.req, self.node).to_json(),
+                    private_meta(0o644),
+                )
+            })
+            .map_err(|e| self.fail(step, e))?;
         let _ = host.remove(Path::new(LAST_ERROR));
         if let Some(reg) = self.registry.take() {
             self.rt.block_on(reg.close());
@@ -582,7 +658,7 @@ impl Joiner<'_> {
         );
         println!(
             "  reporter  {AGENT_UNIT}, every {}",
-            humantime::format_duration(settings.reporter.interval)
+            config::show_duration(settings.reporter.interval)
         );
         println!("  took      {:.1}s", started.elapsed().as_secs_f64());
         Ok(())

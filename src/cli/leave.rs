@@ -9,8 +9,8 @@ use clap::Args;
 
 use super::Context;
 use super::run::{RegistryArgs, Resolved, runtime};
-use crate::config::{self, JOIN_RECORD, LastErrorRecord};
-use crate::host::CommandSpec;
+use crate::config::{self, JOIN_RECORD, JoinRecord, LastErrorRecord};
+use crate::host::{CommandSpec, txn};
 use crate::mongo::registry::{Deadlines, NodeState, Registry};
 use crate::node::{identity, imds};
 
@@ -32,10 +32,26 @@ pub struct LeaveArgs {
 }
 
 pub fn run(ctx: &Context, args: LeaveArgs) -> Result<()> {
-    let Resolved { target, .. } = args.registry.resolve(&ctx.host)?;
+    super::run::validate_timeout(args.timeout, "--timeout")?;
+    let Resolved { target, config } = args.registry.resolve(&ctx.host)?;
+    // Every mutating command first completes a change a crash interrupted.
+    if !ctx.dry_run && txn::recover(&ctx.host)? {
+        tracing::info!("an interrupted change from an earlier run was completed first");
+    }
     let rt = runtime()?;
+    // The id `join` registered (agent.toml, else the join record): a
+    // metadata blip now must not make `leave` mark another document.
+    let stored = config
+        .as_ref()
+        .and_then(|c| c.node.id.clone())
+        .or_else(|| JoinRecord::load(&ctx.host).map(|r| r.node_id))
+        .filter(|id| config::valid_node_id(id));
     let node = rt
-        .block_on(identity::resolve(&ctx.host, &args.imds_endpoint))
+        .block_on(identity::resolve_stored(
+            &ctx.host,
+            &args.imds_endpoint,
+            stored.as_deref(),
+        ))
         .context("identifying this node")?;
     let stop = CommandSpec::new("systemctl", &["disable", "--now", AGENT_UNIT])
         .timeout(Duration::from_secs(60));

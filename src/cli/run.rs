@@ -3,6 +3,7 @@
 //! MongoDB outages (backs off, one log line when the link is lost and one
 //! when it is back), and marks the node `left` on SIGTERM/SIGINT.
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -54,10 +55,26 @@ pub struct Resolved {
 }
 
 impl RegistryArgs {
+    /// The configuration file: absent is fine, anything unreadable (a
+    /// folder, no permission) or malformed is bad input naming `--config`.
+    pub fn load_config(&self, host: &Host) -> Result<Option<AgentConfig>> {
+        match AgentConfig::load(host, &self.config) {
+            Ok(c) => Ok(c),
+            Err(e) if crate::error::exit_code(&e) == 2 => Err(e),
+            Err(e) => {
+                let cause = e.root_cause().to_string();
+                bail_usage!(
+                    "--config {}: cannot read it ({cause}); name the agent's configuration file (default {CONFIG_FILE})",
+                    self.config.display()
+                )
+            }
+        }
+    }
+
     /// Precedence: `agent.toml`, the credentials file, the environment,
     /// flags. Bad input is a usage error naming the flag or file.
     pub fn resolve(&self, host: &Host) -> Result<Resolved> {
-        let config = AgentConfig::load(host, &self.config)?;
+        let config = self.load_config(host)?;
         let creds = self.auth.credentials()?;
         let (uri, password) = match &self.mongo {
             Some(input) => {
@@ -111,6 +128,18 @@ impl RegistryArgs {
             config,
         })
     }
+}
+
+/// A `--timeout`-like flag: a deadline of nothing fails at once with a
+/// confusing driver message, so it is refused as bad input.
+pub fn validate_timeout(d: Duration, flag: &str) -> Result<()> {
+    if d < Duration::from_millis(100) {
+        bail_usage!(
+            "{flag} {} is too short: it must be greater than 0 (at least 100ms; e.g. 10s)",
+            config::show_duration(d)
+        );
+    }
+    Ok(())
 }
 
 /// A single-threaded tokio runtime for one command (the agent is small and
@@ -167,6 +196,11 @@ pub struct ReporterSettings {
     pub imds_endpoint: String,
     /// Lifetime of a silent node's document (TTL index on `lastSeen`).
     pub ttl: Duration,
+    /// The node id `join` stored (`[node] id`), kept whatever the metadata
+    /// service says.
+    pub node_id: Option<String>,
+    /// `join --ip` (`[node] private_ip`): wins over the metadata's address.
+    pub private_ip: Option<Ipv4Addr>,
 }
 
 pub fn run(ctx: &Context, args: RunArgs) -> Result<()> {
@@ -200,6 +234,8 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<()> {
         ams_url: args.ams_url,
         imds_endpoint: args.imds_endpoint,
         ttl: config.as_ref().map_or(config::DEFAULT_TTL, |c| c.mongo.ttl),
+        node_id: config.as_ref().and_then(|c| c.node.id.clone()),
+        private_ip: config.as_ref().and_then(|c| c.node.private_ip),
     };
     if ctx.dry_run {
         println!(
@@ -208,7 +244,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<()> {
             settings.target.shown(),
             settings.target.database,
             settings.target.collection,
-            humantime::format_duration(settings.reporter.interval)
+            config::show_duration(settings.reporter.interval)
         );
         return Ok(());
     }
@@ -357,7 +393,12 @@ pub async fn reporter_loop(
     let shown = s.target.shown();
 
     let identity = tokio::select! {
-        id = identity::resolve(host, &s.imds_endpoint) => id.context("identifying this node")?,
+        id = identity::resolve_stored(host, &s.imds_endpoint, s.node_id.as_deref()) => {
+            let mut id = id.context("identifying this node")?;
+            // `join --ip`, else the metadata's address, else the default route's.
+            id.private_ip = s.private_ip.or(id.private_ip);
+            id
+        }
         _ = term.recv() => return Ok(()),
         _ = int.recv() => return Ok(()),
     };
@@ -370,7 +411,7 @@ pub async fn reporter_loop(
         shown,
         s.target.database,
         s.target.collection,
-        humantime::format_duration(interval)
+        config::show_duration(interval)
     );
 
     let mut registry: Option<Registry> = None;
@@ -419,9 +460,7 @@ pub async fn reporter_loop(
                 match link {
                     Some(false) => tracing::info!(
                         "MongoDB at {shown} is back after {}; heartbeats resumed",
-                        humantime::format_duration(Duration::from_secs(
-                            down_since.elapsed().as_secs()
-                        ))
+                        config::show_duration(down_since.elapsed())
                     ),
                     None => tracing::info!(
                         "connected to MongoDB at {shown}; node {} is {}",
@@ -483,7 +522,7 @@ pub async fn reporter_loop(
         Ok(Err(e)) => tracing::warn!("could not mark the node left: {e}"),
         Err(_) => tracing::warn!(
             "could not mark the node left: MongoDB at {shown} did not answer within {}",
-            humantime::format_duration(limit)
+            config::show_duration(limit)
         ),
     }
     Ok(())

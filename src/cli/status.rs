@@ -227,6 +227,7 @@ pub fn render(v: &StatusView) -> String {
 }
 
 pub fn run(ctx: &Context, args: StatusArgs) -> Result<()> {
+    super::run::validate_timeout(args.timeout, "--timeout")?;
     let Resolved { target, .. } = args.registry.resolve(&ctx.host)?;
     let rt = runtime()?;
     let (docs, now) = rt

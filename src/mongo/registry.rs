@@ -210,7 +210,7 @@ impl Registry {
                     Failure::Timeout,
                     format!(
                         "resolving the hosts of {shown} took longer than {}",
-                        humantime::format_duration(deadlines.connect)
+                        crate::config::show_duration(deadlines.connect)
                     ),
                 ));
             }
@@ -271,7 +271,7 @@ impl Registry {
                 format!(
                     "{what}: MongoDB at {} did not answer within {}",
                     self.shown,
-                    humantime::format_duration(limit)
+                    crate::config::show_duration(limit)
                 ),
             )),
         }
@@ -322,7 +322,7 @@ impl Registry {
                     "changing the TTL of {}.{} to {}",
                     self.db.name(),
                     self.coll.name(),
-                    humantime::format_duration(ttl)
+                    crate::config::show_duration(ttl)
                 );
                 self.bounded(
                     "changing the TTL index",
@@ -394,7 +394,10 @@ impl Registry {
         self.upsert(
             id,
             doc! {
-                "$set": { "lastError": { "step": &err.step, "message": &err.message } },
+                // Dotted fields: `$set: {lastError: {…}}` next to
+                // `$currentDate: {"lastError.at": …}` is a path conflict
+                // (code 40) that a real mongod refuses.
+                "$set": { "lastError.step": &err.step, "lastError.message": &err.message },
                 "$currentDate": { "lastError.at": true },
             },
             limit,

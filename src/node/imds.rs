@@ -167,6 +167,20 @@ impl Imds {
         bail!("reading {url}: the metadata service rejected a fresh token (HTTP 401)")
     }
 
+    /// An item the agent can do without: `None` (and a warning) when the
+    /// service fails to give it.
+    async fn optional(&self, path: &str) -> Option<String> {
+        match self.get(path).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(
+                    "instance metadata `{path}` is unavailable ({e:#}); leaving it empty"
+                );
+                None
+            }
+        }
+    }
+
     /// The instance's identity and addresses.
     pub async fn instance(&self) -> Result<InstanceMetadata> {
         let instance_id = self
@@ -184,13 +198,19 @@ impl Imds {
                 instance_id.escape_debug()
             );
         }
+        // Only the id is required; the other items are best effort, so a
+        // blip on one of them (HTTP 429, a timeout) never costs the node its
+        // EC2 identity.
         let ip = |s: Option<String>| s.and_then(|v| v.parse::<Ipv4Addr>().ok());
-        let local_ipv4 = ip(self.get("local-ipv4").await?);
-        let public_ipv4 = ip(self.get("public-ipv4").await?);
-        let instance_type = self.get("instance-type").await?.filter(|s| !s.is_empty());
+        let local_ipv4 = ip(self.optional("local-ipv4").await);
+        let public_ipv4 = ip(self.optional("public-ipv4").await);
+        let instance_type = self
+            .optional("instance-type")
+            .await
+            .filter(|s| !s.is_empty());
         let availability_zone = self
-            .get("placement/availability-zone")
-            .await?
+            .optional("placement/availability-zone")
+            .await
             .filter(|s| !s.is_empty());
         Ok(InstanceMetadata {
             instance_id,

@@ -181,6 +181,8 @@ pub struct ImdsState {
     pub unauthorized: AtomicUsize,
     /// When set, tokens are handed out but GETs without one get 401 (IMDSv2 only).
     pub stop: AtomicBool,
+    /// Items answered with this HTTP status instead of their value (e.g. 429).
+    pub failures: Mutex<HashMap<String, u16>>,
 }
 
 impl Imds {
@@ -199,6 +201,7 @@ impl Imds {
             gets: AtomicUsize::new(0),
             unauthorized: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
+            failures: Mutex::new(HashMap::new()),
         });
         let st = state.clone();
         std::thread::spawn(move || {
@@ -220,6 +223,16 @@ impl Imds {
             .lock()
             .unwrap()
             .insert(item.into(), value.into());
+    }
+
+    /// `item` is answered with HTTP `status` from now on (e.g. 429 Too Many
+    /// Requests, as IMDS throttles).
+    pub fn fail(&self, item: &str, status: u16) {
+        self.state
+            .failures
+            .lock()
+            .unwrap()
+            .insert(item.into(), status);
     }
 
     /// Every token handed out so far stops working (as after its TTL).
@@ -269,9 +282,13 @@ fn serve_imds(mut s: TcpStream, st: &ImdsState) {
             (401, String::new())
         } else {
             let item = &path["/latest/meta-data/".len()..];
-            match st.items.lock().unwrap().get(item) {
-                Some(v) => (200, v.clone()),
-                None => (404, String::new()),
+            if let Some(status) = st.failures.lock().unwrap().get(item) {
+                (*status, String::new())
+            } else {
+                match st.items.lock().unwrap().get(item) {
+                    Some(v) => (200, v.clone()),
+                    None => (404, String::new()),
+                }
             }
         }
     } else {
@@ -281,6 +298,8 @@ fn serve_imds(mut s: TcpStream, st: &ImdsState) {
         200 => "OK",
         400 => "Bad Request",
         401 => "Unauthorized",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
         _ => "Not Found",
     };
     let _ = write!(

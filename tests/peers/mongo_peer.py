@@ -4,7 +4,8 @@
 
 It answers the handshake like a standalone mongod (wire version 21), keeps
 the documents the agent writes in memory (update with upsert: $set,
-$setOnInsert, $currentDate, $inc, $unset; find; createIndexes; collMod), and
+$setOnInsert, $currentDate, $inc, $unset, refusing overlapping paths with
+code 40 as mongod does; find; createIndexes; collMod), and
 records every command it receives as one JSON line (relaxed extended JSON) in
 the --record file. Faults are injected through stdin, one command a line; the
 peer answers each with "OK <line>" on stdout:
@@ -77,6 +78,21 @@ def matches(doc, flt):
         if get_path(doc, k) != v:
             return False
     return True
+
+
+def path_conflict(update):
+    """The first pair of paths of one update that overlap (the same path, or
+    one inside the other) across or within operators, as mongod refuses them
+    with code 40 ConflictingUpdateOperators; None when there is none."""
+    paths = []
+    for op, fields in update.items():
+        if op.startswith("$") and isinstance(fields, dict):
+            paths.extend(fields.keys())
+    for i, a in enumerate(paths):
+        for b in paths[i + 1:]:
+            if a == b or a.startswith(b + ".") or b.startswith(a + "."):
+                return a, b
+    return None
 
 
 def apply_update(doc, update, inserting):
@@ -198,6 +214,15 @@ class Peer:
             n = modified = 0
             upserted = []
             for i, u in enumerate(doc.get("updates", [])):
+                conflict = path_conflict(u.get("u", {}))
+                if conflict:
+                    a, b = conflict
+                    return request.replies({"n": n, "nModified": modified, "writeErrors": [{
+                        "index": i,
+                        "code": 40,
+                        "codeName": "ConflictingUpdateOperators",
+                        "errmsg": "Updating the path '%s' would create a conflict at '%s'" % (b, a),
+                    }]})
                 hits = [d for d in coll.values() if matches(d, u.get("q"))]
                 if hits:
                     apply_update(hits[0], u.get("u", {}), False)
