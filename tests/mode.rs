@@ -197,14 +197,13 @@ fn standalone_with_a_database_keeps_the_cluster_blocks_off() {
     assert_eq!(xml.matches("<!-- cluster start -->").count(), 0);
 }
 
-const HOSTILE_PASSWORD: &str = "p@ss:w/rd?#%\\ \"ünï\"\nline2";
-
-#[test]
-fn hostile_password_from_a_file_is_encoded_and_protected() {
-    let t = Tree::new();
+/// `mode cluster 10.0.1.5` (no restart, no DB check) as user `ams`, with
+/// `password` in a file.
+fn cluster_as_ams(t: &Tree, password: &str) -> std::process::Command {
     let pw = t.dir.path().join("pw");
-    fs::write(&pw, format!("{HOSTILE_PASSWORD}\n")).unwrap();
-    let out = t.run(&args(
+    fs::write(&pw, password).unwrap();
+    let pw = pw.to_str().unwrap();
+    t.command(&args(
         &[
             "mode",
             "cluster",
@@ -212,10 +211,20 @@ fn hostile_password_from_a_file_is_encoded_and_protected() {
             "--mongo-user",
             "ams",
             "--mongo-password-file",
-            pw.to_str().unwrap(),
+            pw,
         ],
         NO_RESTART,
-    ));
+    ))
+}
+
+const HOSTILE_PASSWORD: &str = "p@ss:w/rd?#%\\ \"ünï\"\nline2";
+
+#[test]
+fn hostile_password_from_a_file_is_encoded_and_protected() {
+    let t = Tree::new();
+    let out = cluster_as_ams(&t, &format!("{HOSTILE_PASSWORD}\n"))
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let expected =
         "mongodb://ams:p%40ss%3Aw%2Frd%3F%23%25%5C%20%22%C3%BCn%C3%AF%22%0Aline2@10.0.1.5:27017";
@@ -952,21 +961,7 @@ fn no_database_check_when_there_is_nothing_to_do() {
 #[test]
 fn temp_files_of_a_crashed_run_are_removed_by_the_next_one() {
     let t = Tree::new();
-    let pw = t.dir.path().join("pw");
-    fs::write(&pw, "secret\n").unwrap();
-    let out = t
-        .command(&args(
-            &[
-                "mode",
-                "cluster",
-                "10.0.1.5",
-                "--mongo-user",
-                "ams",
-                "--mongo-password-file",
-                pw.to_str().unwrap(),
-            ],
-            NO_RESTART,
-        ))
+    let out = cluster_as_ams(&t, "secret\n")
         // Past the backups and the temp files, before the commit point.
         .env("AMS_AGENT_CRASH_AT", "19")
         .output()
