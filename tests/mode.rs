@@ -979,3 +979,55 @@ fn temp_files_of_a_crashed_run_are_removed_by_the_next_one() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(temps(&t), Vec::<String>::new());
 }
+
+/// In a container /etc/hosts is a bind mount that no rename can replace:
+/// the switch leaves it to the runtime (with a warning) instead of failing
+/// after its commit point; a bind-mounted config file is refused up front.
+#[test]
+fn bind_mounted_files_are_never_renamed_over() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: bind mounts need root (CI runs as root)");
+        return;
+    }
+    let t = Tree::new();
+    let outside = t.dir.path().join("hosts-from-runtime");
+    fs::write(&outside, "127.0.0.1 localhost\n").unwrap();
+    let hosts = t.path("etc/hosts");
+    let status = std::process::Command::new("mount")
+        .arg("--bind")
+        .arg(&outside)
+        .arg(&hosts)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _hosts_mount = Mount(hosts.clone());
+    let out = t.run(&args(&["mode", "cluster", "10.0.1.5"], NO_RESTART));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/etc/hosts is a mount"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        fs::read_to_string(&outside).unwrap(),
+        "127.0.0.1 localhost\n"
+    );
+    assert!(line(&red5(&t), "clusterdb.host").contains("10.0.1.5"));
+
+    let red5_path = t.path(&format!("{AMS}/conf/red5.properties"));
+    let red5_outside = t.dir.path().join("red5-from-volume");
+    fs::copy(&red5_path, &red5_outside).unwrap();
+    let status = std::process::Command::new("mount")
+        .arg("--bind")
+        .arg(&red5_outside)
+        .arg(&red5_path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _red5_mount = Mount(red5_path);
+    let before = t.snapshot();
+    let out = t.run(&args(&["mode", "standalone"], NO_RESTART));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(error_line(&out).contains("mount point"), "{}", stderr(&out));
+    assert_eq!(t.snapshot(), before);
+}

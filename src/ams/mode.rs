@@ -122,6 +122,18 @@ fn load(host: &Host, path: &Path) -> Result<Current> {
     })
 }
 
+/// A file bind-mounted on its own (a container volume) cannot be replaced
+/// by a rename: say so before anything is changed.
+fn refuse_mount_point(host: &Host, path: &Path) -> Result<()> {
+    if host.is_mount_point(path) {
+        bail!(
+            "{} is a mount point of its own (a bind-mounted file?), which cannot be replaced atomically; mount its folder instead, or edit it where it is mounted from; nothing was changed",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// Like [`load`], for a file that must exist.
 fn load_existing(host: &Host, path: &Path) -> Result<Current> {
     let cur = load(host, path)?;
@@ -170,6 +182,7 @@ pub fn plan(host: &Host, sw: &ModeSwitch) -> Result<Plan> {
 
     // conf/red5.properties: the cluster database, and never the global IP.
     let red5_path = layout.red5_properties();
+    refuse_mount_point(host, &red5_path)?;
     let red5_now = load_existing(host, &red5_path)?;
     let mut red5 = Properties::parse(&red5_now.text);
     // Credentials live in the URI (percent-encoded); the separate keys are
@@ -184,6 +197,7 @@ pub fn plan(host: &Host, sw: &ModeSwitch) -> Result<Plan> {
 
     // conf/jee-container.xml: the cluster blocks.
     let jee_path = layout.jee_container();
+    refuse_mount_point(host, &jee_path)?;
     let jee_now = load_existing(host, &jee_path)?;
     let new_xml = jee::set_cluster(&jee_now.text, sw.mode == Mode::Cluster)
         .with_context(|| format!("switching {}", jee_path.display()))?;
@@ -215,9 +229,17 @@ pub fn plan(host: &Host, sw: &ModeSwitch) -> Result<Plan> {
         None => net::default_route_ipv4(host)?,
     };
     let hosts_path = Path::new("/etc/hosts");
-    let hosts_now = load(host, hosts_path)?;
-    let pinned = etc_hosts::pin_hostname(&hosts_now.text, &hostname, ip);
-    changes.push(change(hosts_now, pinned, false));
+    if host.is_mount_point(hosts_path) {
+        // A container: the runtime owns /etc/hosts (a bind mount that no
+        // rename can replace); pin the name with its --add-host instead.
+        tracing::warn!(
+            "/etc/hosts is a mount (a container?): not pinning {hostname} to {ip}; let the container runtime map it (e.g. docker run --add-host {hostname}:{ip})"
+        );
+    } else {
+        let hosts_now = load(host, hosts_path)?;
+        let pinned = etc_hosts::pin_hostname(&hosts_now.text, &hostname, ip);
+        changes.push(change(hosts_now, pinned, false));
+    }
 
     let mut plan = Plan::new(format!(
         "switch Ant Media Server at {} to {} mode ({} {})",

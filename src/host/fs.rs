@@ -112,6 +112,34 @@ impl Host {
         self.path(host_path).exists()
     }
 
+    /// True when the file is mounted on its own (Docker's /etc/hosts, a
+    /// bind-mounted config file), which `rename` cannot replace.
+    pub fn is_mount_point(&self, host_path: &Path) -> bool {
+        let real = self.path(host_path);
+        let (Ok(file), Some(Ok(dir))) =
+            (fs::symlink_metadata(&real), real.parent().map(fs::metadata))
+        else {
+            return false;
+        };
+        if file.dev() != dir.dev() {
+            return true;
+        }
+        // A bind mount from the same filesystem keeps the device: ask the
+        // kernel's mount table.
+        let Ok(canonical) = fs::canonicalize(&real) else {
+            return false;
+        };
+        fs::read_to_string("/proc/self/mountinfo")
+            .map(|table| {
+                table.lines().any(|l| {
+                    l.split(' ')
+                        .nth(4)
+                        .is_some_and(|m| Path::new(&unescape_mountinfo(m)) == canonical)
+                })
+            })
+            .unwrap_or(false)
+    }
+
     pub fn is_dir(&self, host_path: &Path) -> bool {
         self.path(host_path).is_dir()
     }
@@ -286,6 +314,31 @@ impl Host {
     }
 }
 
+/// Mount points in /proc/self/mountinfo escape space, tab, newline and
+/// backslash as octal (`\040`).
+fn unescape_mountinfo(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(&rest[..i]);
+        match rest
+            .get(i + 1..i + 4)
+            .and_then(|o| u8::from_str_radix(o, 8).ok())
+        {
+            Some(b) => {
+                out.push(b as char);
+                rest = &rest[i + 4..];
+            }
+            None => {
+                out.push('\\');
+                rest = &rest[i + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The temp file used for an atomic write of `path`: same folder, hidden,
 /// with a fixed name so a crashed run's leftover is overwritten next time.
 pub fn temp_path_for(host_path: &Path) -> PathBuf {
@@ -342,6 +395,13 @@ pub fn private_meta(mode: u32) -> FileMeta {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape_mountinfo("/a\\040b/c"), "/a b/c");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(unescape_mountinfo("/x\\"), "/x\\");
+    }
 
     #[test]
     fn paths_stay_under_root() {
