@@ -232,13 +232,23 @@ fn hostile_password_from_a_file_is_encoded_and_protected() {
         line(&red5(&t), "clusterdb.host"),
         format!("clusterdb.host={expected}")
     );
-    // The files now hold a password: nobody but owner and group reads them.
+    // The files now hold a password: nobody but owner and group reads them,
+    // and AMS (the `antmedia` account of etc/passwd, uid/gid 1001) still can.
     for rel in [
         format!("{AMS}/conf/red5.properties"),
         format!("{AMS}/webapps/LiveApp/WEB-INF/red5-web.properties"),
     ] {
-        let mode = fs::metadata(t.path(&rel)).unwrap().mode() & 0o777;
+        let meta = fs::metadata(t.path(&rel)).unwrap();
+        let mode = meta.mode() & 0o777;
         assert_eq!(mode & 0o007, 0, "{rel} is world-readable: {mode:o}");
+        if meta.uid() != 1001 {
+            assert_eq!(meta.gid(), 1001, "{rel}: AMS's group cannot read it");
+            assert_ne!(
+                mode & 0o040,
+                0,
+                "{rel}: AMS's group cannot read it: {mode:o}"
+            );
+        }
     }
     let logs = format!("{}{}", stdout(&out), stderr(&out));
     assert!(
@@ -1030,4 +1040,22 @@ fn bind_mounted_files_are_never_renamed_over() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(error_line(&out).contains("mount point"), "{}", stderr(&out));
     assert_eq!(t.snapshot(), before);
+}
+
+/// Without an `antmedia` account, tightening the modes could lock AMS out of
+/// its own configuration: the modes stay, with a warning.
+#[test]
+fn without_the_ams_account_modes_are_kept_and_the_operator_warned() {
+    let t = Tree::new();
+    fs::remove_file(t.path("etc/passwd")).unwrap();
+    let rel = format!("{AMS}/conf/red5.properties");
+    let before = fs::metadata(t.path(&rel)).unwrap().mode() & 0o7777;
+    let out = cluster_as_ams(&t, "secret\n").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no `antmedia` account"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(fs::metadata(t.path(&rel)).unwrap().mode() & 0o7777, before);
 }

@@ -71,6 +71,25 @@ impl AmsLayout {
     }
 }
 
+/// The account AMS runs as (`User=antmedia` in its unit).
+pub const SERVICE_USER: &str = "antmedia";
+
+/// uid and primary gid of the AMS service account, from the host's
+/// /etc/passwd (root-prefixed, so tests bring their own); None when absent.
+pub fn service_account(host: &Host) -> Result<Option<(u32, u32)>> {
+    let Some(bytes) = host.read_optional(Path::new("/etc/passwd"))? else {
+        return Ok(None);
+    };
+    Ok(String::from_utf8_lossy(&bytes).lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        if f.len() >= 4 && f[0] == SERVICE_USER {
+            Some((f[2].parse().ok()?, f[3].parse().ok()?))
+        } else {
+            None
+        }
+    }))
+}
+
 /// The host name AMS resolves: /etc/hostname, else the kernel's.
 pub fn node_hostname(host: &Host) -> Result<String> {
     let from_file = host

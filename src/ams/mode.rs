@@ -143,15 +143,35 @@ fn load_existing(host: &Host, path: &Path) -> Result<Current> {
     Ok(cur)
 }
 
+/// Who must still read a file that holds a password: the AMS account
+/// (uid, gid), or None when the host has no such account.
+#[derive(Clone, Copy)]
+enum Secret {
+    No,
+    ReadableBy(Option<(u32, u32)>),
+}
+
 /// The change from a file's current content to `new`.
-fn change(cur: Current, new: String, tighten: bool) -> FileChange {
+fn change(cur: Current, new: String, secret: Secret) -> FileChange {
     let mut meta = cur.meta.unwrap_or_else(|| FileMeta {
         mode: 0o644,
         ..private_meta(0o644)
     });
-    if tighten {
-        // The file now holds a password: no longer readable by everyone.
-        meta.mode &= !0o007;
+    match secret {
+        Secret::No => {}
+        // The file now holds a password: no longer readable by everyone,
+        // but still by AMS (as owner, else through its group).
+        Secret::ReadableBy(Some((uid, gid))) => {
+            if meta.uid == uid {
+                meta.mode = (meta.mode & !0o007) | 0o400;
+            } else {
+                meta.gid = gid;
+                meta.mode = (meta.mode & !0o007) | 0o040;
+            }
+        }
+        // Without the account, tightening could lock AMS out of its own
+        // configuration: leave the mode (plan() warns).
+        Secret::ReadableBy(None) => {}
     }
     FileChange {
         path: cur.path,
@@ -177,7 +197,18 @@ pub fn plan(host: &Host, sw: &ModeSwitch) -> Result<Plan> {
             layout.webapps().display()
         );
     }
-    let secret = sw.db.has_password();
+    let secret = if sw.db.has_password() {
+        let account = layout::service_account(host)?;
+        if account.is_none() {
+            tracing::warn!(
+                "no `{}` account in /etc/passwd: the AMS configuration files keep their modes, so the MongoDB password in them stays readable by every local user",
+                layout::SERVICE_USER
+            );
+        }
+        Secret::ReadableBy(account)
+    } else {
+        Secret::No
+    };
     let mut changes = Vec::new();
 
     // conf/red5.properties: the cluster database, and never the global IP.
@@ -201,7 +232,7 @@ pub fn plan(host: &Host, sw: &ModeSwitch) -> Result<Plan> {
     let jee_now = load_existing(host, &jee_path)?;
     let new_xml = jee::set_cluster(&jee_now.text, sw.mode == Mode::Cluster)
         .with_context(|| format!("switching {}", jee_path.display()))?;
-    changes.push(change(jee_now, new_xml, false));
+    changes.push(change(jee_now, new_xml, Secret::No));
 
     // Every application, the console (`root`) included.
     for app in &apps {
@@ -238,7 +269,7 @@ pub fn plan(host: &Host, sw: &ModeSwitch) -> Result<Plan> {
     } else {
         let hosts_now = load(host, hosts_path)?;
         let pinned = etc_hosts::pin_hostname(&hosts_now.text, &hostname, ip);
-        changes.push(change(hosts_now, pinned, false));
+        changes.push(change(hosts_now, pinned, Secret::No));
     }
 
     let mut plan = Plan::new(format!(
