@@ -159,12 +159,12 @@ impl Plan {
             let summary = self.mask(&step.summary());
             tracing::info!("step {}/{total}: {summary}", i + 1);
             let done = match i {
-                0 => "nothing was changed".to_string(),
-                1 => "step 1 was completed".to_string(),
-                i => format!("steps 1-{i} were completed"),
+                0 => String::new(),
+                1 => "; step 1 was completed".to_string(),
+                i => format!("; steps 1-{i} were completed"),
             };
             apply_step(ctx, step)
-                .with_context(|| format!("step {}/{total} ({summary}) failed; {done}", i + 1))?;
+                .with_context(|| format!("step {}/{total} ({summary}) failed{done}", i + 1))?;
         }
         Ok(())
     }

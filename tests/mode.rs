@@ -1059,3 +1059,67 @@ fn without_the_ams_account_modes_are_kept_and_the_operator_warned() {
     );
     assert_eq!(fs::metadata(t.path(&rel)).unwrap().mode() & 0o7777, before);
 }
+
+/// An immutable or append-only file cannot be renamed over: found before
+/// the commit point, so the node is never left half switched.
+#[test]
+fn immutable_files_are_found_before_anything_changes() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: chattr +i needs root (CI runs as root)");
+        return;
+    }
+    let t = Tree::new();
+    let locked = t.path(&format!(
+        "{AMS}/webapps/WebRTCAppEE/WEB-INF/red5-web.properties"
+    ));
+    let chattr = |flag: &str| {
+        std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(&locked)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !chattr("+i") {
+        eprintln!("skipped: this filesystem has no inode flags");
+        return;
+    }
+    let before = t.snapshot();
+    let out = t.run(&args(&["mode", "cluster", "10.0.1.5"], NO_RESTART));
+    chattr("-i");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = error_line(&out);
+    assert!(
+        err.contains("immutable") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(t.snapshot(), before);
+    assert!(!t.path("var/lib/ams-agent/journal.json").exists());
+}
+
+#[test]
+fn a_bind_mounted_application_file_is_refused_up_front() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: bind mounts need root (CI runs as root)");
+        return;
+    }
+    let t = Tree::new();
+    let app = t.path(&format!(
+        "{AMS}/webapps/LiveApp/WEB-INF/red5-web.properties"
+    ));
+    let outside = t.dir.path().join("liveapp-from-volume");
+    fs::copy(&app, &outside).unwrap();
+    let status = std::process::Command::new("mount")
+        .arg("--bind")
+        .arg(&outside)
+        .arg(&app)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _mount = Mount(app);
+    let before = t.snapshot();
+    let out = t.run(&args(&["mode", "cluster", "10.0.1.5"], NO_RESTART));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(error_line(&out).contains("mount point"), "{}", stderr(&out));
+    assert_eq!(t.snapshot(), before);
+    assert!(!t.path("var/lib/ams-agent/journal.json").exists());
+}

@@ -235,8 +235,15 @@ pub fn plan(host: &Host, sw: &ModeSwitch) -> Result<Plan> {
     changes.push(change(jee_now, new_xml, Secret::No));
 
     // Every application, the console (`root`) included.
+    let mounts = host.mounted_paths();
     for app in &apps {
         let p = layout.webapp_properties(app);
+        if mounts.contains(&host.path(&p)) {
+            bail!(
+                "{} is a mount point of its own (a bind-mounted file?), which cannot be replaced atomically; mount its folder instead; nothing was changed",
+                p.display()
+            );
+        }
         let now = load_existing(host, &p)?;
         let mut props = Properties::parse(&now.text);
         props.set_all(&[

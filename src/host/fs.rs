@@ -126,18 +126,21 @@ impl Host {
         }
         // A bind mount from the same filesystem keeps the device: ask the
         // kernel's mount table.
-        let Ok(canonical) = fs::canonicalize(&real) else {
-            return false;
-        };
+        let canonical = fs::canonicalize(&real).unwrap_or(real);
+        self.mounted_paths().contains(&canonical)
+    }
+
+    /// Every mount point of this process's mount namespace (real paths).
+    pub fn mounted_paths(&self) -> std::collections::HashSet<PathBuf> {
         fs::read_to_string("/proc/self/mountinfo")
             .map(|table| {
-                table.lines().any(|l| {
-                    l.split(' ')
-                        .nth(4)
-                        .is_some_and(|m| Path::new(&unescape_mountinfo(m)) == canonical)
-                })
+                table
+                    .lines()
+                    .filter_map(|l| l.split(' ').nth(4))
+                    .map(|m| PathBuf::from(unescape_mountinfo(m)))
+                    .collect()
             })
-            .unwrap_or(false)
+            .unwrap_or_default()
     }
 
     pub fn is_dir(&self, host_path: &Path) -> bool {
@@ -265,6 +268,12 @@ impl Host {
         let m = f
             .metadata()
             .with_context(|| format!("reading {}", host_path.display()))?;
+        if let Some(flag) = replace_blocker(&f) {
+            anyhow::bail!(
+                "{} is {flag}, so it cannot be replaced; remove the flag (chattr -i -a) and run again; nothing was changed",
+                host_path.display()
+            );
+        }
         let mut bytes = Vec::with_capacity(m.len() as usize + 1);
         f.read_to_end(&mut bytes)
             .with_context(|| format!("reading {}", host_path.display()))?;
@@ -311,6 +320,28 @@ impl Host {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e).with_context(|| format!("removing {}", host_path.display())),
         }
+    }
+}
+
+/// An inode flag that makes a file impossible to replace (rename over it
+/// fails with EPERM), found before any change rather than after the commit
+/// point. Filesystems without inode flags (tmpfs) have none.
+fn replace_blocker(f: &File) -> Option<&'static str> {
+    use std::os::fd::AsRawFd;
+    let mut flags: libc::c_long = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one long through the pointer.
+    let rc = unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) };
+    if rc != 0 {
+        return None;
+    }
+    const IMMUTABLE: libc::c_long = 0x10; // FS_IMMUTABLE_FL
+    const APPEND_ONLY: libc::c_long = 0x20; // FS_APPEND_FL
+    if flags & IMMUTABLE != 0 {
+        Some("immutable (chattr +i)")
+    } else if flags & APPEND_ONLY != 0 {
+        Some("append-only (chattr +a)")
+    } else {
+        None
     }
 }
 

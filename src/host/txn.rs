@@ -87,7 +87,17 @@ pub fn commit(host: &Host, writes: &[FileWrite]) -> Result<()> {
         }
         return Err(e.context("no file was changed"));
     }
-    roll_forward(host, &journal, Some(&devices))
+    roll_forward(host, &journal, Some(&devices)).map_err(|e| e.context(stuck_message(host)))
+}
+
+/// After the commit point a failure leaves the change half done: say so,
+/// and how to get out.
+fn stuck_message(host: &Host) -> String {
+    format!(
+        "the change is committed but could not be completed, so some files are new and some old; fix the cause and run ams-agent again to complete it (or, to abandon it, remove {} — the originals are under {})",
+        host.path(&journal_path()).display(),
+        host.path(&Path::new(STATE_DIR).join("backup")).display()
+    )
 }
 
 fn is_not_found(e: &anyhow::Error) -> bool {
@@ -211,7 +221,7 @@ pub fn recover(host: &Host) -> Result<bool> {
         ),
     };
     tracing::warn!("completing a change interrupted in an earlier run");
-    roll_forward(host, &journal, None)?;
+    roll_forward(host, &journal, None).map_err(|e| e.context(stuck_message(host)))?;
     Ok(true)
 }
 
