@@ -215,6 +215,29 @@ fn check_writable(host: &Host, changes: &[FileChange]) -> Result<()> {
     Ok(())
 }
 
+/// A diff line `[-+ ]key=value` whose key names a secret (`*password*`,
+/// `*pass`, `*secret*`, e.g. the plaintext `clusterdb.password=` the old
+/// shell wrote) keeps its key and loses its value.
+fn mask_secret_assignment(line: &str) -> String {
+    let Some(marker) = line.chars().next().filter(|c| matches!(c, '-' | '+' | ' ')) else {
+        return line.to_string();
+    };
+    let body = &line[1..];
+    let Some(eq) = body.find(['=', ':']) else {
+        return line.to_string();
+    };
+    let key = body[..eq].trim().to_ascii_lowercase();
+    let value = body[eq + 1..].trim();
+    if value.is_empty() || key.starts_with('#') || key.starts_with('!') {
+        return line.to_string();
+    }
+    if key.contains("pass") || key.contains("secret") {
+        format!("{marker}{}****", &body[..=eq])
+    } else {
+        line.to_string()
+    }
+}
+
 fn render_file_change(out: &mut String, c: &FileChange) {
     let path = c.path.display();
     match (&c.before, &c.after) {
@@ -247,7 +270,8 @@ fn render_file_change(out: &mut String, c: &FileChange) {
             .to_string();
         for line in text.lines() {
             // Any URI password, old or new, whatever its escaping.
-            let _ = writeln!(out, "   {}", crate::mongo::url::redact_loose(line));
+            let line = crate::mongo::url::redact_loose(line);
+            let _ = writeln!(out, "   {}", mask_secret_assignment(&line));
         }
     }
 }
@@ -274,6 +298,25 @@ mod tests {
         );
         assert!(plan.is_empty());
         assert!(plan.render().contains("nothing to do"));
+    }
+
+    #[test]
+    fn secret_assignments_lose_their_values() {
+        assert_eq!(
+            mask_secret_assignment("-clusterdb.password=hunter2"),
+            "-clusterdb.password=****"
+        );
+        assert_eq!(
+            mask_secret_assignment(" db.password = x"),
+            " db.password =****"
+        );
+        assert_eq!(
+            mask_secret_assignment("+server.jwtServerSecretKey=k"),
+            "+server.jwtServerSecretKey=****"
+        );
+        assert_eq!(mask_secret_assignment("+db.password="), "+db.password=");
+        assert_eq!(mask_secret_assignment("+db.host=h"), "+db.host=h");
+        assert_eq!(mask_secret_assignment("--- /a/b"), "--- /a/b");
     }
 
     #[test]

@@ -1123,3 +1123,30 @@ fn a_bind_mounted_application_file_is_refused_up_front() {
     assert_eq!(t.snapshot(), before);
     assert!(!t.path("var/lib/ams-agent/journal.json").exists());
 }
+
+/// The old shell wrote `clusterdb.password=<plain text>`: switching away
+/// from it with --dry-run must not print it either.
+#[test]
+fn dry_run_never_shows_plaintext_passwords_left_by_the_shell() {
+    let t = Tree::new();
+    let red5 = t.path(&format!("{AMS}/conf/red5.properties"));
+    let text = fs::read_to_string(&red5)
+        .unwrap()
+        .replace("clusterdb.password=", "clusterdb.password=hunter2");
+    fs::write(&red5, text).unwrap();
+    let app = t.path(&format!(
+        "{AMS}/webapps/LiveApp/WEB-INF/red5-web.properties"
+    ));
+    let text = fs::read_to_string(&app)
+        .unwrap()
+        .replace("db.password=", "db.password=hunter2");
+    fs::write(&app, text).unwrap();
+    let out = t.run(&args(
+        &["--dry-run", "mode", "cluster", "10.0.1.5"],
+        NO_RESTART,
+    ));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(text.contains("-clusterdb.password=****"), "{text}");
+}
