@@ -1150,3 +1150,47 @@ fn dry_run_never_shows_plaintext_passwords_left_by_the_shell() {
     assert!(!text.contains("hunter2"), "{text}");
     assert!(text.contains("-clusterdb.password=****"), "{text}");
 }
+
+/// A symlinked /etc/hosts or configuration file is changed where it lives;
+/// the link stays a link.
+#[test]
+fn symlinked_files_are_changed_where_they_live() {
+    let t = Tree::new();
+    fs::create_dir_all(t.path("srv")).unwrap();
+    for (link, target, rel_target) in [
+        ("etc/hosts", "srv/hosts", "../srv/hosts"),
+        (
+            "usr/local/antmedia/conf/red5.properties",
+            "srv/red5.properties",
+            "../../../../srv/red5.properties",
+        ),
+    ] {
+        fs::rename(t.path(link), t.path(target)).unwrap();
+        std::os::unix::fs::symlink(rel_target, t.path(link)).unwrap();
+    }
+    let out = t.run(&args(&["mode", "cluster", "10.0.1.5"], NO_RESTART));
+    assert!(out.status.success(), "{}", stderr(&out));
+    for (link, target) in [
+        ("etc/hosts", "srv/hosts"),
+        (
+            "usr/local/antmedia/conf/red5.properties",
+            "srv/red5.properties",
+        ),
+    ] {
+        assert!(
+            fs::symlink_metadata(t.path(link))
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "{link} is no longer a link"
+        );
+        let _ = target;
+    }
+    assert!(t.read("srv/hosts").contains("10.0.1.20\tip-10-0-1-20"));
+    assert!(
+        t.read("srv/red5.properties")
+            .contains("clusterdb.host=mongodb://10.0.1.5:27017")
+    );
+    let out = t.run(&args(&["mode", "cluster", "10.0.1.5"], NO_RESTART));
+    assert!(stdout(&out).contains("nothing to do"), "{}", stdout(&out));
+}

@@ -107,6 +107,9 @@ struct Current {
 
 /// Reads a file once for both its content and its metadata.
 fn load(host: &Host, path: &Path) -> Result<Current> {
+    // A symlinked file is changed where it lives; the link stays.
+    let resolved = host.resolve_links(path)?;
+    let path = resolved.as_path();
     let (text, meta) = match host.read_with_meta(path)? {
         Some((bytes, meta)) => (
             String::from_utf8(bytes)

@@ -112,6 +112,30 @@ impl Host {
         self.path(host_path).exists()
     }
 
+    /// Follows symlinks so a change lands in the file the link points to,
+    /// never replacing the link itself. A link leading outside the root is
+    /// refused (only possible under a test root).
+    pub fn resolve_links(&self, host_path: &Path) -> Result<PathBuf> {
+        let real = self.path(host_path);
+        match fs::symlink_metadata(&real) {
+            Ok(m) if m.file_type().is_symlink() => {}
+            _ => return Ok(host_path.to_path_buf()),
+        }
+        let target = fs::canonicalize(&real)
+            .with_context(|| format!("following the symlink {}", host_path.display()))?;
+        let root = fs::canonicalize(&self.root)
+            .with_context(|| format!("resolving {}", self.root.display()))?;
+        match target.strip_prefix(&root) {
+            Ok(rel) => Ok(Path::new("/").join(rel)),
+            Err(_) => anyhow::bail!(
+                "{} is a symlink to {}, outside {}",
+                host_path.display(),
+                target.display(),
+                self.root.display()
+            ),
+        }
+    }
+
     /// True when the file is mounted on its own (Docker's /etc/hosts, a
     /// bind-mounted config file), which `rename` cannot replace.
     pub fn is_mount_point(&self, host_path: &Path) -> bool {
