@@ -1194,3 +1194,31 @@ fn symlinked_files_are_changed_where_they_live() {
     let out = t.run(&args(&["mode", "cluster", "10.0.1.5"], NO_RESTART));
     assert!(stdout(&out).contains("nothing to do"), "{}", stdout(&out));
 }
+
+/// Two runs never interleave: the second waits for the first's lock.
+#[test]
+fn a_second_run_waits_for_the_first() {
+    let t = Tree::new();
+    fs::create_dir_all(t.path("var/lib/ams-agent")).unwrap();
+    let lock = t.path("var/lib/ams-agent/lock");
+    let mut holder = std::process::Command::new("flock")
+        .arg(&lock)
+        .args(["sleep", "1.5"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    let out = t.run(&args(&["mode", "cluster", "10.0.1.5"], NO_RESTART));
+    let waited = start.elapsed();
+    holder.wait().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        waited >= Duration::from_millis(900),
+        "did not wait: {waited:?}"
+    );
+    assert!(
+        stderr(&out).contains("waiting for another ams-agent run"),
+        "{}",
+        stderr(&out)
+    );
+}

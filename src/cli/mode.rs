@@ -13,6 +13,7 @@ use crate::ams::AmsLayout;
 use crate::ams::layout::{DEFAULT_AMS_HOME, DEFAULT_HTTP_URL};
 use crate::ams::mode::{self, Mode, ModeSwitch};
 use crate::host::http::HttpUrl;
+use crate::host::lock::HostLock;
 use crate::host::txn;
 use crate::mongo::error::RegistryError;
 use crate::mongo::registry::{Deadlines, Registry, Target};
@@ -142,6 +143,9 @@ pub fn run(ctx: &Context, args: ModeArgs) -> Result<()> {
     HttpUrl::parse(&opts.ams_url).map_err(|e| {
         crate::error::UsageError::new(format!("--ams-url / AMS_AGENT_AMS_URL: {e:#}"))
     })?;
+    // Bad input (a wrong --ams-home) is reported before the host lock is
+    // even created.
+    AmsLayout::new(&opts.ams_home).check(&ctx.host)?;
     let check = db.kind == DbKind::MongoDb && !opts.skip_db_check;
     let timeout = opts.db_timeout;
     let switch = opts.switch(mode, db);
@@ -197,6 +201,12 @@ fn switch_mode_checked(
     switch: &ModeSwitch,
     before_apply: impl FnOnce(&Plan) -> Result<()>,
 ) -> Result<()> {
+    // Held until the switch (restart and wait included) is done.
+    let _lock = if ctx.dry_run {
+        None
+    } else {
+        Some(HostLock::acquire(&ctx.host, Duration::from_secs(300))?)
+    };
     if ctx.dry_run {
         if txn::pending(&ctx.host) {
             println!("Note: a change interrupted in an earlier run will be completed first.");

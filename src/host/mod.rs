@@ -3,6 +3,7 @@
 
 pub mod fs;
 pub mod http;
+pub mod lock;
 pub mod net;
 pub mod nss;
 pub mod runner;
