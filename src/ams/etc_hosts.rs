@@ -20,13 +20,13 @@ pub fn pin_hostname(text: &str, hostname: &str, ip: Ipv4Addr) -> String {
         };
         let fields: Vec<&str> = content.split_whitespace().collect();
         let names_host = fields.len() >= 2
-            && fields[0].parse::<IpAddr>().is_ok()
+            && parse_addr(fields[0]).is_some()
             && fields[1..].iter().any(|n| n.eq_ignore_ascii_case(hostname));
         if !names_host {
             out.push_str(raw);
             continue;
         }
-        if fields[0].parse::<IpAddr>() == Ok(IpAddr::V4(ip)) {
+        if parse_addr(fields[0]) == Some(IpAddr::V4(ip)) {
             pinned = true;
             out.push_str(raw);
             continue;
@@ -50,12 +50,19 @@ pub fn pin_hostname(text: &str, hostname: &str, ip: Ipv4Addr) -> String {
         }
     }
     if !pinned {
+        // The file's own line ending (CRLF files stay CRLF).
+        let eol = if text.contains("\r\n") { "\r\n" } else { "\n" };
         if !out.is_empty() && !out.ends_with('\n') {
-            out.push('\n');
+            out.push_str(eol);
         }
-        out.push_str(&format!("{ip}\t{hostname}\n"));
+        out.push_str(&format!("{ip}\t{hostname}{eol}"));
     }
     out
+}
+
+/// An address as /etc/hosts writes it; IPv6 may carry a `%zone`.
+fn parse_addr(field: &str) -> Option<IpAddr> {
+    field.split('%').next()?.parse().ok()
 }
 
 /// A host name as /etc/hosts and AMS accept it.
@@ -96,6 +103,18 @@ mod tests {
         assert_eq!(
             out,
             "127.0.0.1\tlocalhost # keep me\n::1 localhost ip6-localhost\n10.0.0.1\tnode1\n"
+        );
+    }
+
+    #[test]
+    fn crlf_files_and_scoped_ipv6_lines() {
+        assert_eq!(
+            pin_hostname("127.0.0.1 localhost\r\n", "node1", IP),
+            "127.0.0.1 localhost\r\n10.0.0.1\tnode1\r\n"
+        );
+        assert_eq!(
+            pin_hostname("fe80::1%eth0 node1\n", "node1", IP),
+            "10.0.0.1\tnode1\n"
         );
     }
 

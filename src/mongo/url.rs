@@ -196,7 +196,7 @@ pub fn classify(input: &str, creds: &Credentials, host: &Host, flag: &str) -> Re
         let shown = redact_loose(input);
         let scheme_end = input.find("://").expect("checked above") + 3;
         let rest = &input[scheme_end..];
-        let (userinfo, hosts, _tail) = split_authority(rest, flag, &shown)?;
+        let (userinfo, hosts, tail) = split_authority(rest, flag, &shown)?;
         let secrets = match userinfo {
             Some(u) => check_userinfo(u, true, flag, &shown)?,
             None => Vec::new(),
@@ -204,9 +204,17 @@ pub fn classify(input: &str, creds: &Credentials, host: &Host, flag: &str) -> Re
         if hosts.is_empty() {
             bail_usage!("{flag} `{shown}` names no host");
         }
+        if let Err(why) = split_host_port(hosts) {
+            bail_usage!("{flag} `{shown}`: {why}");
+        }
+        if tail.contains('#') {
+            bail_usage!("{flag} `{shown}`: an unescaped '#'; percent-encode it as %23");
+        }
+        // AMS tells a Redis URL from a YAML path by its prefix: lowercase.
+        let scheme = input[..scheme_end].to_ascii_lowercase();
         return Ok(DbUrl {
             kind: DbKind::Redis,
-            url: input.to_string(),
+            url: format!("{scheme}{rest}"),
             secrets,
         });
     }
@@ -427,6 +435,22 @@ fn mongo_uri(input: &str, creds: &Credentials, flag: &str) -> Result<DbUrl> {
     }
     if tail.contains('#') {
         bail_usage!("{flag} `{shown}`: an unescaped '#' after the hosts; percent-encode it as %23");
+    }
+    // AMS's Java driver refuses options without the slash before them.
+    if tail.starts_with('?') {
+        bail_usage!(
+            "{flag} `{shown}`: options need a '/' before the '?' (…{}/?…)",
+            hosts.rsplit(',').next().unwrap_or(hosts)
+        );
+    }
+    if srv
+        && hosts
+            .trim_end_matches('.')
+            .parse::<std::net::IpAddr>()
+            .is_ok()
+        || srv && hosts.starts_with('[')
+    {
+        bail_usage!("{flag} `{shown}`: a mongodb+srv:// URI needs a DNS name, not an IP address");
     }
     // The host section is normalised (default ports are not added to a URI
     // the operator wrote); everything after it passes through intact.
@@ -733,6 +757,17 @@ mod tests {
             split_password("mongodb://u:@h"),
             ("mongodb://u@h".into(), None)
         );
+    }
+
+    #[test]
+    fn what_ams_java_side_would_refuse_is_refused_here() {
+        assert!(err("mongodb://h1?w=1").contains("'/' before the '?'"));
+        assert!(err("mongodb+srv://1.2.3.4").contains("DNS name"));
+        assert!(err("mongodb+srv://[::1]").contains("DNS name"));
+        assert_eq!(ok("mongodb://h1/?w=1").url, "mongodb://h1/?w=1");
+        assert_eq!(ok("REDIS://h:6379").url, "redis://h:6379");
+        assert!(err("redis://:pw@h1:notaport").contains("port"));
+        assert!(err("redis://h/0?x=#y").contains("%23"));
     }
 
     #[test]
