@@ -443,13 +443,12 @@ fn mongo_uri(input: &str, creds: &Credentials, flag: &str) -> Result<DbUrl> {
             hosts.rsplit(',').next().unwrap_or(hosts)
         );
     }
-    if srv
-        && hosts
+    let ip_literal = hosts.starts_with('[')
+        || hosts
             .trim_end_matches('.')
             .parse::<std::net::IpAddr>()
-            .is_ok()
-        || srv && hosts.starts_with('[')
-    {
+            .is_ok();
+    if srv && ip_literal {
         bail_usage!("{flag} `{shown}`: a mongodb+srv:// URI needs a DNS name, not an IP address");
     }
     // The host section is normalised (default ports are not added to a URI
