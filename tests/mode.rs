@@ -683,6 +683,18 @@ fn srv_uri_with_separate_credentials_works() {
 /// Unmounts on drop, so a failing assertion does not leave a mount behind.
 struct Mount(std::path::PathBuf);
 
+/// `mount --bind from onto`, undone when the guard drops.
+fn bind_mount(from: &Path, onto: &Path) -> Mount {
+    let status = std::process::Command::new("mount")
+        .arg("--bind")
+        .arg(from)
+        .arg(onto)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount --bind failed");
+    Mount(onto.to_path_buf())
+}
+
 impl Drop for Mount {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount").arg(&self.0).status();
@@ -1003,14 +1015,7 @@ fn bind_mounted_files_are_never_renamed_over() {
     let outside = t.dir.path().join("hosts-from-runtime");
     fs::write(&outside, "127.0.0.1 localhost\n").unwrap();
     let hosts = t.path("etc/hosts");
-    let status = std::process::Command::new("mount")
-        .arg("--bind")
-        .arg(&outside)
-        .arg(&hosts)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let _hosts_mount = Mount(hosts.clone());
+    let _hosts_mount = bind_mount(&outside, &hosts);
     let out = t.run(&args(&["mode", "cluster", "10.0.1.5"], NO_RESTART));
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
@@ -1027,14 +1032,7 @@ fn bind_mounted_files_are_never_renamed_over() {
     let red5_path = t.path(&format!("{AMS}/conf/red5.properties"));
     let red5_outside = t.dir.path().join("red5-from-volume");
     fs::copy(&red5_path, &red5_outside).unwrap();
-    let status = std::process::Command::new("mount")
-        .arg("--bind")
-        .arg(&red5_outside)
-        .arg(&red5_path)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let _red5_mount = Mount(red5_path);
+    let _red5_mount = bind_mount(&red5_outside, &red5_path);
     let before = t.snapshot();
     let out = t.run(&args(&["mode", "standalone"], NO_RESTART));
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
@@ -1108,14 +1106,7 @@ fn a_bind_mounted_application_file_is_refused_up_front() {
     ));
     let outside = t.dir.path().join("liveapp-from-volume");
     fs::copy(&app, &outside).unwrap();
-    let status = std::process::Command::new("mount")
-        .arg("--bind")
-        .arg(&outside)
-        .arg(&app)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let _mount = Mount(app);
+    let _mount = bind_mount(&outside, &app);
     let before = t.snapshot();
     let out = t.run(&args(&["mode", "cluster", "10.0.1.5"], NO_RESTART));
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
