@@ -372,19 +372,22 @@ fn hostile_inputs_exit_2_with_one_line_and_change_nothing() {
     assert!(!t.path("var/lib/ams-agent").exists());
 }
 
+/// `mode cluster 10.0.1.5` must fail with `code`, an error line naming
+/// `needle`, and every file as it was.
+fn assert_switch_refused(t: &Tree, code: i32, needle: &str) {
+    let before = t.snapshot();
+    let out = t.run(&args(&["mode", "cluster", "10.0.1.5"], NO_RESTART));
+    assert_eq!(out.status.code(), Some(code), "{}", stderr(&out));
+    assert!(error_line(&out).contains(needle), "{}", stderr(&out));
+    assert_eq!(t.snapshot(), before);
+    assert!(!t.path("var/lib/ams-agent/journal.json").exists());
+}
+
 #[test]
 fn missing_webapps_is_bad_input_and_changes_nothing() {
     let t = Tree::new();
     fs::remove_dir_all(t.path(&format!("{AMS}/webapps"))).unwrap();
-    let before = t.snapshot();
-    let out = t.run(&args(&["mode", "cluster", "10.0.1.5"], NO_RESTART));
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        error_line(&out).contains("webapps/ is missing"),
-        "{}",
-        stderr(&out)
-    );
-    assert_eq!(t.snapshot(), before);
+    assert_switch_refused(&t, 2, "webapps/ is missing");
 }
 
 #[test]
@@ -396,15 +399,7 @@ fn community_edition_without_cluster_blocks_is_refused() {
         .replace("cluster start", "x")
         .replace("cluster end", "y");
     fs::write(&p, xml).unwrap();
-    let before = t.snapshot();
-    let out = t.run(&args(&["mode", "cluster", "10.0.1.5"], NO_RESTART));
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        error_line(&out).contains("no cluster blocks"),
-        "{}",
-        stderr(&out)
-    );
-    assert_eq!(t.snapshot(), before);
+    assert_switch_refused(&t, 1, "no cluster blocks");
 }
 
 /// Runs the binary as an unprivileged user when we are root (root ignores
@@ -1107,12 +1102,7 @@ fn a_bind_mounted_application_file_is_refused_up_front() {
     let outside = t.dir.path().join("liveapp-from-volume");
     fs::copy(&app, &outside).unwrap();
     let _mount = bind_mount(&outside, &app);
-    let before = t.snapshot();
-    let out = t.run(&args(&["mode", "cluster", "10.0.1.5"], NO_RESTART));
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(error_line(&out).contains("mount point"), "{}", stderr(&out));
-    assert_eq!(t.snapshot(), before);
-    assert!(!t.path("var/lib/ams-agent/journal.json").exists());
+    assert_switch_refused(&t, 1, "mount point");
 }
 
 /// The old shell wrote `clusterdb.password=<plain text>`: switching away
