@@ -31,7 +31,7 @@ use crate::config::{
 use crate::host::fs::private_meta;
 use crate::host::systemd::ServiceAction;
 use crate::host::{Host, tty, txn};
-use crate::mongo::error::RegistryError;
+use crate::mongo::error::{Failure, RegistryError};
 use crate::mongo::registry::{Deadlines, LastError, NodeState, Registry, Target};
 use crate::mongo::url::{self, DbKind, DbUrl};
 use crate::node::health::CpuSampler;
@@ -310,6 +310,10 @@ pub async fn wait_for_mongo(target: &Target, wait: Duration) -> Result<Registry,
     let shown = target.shown();
     let mut backoff = Duration::from_millis(100);
     let mut last_reason: Option<String> = None;
+    // The last error that named a cause ("Connection refused", a DNS
+    // failure). A final attempt cut short by the overall deadline only says
+    // "did not answer", which would hide why the server was unreachable.
+    let mut last_cause: Option<RegistryError> = None;
     let mut attempts = 0u32;
     loop {
         attempts += 1;
@@ -319,7 +323,10 @@ pub async fn wait_for_mongo(target: &Target, wait: Duration) -> Result<Registry,
         let left = wait
             .saturating_sub(start.elapsed())
             .max(Duration::from_millis(100));
+        // Server selection ends a little before the attempt's own deadline
+        // so the driver can report its cause (refused, DNS) first.
         let select = left
+            .mul_f32(0.8)
             .clamp(Duration::from_millis(200), Duration::from_secs(2))
             .min(left);
         let deadlines = Deadlines {
@@ -349,11 +356,18 @@ pub async fn wait_for_mongo(target: &Target, wait: Duration) -> Result<Registry,
         if !err.transient() {
             return Err(err);
         }
+        if err.failure != Failure::Timeout {
+            last_cause = Some(err.clone());
+        }
         if start.elapsed() >= wait {
+            let telling = match (&err.failure, &last_cause) {
+                (Failure::Timeout, Some(cause)) => cause,
+                _ => &err,
+            };
             return Err(RegistryError::new(
-                err.failure,
+                telling.failure,
                 format!(
-                    "MongoDB did not become reachable within {} ({attempts} attempts); last error: {err}",
+                    "MongoDB did not become reachable within {} ({attempts} attempts); last error: {telling}",
                     config::show_duration(wait)
                 ),
             ));
