@@ -88,7 +88,7 @@ fn without_an_endpoint_the_fallback_is_fast() {
     let start = Instant::now();
     let id = rt.block_on(identity::resolve(&host, &dead)).unwrap();
     assert!(
-        start.elapsed() < Duration::from_secs(1),
+        start.elapsed() < Duration::from_secs(2),
         "{:?}",
         start.elapsed()
     );

@@ -212,7 +212,7 @@ fn without_a_terminal_a_missing_value_exits_2_at_once_and_touches_nothing() {
         let out = run(&t, &imds, "http://127.0.0.1:1/", &args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
         assert!(
-            start.elapsed() < Duration::from_secs(1),
+            start.elapsed() < Duration::from_secs(5),
             "{args:?} took {:?}",
             start.elapsed()
         );
@@ -635,7 +635,7 @@ fn wait_is_a_deadline_even_when_mongodb_stalls() {
     let took = start.elapsed();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
-        took < Duration::from_millis(3500),
+        took < Duration::from_millis(4500),
         "--wait 2s took {took:?}"
     );
     let line = error_line(&out);

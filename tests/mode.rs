@@ -895,7 +895,7 @@ fn malformed_credentials_and_options_are_refused_without_echoing_them() {
     ] {
         let start = Instant::now();
         let out = t.run(&["mode", "cluster", db, "--ip", "10.0.1.20", "--no-restart"]);
-        assert!(start.elapsed() < Duration::from_secs(2), "{db}");
+        assert!(start.elapsed() < Duration::from_secs(5), "{db}");
         assert_eq!(out.status.code(), Some(2), "{db}: {}", stderr(&out));
         let err = stderr(&out);
         assert!(err.contains(needle), "{db}: {err}");
@@ -969,7 +969,7 @@ fn no_database_check_when_there_is_nothing_to_do() {
     let out = t.run(&["mode", "cluster", &db, "--ip", "10.0.1.20", "--no-restart"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("nothing to do"), "{}", stdout(&out));
-    assert!(start.elapsed() < Duration::from_secs(2));
+    assert!(start.elapsed() < Duration::from_secs(5));
 }
 
 /// A crash before the commit point leaves temp files (which may hold a

@@ -196,7 +196,7 @@ fn bad_timeouts_and_config_paths_are_usage_errors_naming_the_flag() {
         let start = Instant::now();
         let out = t.run(&args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
-        assert!(start.elapsed() < Duration::from_secs(1), "{args:?}");
+        assert!(start.elapsed() < Duration::from_secs(5), "{args:?}");
         let line = error_line(&out);
         assert_eq!(line.lines().count(), 1, "{args:?}: {}", stderr(&out));
         assert!(line.contains(needle), "{args:?}: {line}");
