@@ -37,10 +37,16 @@ fn run_with_crash(
 }
 
 fn crash_everywhere(args: &[&str], expect_restart: bool) {
+    crash_everywhere_in(Tree::new, 1, args, expect_restart);
+}
+
+/// Kills the switch at crash points 1, 1 + stride, 1 + 2 stride, ... until
+/// one is past the last.
+fn crash_everywhere_in(tree: fn() -> Tree, stride: usize, args: &[&str], expect_restart: bool) {
     let url = fake_ams_http();
-    let old = Tree::new().snapshot();
+    let old = tree().snapshot();
     let new = {
-        let t = Tree::new();
+        let t = tree();
         let out = run_with_crash(&t, args, &url, None);
         assert!(out.status.success(), "{}", stderr(&out));
         t.snapshot()
@@ -52,8 +58,8 @@ fn crash_everywhere(args: &[&str], expect_restart: bool) {
     );
 
     let mut crashes = 0;
-    for k in 1.. {
-        let t = Tree::new();
+    for k in (1..).step_by(stride) {
+        let t = tree();
         let out = run_with_crash(&t, args, &url, Some(k));
         if out.status.success() {
             break; // k is past the last durability point
@@ -117,7 +123,10 @@ fn crash_everywhere(args: &[&str], expect_restart: bool) {
             );
         }
     }
-    assert!(crashes >= 20, "only {crashes} crash points were exercised");
+    assert!(
+        crashes * stride >= 20,
+        "only {crashes} crash points were exercised"
+    );
 }
 
 #[test]
@@ -148,5 +157,26 @@ fn kill_at_every_point_of_a_switch_with_restart() {
             "--skip-db-check",
         ],
         true,
+    );
+}
+
+#[test]
+fn kill_at_every_point_of_a_switch_done_on_several_threads() {
+    // 40 applications: temp files are written and renamed by several
+    // threads, so crash points fall in a different order on every run.
+    // Every 5th point: each one costs four runs on a fresh 40-app tree.
+    crash_everywhere_in(
+        || Tree::with_apps(40),
+        5,
+        &[
+            "mode",
+            "cluster",
+            "10.0.1.5",
+            "--ip",
+            "10.0.1.20",
+            "--no-restart",
+            "--skip-db-check",
+        ],
+        false,
     );
 }

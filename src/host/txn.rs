@@ -139,30 +139,67 @@ fn prepare(
         temps.pop();
         devices.entry(dev).or_insert(dest);
     }
-    for w in writes {
-        match &w.contents {
-            Some(bytes) => {
-                let tmp = temp_path_for(&w.path);
-                // Recorded before writing, so a half-written temp is cleaned.
-                temps.push(tmp.clone());
-                journal.renames.push((tmp.clone(), w.path.clone()));
-                let dev = match host.write_temp_unsynced(&tmp, bytes, w.meta) {
-                    Err(e)
-                        if is_not_found(&e) && w.path.parent().is_some_and(|p| !host.is_dir(p)) =>
-                    {
-                        // A new file in a new folder.
-                        host.create_dir_all(w.path.parent().expect("checked"), 0o755)?;
-                        host.write_temp_unsynced(&tmp, bytes, w.meta)
-                    }
-                    other => other,
-                }
-                .with_context(|| format!("writing {}", w.path.display()))?;
-                devices.entry(dev).or_insert_with(|| tmp.clone());
-            }
-            None => journal.removals.push(w.path.clone()),
-        }
+    // Every temp is recorded before any is written, so a half-written one
+    // is cleaned up whatever fails.
+    let contents: Vec<&FileWrite> = writes.iter().filter(|w| w.contents.is_some()).collect();
+    for w in &contents {
+        let tmp = temp_path_for(&w.path);
+        temps.push(tmp.clone());
+        journal.renames.push((tmp, w.path.clone()));
+    }
+    journal.removals = writes
+        .iter()
+        .filter(|w| w.contents.is_none())
+        .map(|w| w.path.clone())
+        .collect();
+    // Creating a file costs the filesystem more than writing it; files in
+    // different folders are created in parallel.
+    let written = in_parallel(&contents, |w| write_temp(host, w))?;
+    for (dev, w) in written.into_iter().zip(&contents) {
+        devices.entry(dev).or_insert_with(|| temp_path_for(&w.path));
     }
     Ok(())
+}
+
+/// Writes the temp file of one new content; returns its device.
+fn write_temp(host: &Host, w: &FileWrite) -> Result<u64> {
+    let bytes = w.contents.as_deref().unwrap_or_default();
+    let tmp = temp_path_for(&w.path);
+    match host.write_temp_unsynced(&tmp, bytes, w.meta) {
+        Err(e) if is_not_found(&e) && w.path.parent().is_some_and(|p| !host.is_dir(p)) => {
+            // A new file in a new folder.
+            host.create_dir_all(w.path.parent().expect("checked"), 0o755)?;
+            host.write_temp_unsynced(&tmp, bytes, w.meta)
+        }
+        other => other,
+    }
+    .with_context(|| format!("writing {}", w.path.display()))
+}
+
+/// Runs `f` on every item, on up to 4 threads of at least
+/// [`ITEMS_PER_THREAD`] items each; results in the order of the items, or
+/// the first error.
+fn in_parallel<T: Sync, R: Send>(
+    items: &[T],
+    f: impl Fn(&T) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    let threads = items.len().div_ceil(ITEMS_PER_THREAD).clamp(1, 4);
+    if threads == 1 {
+        return items.iter().map(&f).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    let f = &f;
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(f).collect::<Result<Vec<R>>>()))
+            .collect();
+        let mut all = Vec::with_capacity(items.len());
+        for w in workers {
+            all.extend(w.join().expect("a file thread panicked")?);
+        }
+        Ok(all)
+    })
 }
 
 /// The filesystems holding these host paths (for a recovery, where the
@@ -225,42 +262,27 @@ pub fn recover(host: &Host) -> Result<bool> {
     Ok(true)
 }
 
-fn rename_all(host: &Host, renames: &[(PathBuf, PathBuf)]) -> Result<()> {
-    for (tmp, target) in renames {
-        match std::fs::rename(host.path(tmp), host.path(target)) {
-            Ok(()) => host.crash_point(),
-            // Already renamed in an interrupted roll-forward: nothing to do.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(e).with_context(|| format!("replacing {}", target.display()));
-            }
+fn rename_one(host: &Host, tmp: &Path, target: &Path) -> Result<()> {
+    match std::fs::rename(host.path(tmp), host.path(target)) {
+        Ok(()) => {
+            host.crash_point();
+            Ok(())
         }
+        // Already renamed in an interrupted roll-forward: nothing to do.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("replacing {}", target.display())),
     }
-    Ok(())
 }
 
-/// Renames this many files per thread at most; below it, one thread.
-const RENAMES_PER_THREAD: usize = 32;
+/// Below this many files, one thread does the work.
+const ITEMS_PER_THREAD: usize = 32;
 
 fn roll_forward(host: &Host, journal: &Journal, devices: Option<&Devices>) -> Result<()> {
     // After the commit point the order of the renames does not matter, and
     // renames in different folders proceed in parallel in the filesystem
     // (a 200-application switch spends most of its time here).
-    let threads = journal
-        .renames
-        .len()
-        .div_ceil(RENAMES_PER_THREAD)
-        .clamp(1, 4);
-    let chunk = journal.renames.len().div_ceil(threads).max(1);
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = journal
-            .renames
-            .chunks(chunk)
-            .map(|part| scope.spawn(move || rename_all(host, part)))
-            .collect();
-        workers
-            .into_iter()
-            .try_for_each(|w| w.join().expect("a rename thread panicked"))
+    in_parallel(&journal.renames, |(tmp, target)| {
+        rename_one(host, tmp, target)
     })?;
     for p in &journal.removals {
         host.remove(p)?;
