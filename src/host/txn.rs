@@ -115,29 +115,17 @@ fn prepare(
     temps: &mut Vec<PathBuf>,
     devices: &mut Devices,
 ) -> Result<()> {
-    for w in writes.iter().filter(|w| w.backup) {
-        let dest = backup_path(&w.path);
-        if host.exists(&dest) {
-            continue;
+    let backups: Vec<&FileWrite> = writes
+        .iter()
+        .filter(|w| w.backup && !host.exists(&backup_path(&w.path)))
+        .collect();
+    // Recorded first so a half-written one is cleaned up; once renamed into
+    // place, removing the temp path is a no-op.
+    temps.extend(backups.iter().map(|w| temp_path_for(&backup_path(&w.path))));
+    for backed_up in in_parallel(&backups, |w| back_up(host, w))? {
+        if let Some((dev, dest)) = backed_up {
+            devices.entry(dev).or_insert(dest);
         }
-        let Some(original) = host.read_optional(&w.path)? else {
-            continue;
-        };
-        if let Some(parent) = dest.parent() {
-            host.create_dir_all(parent, 0o700)?;
-        }
-        // Backups go straight into place: a backup is never wrong, only
-        // perhaps not yet durable, and the flush below makes it so before
-        // the commit point.
-        let tmp = temp_path_for(&dest);
-        temps.push(tmp.clone());
-        let dev = host
-            .write_temp_unsynced(&tmp, &original, private_meta(0o600))
-            .with_context(|| format!("backing up {}", w.path.display()))?;
-        host.rename_unsynced(&tmp, &dest)
-            .with_context(|| format!("backing up {}", w.path.display()))?;
-        temps.pop();
-        devices.entry(dev).or_insert(dest);
     }
     // Every temp is recorded before any is written, so a half-written one
     // is cleaned up whatever fails.
@@ -159,6 +147,27 @@ fn prepare(
         devices.entry(dev).or_insert_with(|| temp_path_for(&w.path));
     }
     Ok(())
+}
+
+/// Copies the original of a file to its backup path; returns the device
+/// and the backup, or None when there is no original.
+fn back_up(host: &Host, w: &FileWrite) -> Result<Option<(u64, PathBuf)>> {
+    let dest = backup_path(&w.path);
+    let Some(original) = host.read_optional(&w.path)? else {
+        return Ok(None);
+    };
+    if let Some(parent) = dest.parent() {
+        host.create_dir_all(parent, 0o700)?;
+    }
+    // Backups go straight into place: a backup is never wrong, only perhaps
+    // not yet durable, and the flush before the commit point makes it so.
+    let tmp = temp_path_for(&dest);
+    let dev = host
+        .write_temp_unsynced(&tmp, &original, private_meta(0o600))
+        .with_context(|| format!("backing up {}", w.path.display()))?;
+    host.rename_unsynced(&tmp, &dest)
+        .with_context(|| format!("backing up {}", w.path.display()))?;
+    Ok(Some((dev, dest)))
 }
 
 /// Writes the temp file of one new content; returns its device.
@@ -332,5 +341,58 @@ mod tests {
         assert!(!host.exists(&backup_path(Path::new("/b/two"))));
         assert!(!host.exists(&journal_path()));
         assert!(!recover(&host).unwrap());
+    }
+
+    /// Every file below `root`, relative, with its content.
+    fn tree(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+        fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    walk(root, &p, out);
+                } else {
+                    let rel = p.strip_prefix(root).unwrap().to_path_buf();
+                    out.insert(rel, std::fs::read(&p).unwrap());
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        walk(root, root, &mut out);
+        out
+    }
+
+    #[test]
+    fn a_failure_on_one_thread_leaves_every_file_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Host::new(dir.path(), CrashPoints::default());
+        let mut writes = Vec::new();
+        for i in 0..100 {
+            let path = PathBuf::from(format!("/apps/a{i:03}/conf"));
+            host.create_dir_all(path.parent().unwrap(), 0o755).unwrap();
+            std::fs::write(host.path(&path), format!("old {i}")).unwrap();
+            writes.push(FileWrite {
+                path,
+                contents: Some(format!("new {i}").into_bytes()),
+                meta: private_meta(0o644),
+                backup: false,
+            });
+        }
+        // The 70th file's folder is a file: its temp cannot be created,
+        // while other threads write theirs.
+        std::fs::remove_dir_all(host.path(Path::new("/apps/a070"))).unwrap();
+        std::fs::write(host.path(Path::new("/apps/a070")), "not a folder").unwrap();
+        let before = tree(dir.path());
+
+        let err = commit(&host, &writes).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("no file was changed"),
+            "{err:#}"
+        );
+        let after: BTreeMap<_, _> = tree(dir.path())
+            .into_iter()
+            .filter(|(p, _)| !p.starts_with("var/lib/ams-agent"))
+            .collect();
+        assert_eq!(after, before, "a temp file was left or a file changed");
+        assert!(!host.exists(&journal_path()));
     }
 }
