@@ -122,10 +122,11 @@ fn prepare(
     // Recorded first so a half-written one is cleaned up; once renamed into
     // place, removing the temp path is a no-op.
     temps.extend(backups.iter().map(|w| temp_path_for(&backup_path(&w.path))));
-    for backed_up in in_parallel(&backups, |w| back_up(host, w))? {
-        if let Some((dev, dest)) = backed_up {
-            devices.entry(dev).or_insert(dest);
-        }
+    for (dev, dest) in in_parallel(&backups, |w| back_up(host, w))?
+        .into_iter()
+        .flatten()
+    {
+        devices.entry(dev).or_insert(dest);
     }
     // Every temp is recorded before any is written, so a half-written one
     // is cleaned up whatever fails.
