@@ -109,11 +109,7 @@ pub fn run(ctx: &Context, args: LeaveArgs) -> Result<()> {
     }
 
     // 2. The registry.
-    let deadlines = Deadlines {
-        connect: args.timeout.min(Duration::from_secs(5)),
-        select: args.timeout,
-        op: args.timeout,
-    };
+    let deadlines = Deadlines::within(args.timeout);
     rt.block_on(async {
         let reg = Registry::open(&target, deadlines).await?;
         let r = reg.set_state(&node.id, NodeState::Left, args.timeout).await;

@@ -232,11 +232,7 @@ pub fn run(ctx: &Context, args: StatusArgs) -> Result<()> {
     let rt = runtime()?;
     let (docs, now) = rt
         .block_on(async {
-            let deadlines = Deadlines {
-                connect: args.timeout.min(Duration::from_secs(5)),
-                select: args.timeout,
-                op: args.timeout,
-            };
+            let deadlines = Deadlines::within(args.timeout);
             let reg = Registry::open(&target, deadlines).await?;
             let r = reg.list().await;
             reg.close().await;

@@ -74,6 +74,21 @@ pub struct Deadlines {
     pub op: Duration,
 }
 
+impl Deadlines {
+    /// Everything within `total`. Server selection gives up a little
+    /// earlier than the operation, so when nothing answers the driver's own
+    /// cause ("Connection refused", a DNS failure) is what gets reported,
+    /// not a bare "did not answer" from the outer deadline.
+    pub fn within(total: Duration) -> Self {
+        let select = total.mul_f32(0.8);
+        Deadlines {
+            connect: select.min(Duration::from_secs(5)),
+            select,
+            op: total,
+        }
+    }
+}
+
 impl Default for Deadlines {
     fn default() -> Self {
         Deadlines {
