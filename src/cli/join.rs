@@ -173,6 +173,9 @@ fn validate(ctx: &Context, args: &JoinArgs) -> Result<Request> {
         .map_err(|e| crate::error::UsageError::new(format!("--ams-url: {e:#}")))?;
     let layout = AmsLayout::new(&args.ams_home);
     layout.check(&ctx.host)?;
+    let db = args
+        .auth
+        .ask_missing_password(&creds, db, &input, &ctx.host, "--mongo")?;
     let (uri, password) = url::split_password(&db.url);
     let config = AgentConfig {
         mongo: MongoSection {

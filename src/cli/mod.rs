@@ -8,8 +8,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::bail_usage;
 use crate::host::fs::CrashPoints;
-use crate::host::{CommandRunner, Host, SystemRunner};
-use crate::mongo::url::Credentials;
+use crate::host::{CommandRunner, Host, SystemRunner, tty};
+use crate::mongo::url::{self, Credentials, DbKind, DbUrl};
 
 pub mod generate;
 pub mod join;
@@ -157,6 +157,52 @@ impl MongoAuthArgs {
             password,
             password_from,
         })
+    }
+}
+
+impl MongoAuthArgs {
+    /// Completes `db` when `--mongo-user` came without a password and the
+    /// authentication mechanism needs one: asks for it on a terminal
+    /// (without echo), and without a terminal refuses at once instead of
+    /// letting MongoDB fail the login later. Called after every other check,
+    /// so bad input is reported before anybody is asked anything.
+    pub fn ask_missing_password(
+        &self,
+        creds: &Credentials,
+        db: DbUrl,
+        input: &str,
+        host: &Host,
+        flag: &str,
+    ) -> Result<DbUrl> {
+        let Some(user) = &creds.user else {
+            return Ok(db);
+        };
+        if db.kind != DbKind::MongoDb
+            || creds.password.is_some()
+            || url::mechanism_without_password(&db.url)
+        {
+            return Ok(db);
+        }
+        if !tty::can_prompt() {
+            bail_usage!(
+                "--mongo-user {user} has no password: pass --mongo-password-file <FILE> or set {PASSWORD_ENV} (no terminal to ask on)"
+            );
+        }
+        let password = tty::read_secret(&format!("MongoDB password for {user}: "))?;
+        if password.is_empty() {
+            bail_usage!(
+                "no MongoDB password given for --mongo-user {user}; pass --mongo-password-file <FILE> or set {PASSWORD_ENV}"
+            );
+        }
+        if password.contains('\0') {
+            bail_usage!("the MongoDB password contains a NUL character");
+        }
+        let with_password = Credentials {
+            password: Some(password),
+            password_from: "the terminal",
+            ..creds.clone()
+        };
+        url::classify(input, &with_password, host, flag)
     }
 }
 

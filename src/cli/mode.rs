@@ -122,8 +122,9 @@ pub fn run(ctx: &Context, args: ModeArgs) -> Result<()> {
         ModeTarget::Standalone { db, opts } => (Mode::Standalone, db, opts),
     };
     let creds = opts.auth.credentials()?;
-    let db = match db {
-        Some(db) => url::classify(&db, &creds, &ctx.host, "DB")?,
+    let db_input = db;
+    let db = match &db_input {
+        Some(db) => url::classify(db, &creds, &ctx.host, "DB")?,
         None => {
             if creds.user.is_some() || creds.password.is_some() {
                 crate::bail_usage!(
@@ -146,6 +147,12 @@ pub fn run(ctx: &Context, args: ModeArgs) -> Result<()> {
     // Bad input (a wrong --ams-home) is reported before the host lock is
     // even created.
     AmsLayout::new(&opts.ams_home).check(&ctx.host)?;
+    let db = match &db_input {
+        Some(input) => opts
+            .auth
+            .ask_missing_password(&creds, db, input, &ctx.host, "DB")?,
+        None => db,
+    };
     let check = db.kind == DbKind::MongoDb && !opts.skip_db_check;
     let timeout = opts.db_timeout;
     let switch = opts.switch(mode, db);
@@ -170,11 +177,7 @@ fn check_mongodb(db: &DbUrl, timeout: Duration) -> Result<()> {
         database: "admin".into(),
         collection: "unused".into(),
     };
-    let deadlines = Deadlines {
-        connect: timeout.min(Duration::from_secs(5)),
-        select: timeout,
-        op: timeout,
-    };
+    let deadlines = Deadlines::within(timeout);
     tracing::info!("checking that MongoDB at {} answers", db.redacted());
     let checked: std::result::Result<(), RegistryError> = super::run::runtime()?.block_on(async {
         let registry = Registry::open(&target, deadlines).await?;

@@ -86,6 +86,9 @@ impl RegistryArgs {
                         db.kind.db_type()
                     );
                 }
+                let db = self
+                    .auth
+                    .ask_missing_password(&creds, db, input, host, "--mongo")?;
                 url::split_password(&db.url)
             }
             None => {

@@ -125,6 +125,22 @@ impl DbUrl {
     }
 }
 
+/// Whether a MongoDB URI asks for an authentication mechanism that takes no
+/// password (X.509 certificates, Kerberos, AWS or OIDC identities).
+pub fn mechanism_without_password(url: &str) -> bool {
+    let Some(query) = url.split_once('?').map(|(_, q)| q) else {
+        return false;
+    };
+    query.split('&').any(|pair| {
+        pair.split_once('=').is_some_and(|(k, v)| {
+            k.eq_ignore_ascii_case("authMechanism")
+                && ["MONGODB-X509", "GSSAPI", "MONGODB-AWS", "MONGODB-OIDC"]
+                    .iter()
+                    .any(|m| v.eq_ignore_ascii_case(m))
+        })
+    })
+}
+
 /// Masks the password of any `scheme://user:password@host…` URL.
 pub fn redact(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
@@ -604,6 +620,20 @@ mod tests {
         classify(input, &Credentials::default(), &host(), "DB")
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn mechanisms_without_a_password_are_recognised() {
+        assert!(mechanism_without_password(
+            "mongodb://u@h/?tls=true&authMechanism=MONGODB-X509"
+        ));
+        assert!(mechanism_without_password(
+            "mongodb://u@h/?authmechanism=gssapi"
+        ));
+        assert!(!mechanism_without_password(
+            "mongodb://u@h/?authMechanism=SCRAM-SHA-256"
+        ));
+        assert!(!mechanism_without_password("mongodb://u@h:27017"));
     }
 
     #[test]
