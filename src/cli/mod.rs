@@ -126,7 +126,8 @@ pub struct MongoAuthArgs {
     pub mongo_user: Option<String>,
 
     /// File holding the MongoDB password (one trailing newline is ignored);
-    /// or set AMS_AGENT_MONGO_PASSWORD
+    /// or set AMS_AGENT_MONGO_PASSWORD. Without either, it is asked for on
+    /// a terminal
     #[arg(long, value_name = "FILE")]
     pub mongo_password_file: Option<PathBuf>,
 }
