@@ -174,11 +174,19 @@ impl AgentConfig {
         };
         let cfg: AgentConfig = match toml::from_str(&text) {
             Ok(c) => c,
-            Err(e) => bail_usage!(
-                "{}: {}",
-                path.display(),
-                e.to_string().lines().collect::<Vec<_>>().join(" ")
-            ),
+            // Not the error's Display: it quotes the source line, which may
+            // hold a URI with a password.
+            Err(e) => {
+                let line = e
+                    .span()
+                    .map(|s| format!(" at line {}", text[..s.start].matches('\n').count() + 1))
+                    .unwrap_or_default();
+                bail_usage!(
+                    "{}{line}: {}",
+                    path.display(),
+                    mask_uris(&e.message().lines().collect::<Vec<_>>().join(" "))
+                )
+            }
         };
         cfg.validate().map_err(|e| {
             anyhow::anyhow!(crate::error::UsageError::new(format!(
@@ -198,8 +206,40 @@ impl AgentConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if crate::mongo::url::uri_password(&self.mongo.uri).is_some() {
+        let uri = &self.mongo.uri;
+        let shown = crate::mongo::url::redact_loose(uri);
+        // Loosely, like redact_loose: a ':' before the last '@' (a password
+        // with an unescaped '/' or '?' included).
+        let userinfo = uri
+            .split_once("://")
+            .map_or(uri.as_str(), |(_, rest)| rest)
+            .rsplit_once('@')
+            .map(|(userinfo, _)| userinfo)
+            // An '@' in the query string is no user information.
+            .filter(|u| !u.contains('?') || !u.contains('/'));
+        if userinfo.is_some_and(|u| u.contains(':'))
+            || crate::mongo::url::uri_password(uri).is_some()
+        {
             anyhow::bail!("[mongo] uri holds a password; keep it in {PASSWORD_FILE}");
+        }
+        let lower = uri.to_ascii_lowercase();
+        if !lower.starts_with("mongodb://") && !lower.starts_with("mongodb+srv://") {
+            anyhow::bail!(
+                "[mongo] uri `{}` is not a mongodb:// or mongodb+srv:// URI",
+                shown.escape_debug()
+            );
+        }
+        if uri.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            anyhow::bail!("[mongo] uri contains white space or a control character");
+        }
+        // The driver's own parser, no network: a URI that can never work is
+        // bad input now, not an endless retry in the reporter.
+        if let Err(e) = mongodb::options::ConnectionString::parse(uri) {
+            let why = match e.kind.as_ref() {
+                mongodb::error::ErrorKind::InvalidArgument { message, .. } => message.clone(),
+                other => other.to_string(),
+            };
+            anyhow::bail!("[mongo] uri `{shown}` is not a valid MongoDB URI: {why}");
         }
         validate_names(&self.mongo.database, &self.mongo.collection)?;
         validate_interval(self.reporter.interval, "[reporter] interval")?;
@@ -347,10 +387,36 @@ pub fn runtime_password(host: &Host) -> Result<Option<String>> {
             shown.display()
         )
     })?;
+    // Read the way `--mongo-password-file` is: one trailing newline (LF or
+    // CRLF) dropped, NUL refused.
     if text.ends_with('\n') {
         text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    if text.contains('\0') {
+        anyhow::bail!(
+            "reading {}: the password contains a NUL character",
+            shown.display()
+        );
     }
     Ok((!text.is_empty()).then_some(text))
+}
+
+/// Masks the password of every URI-like word of a message.
+fn mask_uris(message: &str) -> String {
+    message
+        .split(' ')
+        .map(|word| {
+            if word.contains('@') {
+                crate::mongo::url::redact_loose(word)
+            } else {
+                word.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Where `join` records that this instance joined (per instance: a new
@@ -472,6 +538,24 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.node.role, Role::Edge);
         assert_eq!(c.mongo.ttl, DEFAULT_TTL);
+    }
+
+    #[test]
+    fn the_password_file_is_read_like_the_flag_reads_it() {
+        if std::env::var_os(crate::cli::PASSWORD_ENV).is_some()
+            || std::env::var_os("CREDENTIALS_DIRECTORY").is_some()
+        {
+            return; // the environment would take precedence over the file
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let h = Host::new(dir.path(), CrashPoints::default());
+        h.create_dir_all(Path::new(CONFIG_DIR), 0o700).unwrap();
+        let file = h.path(Path::new(PASSWORD_FILE));
+        std::fs::write(&file, "TopSecret\r\n").unwrap();
+        assert_eq!(runtime_password(&h).unwrap().as_deref(), Some("TopSecret"));
+        std::fs::write(&file, "Top\0Secret\n").unwrap();
+        let err = format!("{:#}", runtime_password(&h).unwrap_err());
+        assert!(err.contains("NUL"), "{err}");
     }
 
     #[test]

@@ -82,7 +82,7 @@ pub struct JoinArgs {
 
     /// This node's private IPv4 for /etc/hosts (default: from the instance
     /// metadata, else the default route's)
-    #[arg(long, value_name = "IPV4")]
+    #[arg(long, value_name = "IPV4", value_parser = super::parse_node_ip)]
     pub ip: Option<Ipv4Addr>,
 
     /// Database of the node registry

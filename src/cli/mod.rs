@@ -235,6 +235,28 @@ pub fn read_password_file(file: &Path, flag: &str) -> Result<String> {
     Ok(text)
 }
 
+/// Parses `--ip`: a unicast IPv4 another node can reach (not 0.0.0.0,
+/// loopback, broadcast or multicast, which AMS would register uselessly).
+pub fn parse_node_ip(s: &str) -> std::result::Result<std::net::Ipv4Addr, String> {
+    let ip: std::net::Ipv4Addr = s
+        .parse()
+        .map_err(|_| "expected an IPv4 address like 10.0.1.20".to_string())?;
+    let why = if ip.is_unspecified() {
+        "the unspecified address"
+    } else if ip.is_loopback() {
+        "a loopback address"
+    } else if ip.is_broadcast() {
+        "the broadcast address"
+    } else if ip.is_multicast() {
+        "a multicast address"
+    } else {
+        return Ok(ip);
+    };
+    Err(format!(
+        "{ip} is {why}; give the node's own address that other nodes reach"
+    ))
+}
+
 /// Parses durations like `90s`, `10m`, `1h30m`.
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 90s, 10m, 1h)"))

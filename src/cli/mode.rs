@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
-use super::{Context, MongoAuthArgs, parse_duration};
+use super::{Context, MongoAuthArgs, parse_duration, parse_node_ip};
 use crate::ams::AmsLayout;
 use crate::ams::layout::{DEFAULT_AMS_HOME, DEFAULT_HTTP_URL};
 use crate::ams::mode::{self, Mode, ModeSwitch};
@@ -69,7 +69,7 @@ pub struct SwitchOpts {
     pub auth: MongoAuthArgs,
 
     /// This node's private IPv4 for /etc/hosts (default: the default route's)
-    #[arg(long, value_name = "IPV4")]
+    #[arg(long, value_name = "IPV4", value_parser = parse_node_ip)]
     pub ip: Option<Ipv4Addr>,
 
     /// Switch the files only; do not restart AMS

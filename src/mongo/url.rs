@@ -168,7 +168,15 @@ pub fn redact(url: &str) -> String {
 /// echoed.
 pub fn redact_loose(url: &str) -> String {
     let Some(start) = url.find("://").map(|i| i + 3) else {
-        return url.to_string();
+        // `user:password@host` without a scheme: same rule, but a bare
+        // `user@host` holds no password and stays readable.
+        return match url.rfind('@') {
+            Some(at) => match url[..at].find(':') {
+                Some(colon) => format!("{}:****{}", &url[..colon], &url[at..]),
+                None => url.to_string(),
+            },
+            None => url.to_string(),
+        };
     };
     let Some(at) = url[start..].rfind('@').map(|at| start + at) else {
         return url.to_string();
@@ -240,6 +248,12 @@ pub fn classify(input: &str, creds: &Credentials, host: &Host, flag: &str) -> Re
     if lower.contains("://") {
         bail_usage!(
             "{flag} `{}` has an unsupported scheme; {FORMS}",
+            redact_loose(input)
+        );
+    }
+    if input.contains('@') {
+        bail_usage!(
+            "{flag} `{}` holds credentials without a scheme; write mongodb://user:password@host with the password percent-encoded, or use --mongo-user and --mongo-password-file",
             redact_loose(input)
         );
     }
@@ -620,6 +634,16 @@ mod tests {
         classify(input, &Credentials::default(), &host(), "DB")
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn a_password_without_a_scheme_is_masked() {
+        assert_eq!(
+            redact_loose("ams:S3c@ret@10.0.0.1:1"),
+            "ams:****@10.0.0.1:1"
+        );
+        assert_eq!(redact_loose("ams@mongo.internal"), "ams@mongo.internal");
+        assert_eq!(redact_loose("[::1]:27017"), "[::1]:27017");
     }
 
     #[test]
