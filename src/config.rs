@@ -368,6 +368,16 @@ pub fn runtime_password(host: &Host) -> Result<Option<String>> {
             PathBuf::from(PASSWORD_FILE),
         ),
     };
+    if let Ok(m) = std::fs::metadata(&real) {
+        use std::os::unix::fs::MetadataExt as _;
+        if m.mode() & 0o077 != 0 {
+            tracing::warn!(
+                "{} is readable by other users (mode {:o}); run `chmod 600` on it, or run `ams-agent join` again",
+                shown.display(),
+                m.mode() & 0o7777
+            );
+        }
+    }
     let bytes = match std::fs::read(&real) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

@@ -158,6 +158,21 @@ fn join_is_idempotent_per_instance_and_a_new_instance_joins_afresh() {
     );
     assert_eq!(t.snapshot(), before, "no file touched on a re-run");
 
+    // Someone made the password file readable to all: joining again puts
+    // it back to 0600.
+    use std::os::unix::fs::PermissionsExt;
+    let pw = t.path("etc/ams-agent/mongo-password");
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let fixed = run(&t, &imds, &ams, &args);
+    assert!(fixed.status.success(), "{}", stderr(&fixed));
+    assert!(
+        !stdout(&fixed).contains("already joined"),
+        "{}",
+        stdout(&fixed)
+    );
+    let mode = std::fs::metadata(&pw).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o600, "password file left at {mode:o}");
+
     // The same image booted as another instance.
     imds.set("instance-id", "i-0bbbbbbbbbbbbbbb3");
     imds.set("local-ipv4", "10.0.1.99");

@@ -227,10 +227,17 @@ fn already_joined(host: &Host, node: &NodeIdentity, req: &Request, restart: bool
     };
     on_disk.node.ams_mode = None;
     on_disk.node.node_group = None;
+    // Same content and still private: a file someone made readable to
+    // others is rewritten 0600 by running join again.
     let password_same = host.read_optional(Path::new(PASSWORD_FILE)).ok().flatten()
         == Some(config::password_file_content(
             req.target.password.as_deref(),
-        ));
+        ))
+        && host
+            .meta(Path::new(PASSWORD_FILE))
+            .ok()
+            .flatten()
+            .is_some_and(|m| m.mode & 0o077 == 0);
     rec.node_id == node.id
         && rec.mongo == req.target.uri
         && rec.database == req.target.database
