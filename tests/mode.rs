@@ -1203,3 +1203,43 @@ fn a_second_run_waits_for_the_first() {
         stderr(&out)
     );
 }
+
+/// LDAP logins (`authMechanism=PLAIN`) need the password when the URI is
+/// parsed: the login must reach the server, not fail locally with
+/// "no password provided".
+#[test]
+fn a_plain_login_reaches_the_server_with_its_password() {
+    let peer = common::MongoPeer::start(common::PeerOptions::default());
+    let t = Tree::new();
+    let uri = format!(
+        "mongodb://127.0.0.1:{}/?authMechanism=PLAIN&authSource=$external",
+        peer.port
+    );
+    let out = t
+        .command(&[
+            "mode",
+            "cluster",
+            &uri,
+            "--mongo-user",
+            "ams",
+            "--ip",
+            "10.0.1.20",
+            "--no-restart",
+            "--db-timeout",
+            "5s",
+        ])
+        .env("AMS_AGENT_MONGO_PASSWORD", "ldap-pw")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = error_line(&out);
+    assert!(err.contains("authentication failed"), "{err}");
+    assert!(!err.contains("No password"), "{err}");
+    assert!(!stderr(&out).contains("ldap-pw"), "{}", stderr(&out));
+    let logins = peer.named("saslStart");
+    assert!(
+        logins.iter().any(|c| c.to_string().contains("PLAIN")),
+        "no PLAIN login reached the server: {:?}",
+        peer.commands()
+    );
+}

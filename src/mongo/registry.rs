@@ -216,10 +216,40 @@ impl Registry {
     /// `mongodb+srv://`, bounded by the connect deadline).
     pub async fn open(target: &Target, deadlines: Deadlines) -> Result<Registry, RegistryError> {
         let shown = target.shown();
-        let parse = ClientOptions::parse(target.uri.as_str());
+        // The password goes into the URI the driver parses (never into a
+        // message): some mechanisms (PLAIN) are refused without one at parse
+        // time.
+        let full = match &target.password {
+            Some(pw) => match crate::mongo::url::join_password(&target.uri, pw) {
+                Some(full) => full,
+                None => {
+                    return Err(RegistryError::new(
+                        Failure::Config,
+                        format!("a MongoDB password is set, but {shown} names no user"),
+                    ));
+                }
+            },
+            None => target.uri.clone(),
+        };
+        let parse = ClientOptions::parse(full.as_str());
         let mut opts = match tokio::time::timeout(deadlines.connect, parse).await {
             Ok(Ok(o)) => o,
-            Ok(Err(e)) => return Err(RegistryError::from_driver(&e, &shown, "reading the URI")),
+            Ok(Err(e)) => {
+                let mut err = RegistryError::from_driver(&e, &shown, "reading the URI");
+                if let Some(pw) = &target.password {
+                    let encoded =
+                        crate::mongo::url::join_password("mongodb://u@h", pw).unwrap_or_default();
+                    let encoded = encoded
+                        .trim_start_matches("mongodb://u:")
+                        .trim_end_matches("@h");
+                    for secret in [pw.as_str(), encoded] {
+                        if !secret.is_empty() {
+                            err.message = err.message.replace(secret, "****");
+                        }
+                    }
+                }
+                return Err(err);
+            }
             Err(_) => {
                 return Err(RegistryError::new(
                     Failure::Timeout,
@@ -230,17 +260,6 @@ impl Registry {
                 ));
             }
         };
-        if let Some(pw) = &target.password {
-            match opts.credential.as_mut() {
-                Some(c) if c.username.is_some() => c.password = Some(pw.clone()),
-                _ => {
-                    return Err(RegistryError::new(
-                        Failure::Config,
-                        format!("a MongoDB password is set, but {shown} names no user"),
-                    ));
-                }
-            }
-        }
         opts.app_name = Some(format!("ams-agent {}", env!("CARGO_PKG_VERSION")));
         opts.connect_timeout = Some(deadlines.connect);
         opts.server_selection_timeout = Some(deadlines.select);

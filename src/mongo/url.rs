@@ -415,6 +415,26 @@ pub fn uri_password(uri: &str) -> Option<String> {
 
 /// Splits a URI into the URI without its password (the user is kept) and
 /// the password, percent-decoded. For `agent.toml` and the password file.
+/// The inverse of [`split_password`]: the password put back after the
+/// user, percent-encoded. None when the URI names no user (or already holds
+/// a password).
+pub fn join_password(uri: &str, password: &str) -> Option<String> {
+    let scheme_end = uri.find("://")? + 3;
+    let rest = &uri[scheme_end..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let at = rest[..authority_end].rfind('@')?;
+    if rest[..at].contains(':') {
+        return None;
+    }
+    Some(format!(
+        "{}{}:{}{}",
+        &uri[..scheme_end],
+        &rest[..at],
+        utf8_percent_encode(password, USERINFO),
+        &rest[at..]
+    ))
+}
+
 pub fn split_password(uri: &str) -> (String, Option<String>) {
     let Some(scheme_end) = uri.find("://").map(|i| i + 3) else {
         return (uri.to_string(), None);
@@ -634,6 +654,14 @@ mod tests {
         classify(input, &Credentials::default(), &host(), "DB")
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn a_password_split_off_is_joined_back() {
+        let full = "mongodb://ams:p%40ss%3Aw%2Frd@h1,h2/?authMechanism=PLAIN&authSource=$external";
+        let (bare, pw) = split_password(full);
+        assert_eq!(join_password(&bare, &pw.unwrap()).as_deref(), Some(full));
+        assert_eq!(join_password("mongodb://h/", "pw"), None);
     }
 
     #[test]
