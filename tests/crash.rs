@@ -9,6 +9,16 @@ use std::os::unix::process::ExitStatusExt;
 
 use fixture::{Tree, fake_ams_http, stderr};
 
+const SWITCH_WITHOUT_RESTART: &[&str] = &[
+    "mode",
+    "cluster",
+    "10.0.1.5",
+    "--ip",
+    "10.0.1.20",
+    "--no-restart",
+    "--skip-db-check",
+];
+
 type Snapshot = BTreeMap<String, (Vec<u8>, u32)>;
 
 fn without_temp_files(s: &Snapshot) -> Snapshot {
@@ -131,18 +141,7 @@ fn crash_everywhere_in(tree: fn() -> Tree, stride: usize, args: &[&str], expect_
 
 #[test]
 fn kill_at_every_point_of_a_switch_without_restart() {
-    crash_everywhere(
-        &[
-            "mode",
-            "cluster",
-            "10.0.1.5",
-            "--ip",
-            "10.0.1.20",
-            "--no-restart",
-            "--skip-db-check",
-        ],
-        false,
-    );
+    crash_everywhere(SWITCH_WITHOUT_RESTART, false);
 }
 
 #[test]
@@ -165,18 +164,5 @@ fn kill_at_every_point_of_a_switch_done_on_several_threads() {
     // 40 applications: temp files are written and renamed by several
     // threads, so crash points fall in a different order on every run.
     // Every 5th point: each one costs four runs on a fresh 40-app tree.
-    crash_everywhere_in(
-        || Tree::with_apps(40),
-        5,
-        &[
-            "mode",
-            "cluster",
-            "10.0.1.5",
-            "--ip",
-            "10.0.1.20",
-            "--no-restart",
-            "--skip-db-check",
-        ],
-        false,
-    );
+    crash_everywhere_in(|| Tree::with_apps(40), 5, SWITCH_WITHOUT_RESTART, false);
 }

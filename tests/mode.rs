@@ -794,22 +794,7 @@ fn rejected_credentials_change_nothing_and_stay_secret() {
     });
     let t = Tree::new();
     let before = t.snapshot();
-    let out = t
-        .command(&[
-            "mode",
-            "cluster",
-            &format!("127.0.0.1:{}", peer.port),
-            "--mongo-user",
-            "ams",
-            "--ip",
-            "10.0.1.20",
-            "--no-restart",
-            "--db-timeout",
-            "5s",
-        ])
-        .env("AMS_AGENT_MONGO_PASSWORD", "Wr0ng-s3cret")
-        .output()
-        .unwrap();
+    let out = switch_as_ams(&t, &format!("127.0.0.1:{}", peer.port), "Wr0ng-s3cret");
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = error_line(&out);
     assert!(err.to_lowercase().contains("auth"), "{err}");
@@ -1215,22 +1200,7 @@ fn a_plain_login_reaches_the_server_with_its_password() {
         "mongodb://127.0.0.1:{}/?authMechanism=PLAIN&authSource=$external",
         peer.port
     );
-    let out = t
-        .command(&[
-            "mode",
-            "cluster",
-            &uri,
-            "--mongo-user",
-            "ams",
-            "--ip",
-            "10.0.1.20",
-            "--no-restart",
-            "--db-timeout",
-            "5s",
-        ])
-        .env("AMS_AGENT_MONGO_PASSWORD", "ldap-pw")
-        .output()
-        .unwrap();
+    let out = switch_as_ams(&t, &uri, "ldap-pw");
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = error_line(&out);
     assert!(err.contains("authentication failed"), "{err}");
@@ -1242,4 +1212,24 @@ fn a_plain_login_reaches_the_server_with_its_password() {
         "no PLAIN login reached the server: {:?}",
         peer.commands()
     );
+}
+
+/// `mode cluster <db>` as user `ams` with `password` from the environment,
+/// with the MongoDB check on.
+fn switch_as_ams(t: &Tree, db: &str, password: &str) -> std::process::Output {
+    t.command(&[
+        "mode",
+        "cluster",
+        db,
+        "--mongo-user",
+        "ams",
+        "--ip",
+        "10.0.1.20",
+        "--no-restart",
+        "--db-timeout",
+        "5s",
+    ])
+    .env("AMS_AGENT_MONGO_PASSWORD", password)
+    .output()
+    .unwrap()
 }

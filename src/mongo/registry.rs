@@ -15,6 +15,7 @@ use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
 
 use super::error::{Failure, RegistryError};
+use super::url;
 use crate::config::Role;
 use crate::node::health::{AmsState, Health};
 use crate::node::identity::NodeIdentity;
@@ -220,7 +221,7 @@ impl Registry {
         // message): some mechanisms (PLAIN) are refused without one at parse
         // time.
         let full = match &target.password {
-            Some(pw) => match crate::mongo::url::join_password(&target.uri, pw) {
+            Some(pw) => match url::join_password(&target.uri, pw) {
                 Some(full) => full,
                 None => {
                     return Err(RegistryError::new(
@@ -236,17 +237,9 @@ impl Registry {
             Ok(Ok(o)) => o,
             Ok(Err(e)) => {
                 let mut err = RegistryError::from_driver(&e, &shown, "reading the URI");
-                if let Some(pw) = &target.password {
-                    let encoded =
-                        crate::mongo::url::join_password("mongodb://u@h", pw).unwrap_or_default();
-                    let encoded = encoded
-                        .trim_start_matches("mongodb://u:")
-                        .trim_end_matches("@h");
-                    for secret in [pw.as_str(), encoded] {
-                        if !secret.is_empty() {
-                            err.message = err.message.replace(secret, "****");
-                        }
-                    }
+                let forms = target.password.as_deref().map(url::password_forms);
+                for secret in forms.iter().flatten() {
+                    err.message = err.message.replace(secret.as_str(), "****");
                 }
                 return Err(err);
             }

@@ -393,11 +393,18 @@ fn encoded_userinfo(creds: &Credentials) -> String {
 }
 
 fn secret_forms(creds: &Credentials) -> Vec<String> {
-    let Some(p) = &creds.password else {
-        return Vec::new();
-    };
+    creds
+        .password
+        .as_deref()
+        .map(password_forms)
+        .unwrap_or_default()
+}
+
+/// Every form of a password that could be printed: as given, and
+/// percent-encoded as in a URI.
+pub fn password_forms(p: &str) -> Vec<String> {
     let encoded = utf8_percent_encode(p, USERINFO).to_string();
-    let mut forms = vec![p.clone(), encoded];
+    let mut forms = vec![p.to_string(), encoded];
     forms.retain(|s| !s.is_empty());
     forms.dedup();
     forms
