@@ -13,5 +13,6 @@ pub mod error;
 pub mod host;
 pub mod logging;
 pub mod mongo;
+pub mod mongod;
 pub mod node;
 pub mod plan;

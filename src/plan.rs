@@ -4,14 +4,24 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
 use crate::host::fs::FileMeta;
 use crate::host::systemd::{self, ServiceAction};
 use crate::host::txn::{self, FileWrite};
-use crate::host::{CommandRunner, Host, http};
+use crate::host::{CommandRunner, CommandSpec, Host, http};
+
+/// A step that is neither a file nor a service: talking to a server,
+/// waiting for one. Domain modules implement it; the plan only shows and
+/// runs it.
+pub trait Action: std::fmt::Debug + Send + Sync {
+    /// One line for the plan and the logs (never a secret).
+    fn summary(&self) -> String;
+    fn apply(&self, ctx: &ApplyCtx) -> Result<()>;
+}
 
 /// One file of a change: its content before and after (None = absent).
 #[derive(Debug, Clone)]
@@ -26,6 +36,18 @@ pub struct FileChange {
 }
 
 impl FileChange {
+    /// `path` written with `after`, owned by us (root) with `mode`.
+    pub fn write(host: &Host, path: &std::path::Path, after: Vec<u8>, mode: u32) -> Result<Self> {
+        Ok(FileChange {
+            path: path.to_path_buf(),
+            before: host.read_optional(path)?,
+            after: Some(after),
+            meta_before: host.meta(path)?,
+            meta: crate::host::fs::private_meta(mode),
+            internal: false,
+        })
+    }
+
     pub fn is_noop(&self) -> bool {
         self.before == self.after && (self.after.is_none() || self.meta_before == Some(self.meta))
     }
@@ -48,6 +70,12 @@ pub enum Step {
         url: String,
         timeout: Duration,
     },
+    /// An external program; a non-zero exit fails the step.
+    Command {
+        what: String,
+        spec: CommandSpec,
+    },
+    Action(Arc<dyn Action>),
 }
 
 impl Step {
@@ -66,6 +94,8 @@ impl Step {
                 "wait up to {} for {what} to answer on {url}",
                 humantime::format_duration(*timeout)
             ),
+            Step::Command { what, spec } => format!("{what}: {}", spec.display()),
+            Step::Action(action) => action.summary(),
         }
     }
 }
@@ -83,6 +113,8 @@ pub struct Plan {
 pub struct ApplyCtx<'a> {
     pub host: &'a Host,
     pub runner: &'a dyn CommandRunner,
+    /// Show a spinner per step (a person is watching a terminal).
+    pub progress: bool,
 }
 
 impl Plan {
@@ -106,6 +138,11 @@ impl Plan {
 
     pub fn push(&mut self, step: Step) {
         self.steps.push(step);
+    }
+
+    /// One masked line per step, for a step list shown before applying.
+    pub fn summaries(&self) -> Vec<String> {
+        self.steps.iter().map(|s| self.mask(&s.summary())).collect()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -157,17 +194,41 @@ impl Plan {
         let total = self.steps.len();
         for (i, step) in self.steps.iter().enumerate() {
             let summary = self.mask(&step.summary());
-            tracing::info!("step {}/{total}: {summary}", i + 1);
+            let label = format!("[{}/{total}] {summary}", i + 1);
+            let spinner = ctx.progress.then(|| spinner(&label));
+            if spinner.is_none() {
+                tracing::info!("step {}/{total}: {summary}", i + 1);
+            }
             let done = match i {
                 0 => String::new(),
                 1 => "; step 1 was completed".to_string(),
                 i => format!("; steps 1-{i} were completed"),
             };
-            apply_step(ctx, step)
-                .with_context(|| format!("step {}/{total} ({summary}) failed{done}", i + 1))?;
+            let started = Instant::now();
+            let result = apply_step(ctx, step);
+            if let Some(bar) = spinner {
+                let mark = if result.is_ok() { "done" } else { "FAILED" };
+                bar.finish_with_message(format!(
+                    "{label} ... {mark} ({:.1}s)",
+                    started.elapsed().as_secs_f32()
+                ));
+            }
+            result.with_context(|| format!("step {}/{total} ({summary}) failed{done}", i + 1))?;
         }
         Ok(())
     }
+}
+
+/// A spinner on stderr for one step (only used on a terminal).
+fn spinner(label: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.set_message(label.to_string());
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
 }
 
 fn apply_step(ctx: &ApplyCtx, step: &Step) -> Result<()> {
@@ -189,7 +250,40 @@ fn apply_step(ctx: &ApplyCtx, step: &Step) -> Result<()> {
         Step::WaitHttp { what, url, timeout } => {
             http::wait_until_answers(url, *timeout, what).map(|_| ())
         }
+        Step::Command { what, spec } => run_checked(ctx.runner, what, spec),
+        Step::Action(action) => action.apply(ctx),
     }
+}
+
+/// Runs a command; a non-zero exit is an error quoting the end of its
+/// output (apt's reason is on its last lines).
+pub fn run_checked(runner: &dyn CommandRunner, what: &str, spec: &CommandSpec) -> Result<()> {
+    let out = runner.run(spec).with_context(|| what.to_string())?;
+    if out.success() {
+        return Ok(());
+    }
+    let text = if out.stderr.trim().is_empty() {
+        &out.stdout
+    } else {
+        &out.stderr
+    };
+    let tail: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let tail = tail[tail.len().saturating_sub(3)..].join(" / ");
+    anyhow::bail!(
+        "{what}: `{}` exited with {}{}",
+        spec.display(),
+        out.code
+            .map_or("a signal".to_string(), |c| format!("code {c}")),
+        if tail.is_empty() {
+            String::new()
+        } else {
+            format!(": {tail}")
+        }
+    )
 }
 
 /// Fails before anything is written when a folder of the change cannot be

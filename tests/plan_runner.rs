@@ -40,6 +40,7 @@ fn restart_goes_through_the_runner_and_failures_name_the_step() {
         .apply(&ApplyCtx {
             host: &host,
             runner: &runner,
+            progress: false,
         })
         .unwrap_err();
     assert_eq!(runner.lines(), ["systemctl restart antmedia"]);
@@ -54,6 +55,7 @@ fn restart_goes_through_the_runner_and_failures_name_the_step() {
     plan.apply(&ApplyCtx {
         host: &host,
         runner: &runner,
+        progress: false,
     })
     .unwrap();
     assert_eq!(runner.lines(), ["systemctl restart antmedia"]);

@@ -254,14 +254,9 @@ fn file_change(
     mode: u32,
     internal: bool,
 ) -> Result<FileChange> {
-    let p = Path::new(path);
     Ok(FileChange {
-        path: p.to_path_buf(),
-        before: host.read_optional(p)?,
-        after: Some(after),
-        meta_before: host.meta(p)?,
-        meta: private_meta(mode),
         internal,
+        ..FileChange::write(host, Path::new(path), after, mode)?
     })
 }
 

@@ -16,6 +16,7 @@ pub mod join;
 pub mod leave;
 pub mod mode;
 pub mod run;
+pub mod setup;
 pub mod status;
 
 #[derive(Debug, Parser)]
@@ -78,6 +79,7 @@ pub enum Command {
     Run(run::RunArgs),
     Status(status::StatusArgs),
     Leave(leave::LeaveArgs),
+    Setup(setup::SetupArgs),
     #[command(hide = true)]
     Generate(generate::GenerateArgs),
 }
@@ -112,6 +114,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Run(args) => run::run(&ctx, args),
         Command::Status(args) => status::run(&ctx, args),
         Command::Leave(args) => leave::run(&ctx, args),
+        Command::Setup(args) => setup::run(&ctx, args),
         Command::Generate(args) => generate::run(args),
     }
 }

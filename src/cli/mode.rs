@@ -242,5 +242,6 @@ pub fn print_or_apply(ctx: &Context, plan: &Plan) -> Result<()> {
     plan.apply(&ApplyCtx {
         host: &ctx.host,
         runner: ctx.runner.as_ref(),
+        progress: false,
     })
 }

@@ -147,12 +147,7 @@ pub fn validate_timeout(d: Duration, flag: &str) -> Result<()> {
 
 /// A single-threaded tokio runtime for one command (the agent is small and
 /// mostly waits).
-pub fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-}
+pub use crate::host::runtime;
 
 /// Run the reporter daemon: heartbeat this node to MongoDB until stopped
 #[derive(Debug, Args)]

@@ -14,6 +14,8 @@ pub struct CommandSpec {
     pub program: String,
     pub args: Vec<String>,
     pub stdin: Option<Vec<u8>>,
+    /// Extra environment (e.g. `DEBIAN_FRONTEND=noninteractive`).
+    pub env: Vec<(String, String)>,
     pub timeout: Duration,
 }
 
@@ -23,12 +25,18 @@ impl CommandSpec {
             program: program.to_string(),
             args: args.iter().map(|a| a.to_string()).collect(),
             stdin: None,
+            env: Vec::new(),
             timeout: Duration::from_secs(120),
         }
     }
 
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = t;
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
         self
     }
 
@@ -86,6 +94,7 @@ impl CommandRunner for SystemRunner {
     fn run(&self, spec: &CommandSpec) -> Result<Output> {
         let mut child = Command::new(&spec.program)
             .args(&spec.args)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(if spec.stdin.is_some() {
                 Stdio::piped()
             } else {

@@ -86,3 +86,29 @@ pub fn read_secret(prompt: &str) -> anyhow::Result<String> {
     }
     Ok(line)
 }
+
+/// Asks a question on the terminal; an empty answer takes `default`.
+pub fn ask(question: &str, default: &str) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    use std::io::{BufRead as _, Write as _};
+    if default.is_empty() {
+        eprint!("{question}: ");
+    } else {
+        eprint!("{question} [{default}]: ");
+    }
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    let n = std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading from the terminal")?;
+    if n == 0 {
+        anyhow::bail!("the terminal closed before {question} was answered");
+    }
+    let answer = line.trim();
+    Ok(if answer.is_empty() {
+        default.to_string()
+    } else {
+        answer.to_string()
+    })
+}

@@ -1,0 +1,537 @@
+//! `ams-agent setup mongo`: install and configure mongod for the cluster,
+//! asking on a terminal only for what is missing, never without one.
+
+use std::io::{IsTerminal as _, Read as _};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Subcommand};
+
+use super::{Context, parse_duration, read_password_file};
+use crate::bail_usage;
+use crate::host::lock::HostLock;
+use crate::host::{net, tty, txn};
+use crate::mongod::admin::AdminLogin;
+use crate::mongod::conf;
+use crate::mongod::os::{self, DEFAULT_MONGODB_VERSION};
+use crate::mongod::repo::{self, RepoSource};
+use crate::mongod::setup::{self, ADMIN_PASSWORD_FILE, Package, Request};
+use crate::plan::{ApplyCtx, Plan};
+
+/// The admin password from the environment (never from an argument).
+pub const ADMIN_PASSWORD_ENV: &str = "AMS_AGENT_MONGO_ADMIN_PASSWORD";
+const DEFAULT_ADMIN_USER: &str = "admin";
+
+/// Set up a host of the cluster's infrastructure
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    #[command(subcommand)]
+    pub target: SetupTarget,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SetupTarget {
+    Mongo(MongoArgs),
+}
+
+/// Install and configure mongod for the cluster (repository, package,
+/// limits, bindIp, admin user, authorization)
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Install and configure mongod for the cluster, in one plan: MongoDB's apt \
+    repository (signed-by a keyring fetched over HTTPS), mongodb-org, limits systemd honours \
+    (a mongod.service drop-in), transparent huge pages as the MongoDB series recommends, \
+    net.bindIp and security.authorization in /etc/mongod.conf (every comment kept), the \
+    service started and waited for, the first admin user (role root, SCRAM-SHA-256) through \
+    the localhost exception, and a check that authorization is enforced. It prints the \
+    `ams-agent join` line for the nodes.\n\n\
+    On a terminal it asks for what is missing (addresses, admin user, password twice). \
+    Without one it never asks: a missing password is an error naming the flag (exit 2), \
+    unless --yes, which generates one and keeps it 0600 in /etc/ams-agent/mongo-admin-password. \
+    Running it again on a configured host changes nothing."
+)]
+pub struct MongoArgs {
+    /// MongoDB release series to install (6.0, 7.0, 8.0)
+    #[arg(long, value_name = "SERIES", default_value = DEFAULT_MONGODB_VERSION, value_parser = os::parse_series)]
+    pub mongodb_version: String,
+
+    /// Addresses mongod listens on, comma-separated (default: 127.0.0.1
+    /// and this host's private IPv4); 127.0.0.1 is always included
+    #[arg(long, value_name = "ADDRS", value_delimiter = ',')]
+    pub bind_ip: Vec<String>,
+
+    /// Name of the admin user to create (default: admin)
+    #[arg(long, value_name = "USER")]
+    pub admin_user: Option<String>,
+
+    /// File holding the admin password (one trailing newline ignored); or
+    /// set AMS_AGENT_MONGO_ADMIN_PASSWORD
+    #[arg(long, value_name = "FILE")]
+    pub admin_password_file: Option<PathBuf>,
+
+    /// Ask nothing: take defaults, and generate the admin password if none
+    /// is given
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+
+    /// The apt repository's base URL, for a mirror (default:
+    /// https://repo.mongodb.org/apt/<ubuntu|debian>)
+    #[arg(long, value_name = "URL")]
+    pub repo_url: Option<String>,
+
+    /// The HTTPS URL of the repository's signing key (default: MongoDB's
+    /// server-<SERIES>.asc)
+    #[arg(long, value_name = "URL")]
+    pub key_url: Option<String>,
+
+    /// How long fetching the signing key may take
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub key_timeout: Duration,
+
+    /// How long to wait for mongod to answer after it is (re)started
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+    pub wait: Duration,
+}
+
+pub fn run(ctx: &Context, args: SetupArgs) -> Result<()> {
+    match args.target {
+        SetupTarget::Mongo(args) => setup_mongo(ctx, args),
+    }
+}
+
+/// Where the admin password came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PasswordFrom {
+    Given,
+    Saved,
+    Generated,
+}
+
+fn setup_mongo(ctx: &Context, args: MongoArgs) -> Result<()> {
+    // Every check of the input first: bad input changes nothing (exit 2).
+    if args.wait.is_zero() {
+        bail_usage!("--wait must be longer than 0s");
+    }
+    if args.key_timeout.is_zero() {
+        bail_usage!("--key-timeout must be longer than 0s");
+    }
+    let series = args.mongodb_version.clone();
+    let distro = os::host_distro(&ctx.host, &series)?;
+    let mut source = RepoSource::official(&distro, &series);
+    if let Some(url) = &args.repo_url {
+        repo::check_url(url, "--repo-url", false).map_err(crate::error::UsageError::new)?;
+        source.repo_url = url.clone();
+    }
+    if let Some(url) = &args.key_url {
+        repo::check_url(url, "--key-url", true).map_err(crate::error::UsageError::new)?;
+        source.key_url = url.clone();
+    }
+    let given_binds = if args.bind_ip.is_empty() {
+        None
+    } else {
+        Some(parse_bind_ips(&args.bind_ip).map_err(crate::error::UsageError::new)?)
+    };
+    if let Some(user) = &args.admin_user {
+        check_user(user).map_err(crate::error::UsageError::new)?;
+    }
+    let mut password = given_password(&args)?;
+    let interactive = tty::can_prompt() && !args.yes && !ctx.dry_run;
+    if password.is_none() {
+        password = saved_password(&ctx.host)?.map(|p| (p, PasswordFrom::Saved));
+    }
+    if password.is_none() && !interactive && !args.yes && !ctx.dry_run {
+        bail_usage!(
+            "no admin password: pass --admin-password-file <FILE>, set {ADMIN_PASSWORD_ENV}, or --yes to generate one (no terminal to ask on)"
+        );
+    }
+    let detected = net::default_route_ipv4(&ctx.host).ok();
+
+    // A person at a terminal is asked for what is missing.
+    let bind_ip = match given_binds {
+        Some(b) => b,
+        None if interactive => ask_bind_ips(detected)?,
+        None => match detected {
+            Some(ip) => parse_bind_ips(&[ip.to_string()]).map_err(crate::error::UsageError::new)?,
+            None => bail_usage!(
+                "this host's private IPv4 is unknown (no default route): pass --bind-ip"
+            ),
+        },
+    };
+    let user = match &args.admin_user {
+        Some(u) => u.clone(),
+        None if interactive => loop {
+            let u = tty::ask("Admin user", DEFAULT_ADMIN_USER)?;
+            match check_user(&u) {
+                Ok(()) => break u,
+                Err(e) => eprintln!("{e}"),
+            }
+        },
+        None => DEFAULT_ADMIN_USER.to_string(),
+    };
+    let (password, from) = match password {
+        Some(p) => p,
+        None if interactive => ask_password(&user)?,
+        None => (generate_password()?, PasswordFrom::Generated),
+    };
+    let req = Request {
+        distro,
+        source,
+        bind_ip,
+        login: AdminLogin { user, password },
+        save_password: from == PasswordFrom::Generated,
+        wait: args.wait,
+        key_timeout: args.key_timeout,
+    };
+
+    let _lock = if ctx.dry_run {
+        None
+    } else {
+        Some(HostLock::acquire(&ctx.host, Duration::from_secs(300))?)
+    };
+    if !ctx.dry_run && txn::recover(&ctx.host)? {
+        tracing::info!("an interrupted change from an earlier run was completed first");
+    }
+    let runner = ctx.runner.as_ref();
+    let package = setup::package_state(runner)?;
+    let install = setup::plan_install(&ctx.host, &req, &package)?;
+    let installed = package != Package::Missing;
+    let configure = setup::plan_configure(&ctx.host, runner, &req, installed)?;
+    if ctx.dry_run {
+        print_plans(&install, &configure);
+        return Ok(());
+    }
+    if install.is_empty() && configure.is_empty() {
+        println!("setup mongo: nothing to do, already done.");
+    } else {
+        let progress = std::io::stderr().is_terminal();
+        if progress {
+            eprint!("{}", steps_list(&install, &configure));
+        }
+        let apply = ApplyCtx {
+            host: &ctx.host,
+            runner,
+            progress,
+        };
+        install.apply(&apply)?;
+        // Planned again from the files the package just installed.
+        let configure = if install.is_empty() {
+            configure
+        } else {
+            setup::plan_configure(&ctx.host, runner, &req, true)?
+        };
+        configure.apply(&apply)?;
+    }
+    print_result(ctx, &req, from, detected)
+}
+
+fn print_plans(install: &Plan, configure: &Plan) {
+    if install.is_empty() && configure.is_empty() {
+        println!("setup mongo: nothing to do, already done.");
+        return;
+    }
+    if !install.is_empty() {
+        print!("{}", install.render());
+    }
+    if !configure.is_empty() {
+        if !install.is_empty() {
+            println!(
+                "(then, planned again once the package is installed; {} as mongodb-org ships it:)",
+                conf::MONGOD_CONF
+            );
+        }
+        print!("{}", configure.render());
+    }
+}
+
+/// The numbered list a person sees before the work starts.
+fn steps_list(install: &Plan, configure: &Plan) -> String {
+    let mut out = String::from("ams-agent will:\n");
+    let all = install.summaries().into_iter().chain(configure.summaries());
+    for (i, s) in all.enumerate() {
+        out.push_str(&format!("  {}. {s}\n", i + 1));
+    }
+    out
+}
+
+fn print_result(
+    ctx: &Context,
+    req: &Request,
+    from: PasswordFrom,
+    detected: Option<Ipv4Addr>,
+) -> Result<()> {
+    let conf_text = ctx
+        .host
+        .read_optional(Path::new(conf::MONGOD_CONF))?
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let port = conf::current(&conf_text)
+        .map(|c| c.port)
+        .unwrap_or(conf::DEFAULT_PORT);
+    let address = node_address(&req.bind_ip, detected);
+    let authority = match &address {
+        Some(a) if port == conf::DEFAULT_PORT => a.clone(),
+        Some(a) => format!("{a}:{port}"),
+        None => format!("<this host's private IP>:{port}"),
+    };
+    let user = &req.login.user;
+    println!(
+        "MongoDB {} is ready: mongodb://{user}:****@{authority}/?authSource=admin",
+        req.series(),
+    );
+    println!(
+        "On each AMS node (EC2 user-data), with this password in a root-only file:\n  ams-agent join --mongo {authority} --mongo-user {user} --mongo-password-file /root/mongo-admin-password"
+    );
+    if from == PasswordFrom::Generated {
+        if std::io::stderr().is_terminal() {
+            eprintln!(
+                "The generated admin password (shown once; kept 0600 in {ADMIN_PASSWORD_FILE}): {}",
+                req.login.password
+            );
+        } else {
+            tracing::info!("the generated admin password is kept 0600 in {ADMIN_PASSWORD_FILE}");
+        }
+    }
+    Ok(())
+}
+
+/// The address nodes use: the first one that is neither loopback nor
+/// "every interface" (then the detected private IPv4).
+fn node_address(binds: &[String], detected: Option<Ipv4Addr>) -> Option<String> {
+    let usable = binds.iter().find(|b| {
+        b.as_str() != "localhost"
+            && b.parse::<IpAddr>()
+                .map_or(true, |ip| !ip.is_loopback() && !ip.is_unspecified())
+    });
+    match usable {
+        Some(b) if b.contains(':') => Some(format!("[{b}]")),
+        Some(b) => Some(b.clone()),
+        None => detected.map(|ip| ip.to_string()),
+    }
+}
+
+fn given_password(args: &MongoArgs) -> Result<Option<(String, PasswordFrom)>> {
+    if let Some(file) = &args.admin_password_file {
+        return Ok(Some((
+            read_password_file(file, "--admin-password-file")?,
+            PasswordFrom::Given,
+        )));
+    }
+    match std::env::var(ADMIN_PASSWORD_ENV) {
+        Ok(p) if !p.is_empty() => {
+            if p.contains('\0') {
+                bail_usage!("{ADMIN_PASSWORD_ENV} contains a NUL character");
+            }
+            Ok(Some((p, PasswordFrom::Given)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// A password an earlier run generated, so a second run logs in with it.
+fn saved_password(host: &crate::host::Host) -> Result<Option<String>> {
+    let Some(bytes) = host.read_optional(Path::new(ADMIN_PASSWORD_FILE))? else {
+        return Ok(None);
+    };
+    let text = String::from_utf8(bytes)
+        .with_context(|| format!("reading {ADMIN_PASSWORD_FILE}: not UTF-8"))?;
+    let text = text.strip_suffix('\n').unwrap_or(&text).to_string();
+    Ok(Some(text).filter(|t| !t.is_empty()))
+}
+
+fn ask_bind_ips(detected: Option<Ipv4Addr>) -> Result<Vec<String>> {
+    let default = match detected {
+        Some(ip) => format!("127.0.0.1,{ip}"),
+        None => "127.0.0.1".to_string(),
+    };
+    loop {
+        let answer = tty::ask("Addresses mongod listens on (comma-separated)", &default)?;
+        let items: Vec<String> = answer.split(',').map(str::to_string).collect();
+        match parse_bind_ips(&items) {
+            Ok(b) => return Ok(b),
+            Err(e) => eprintln!("{e}"),
+        }
+    }
+}
+
+fn ask_password(user: &str) -> Result<(String, PasswordFrom)> {
+    for _ in 0..3 {
+        let first = tty::read_secret(&format!("Password for {user} (empty: generate one): "))?;
+        if first.is_empty() {
+            return Ok((generate_password()?, PasswordFrom::Generated));
+        }
+        if first.contains('\0') {
+            eprintln!("The password contains a NUL character; try again.");
+            continue;
+        }
+        let again = tty::read_secret("Again: ")?;
+        if first == again {
+            return Ok((first, PasswordFrom::Given));
+        }
+        eprintln!("The passwords differ; try again.");
+    }
+    bail_usage!("the admin password was not confirmed; pass --admin-password-file instead")
+}
+
+/// 32 characters from [A-Za-z0-9] (190 bits): safe in URIs, files and
+/// shells without quoting.
+pub fn generate_password() -> Result<String> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut random = std::fs::File::open("/dev/urandom").context("opening /dev/urandom")?;
+    let mut out = String::with_capacity(32);
+    while out.len() < 32 {
+        let mut buf = [0u8; 64];
+        random
+            .read_exact(&mut buf)
+            .context("reading /dev/urandom")?;
+        // 248 = 4 × 62: larger bytes are skipped so every character is
+        // equally likely.
+        for b in buf.into_iter().filter(|b| *b < 248) {
+            if out.len() == 32 {
+                break;
+            }
+            out.push(ALPHABET[(b % 62) as usize] as char);
+        }
+    }
+    Ok(out)
+}
+
+fn check_user(user: &str) -> std::result::Result<(), String> {
+    if user.is_empty() || user.len() > 64 {
+        return Err("--admin-user must be 1 to 64 characters".into());
+    }
+    if !user
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(format!(
+            "--admin-user {:?}: use letters, digits, '.', '_' and '-' only",
+            user
+        ));
+    }
+    Ok(())
+}
+
+/// Checks `--bind-ip` entries (IPv4, IPv6, host names) and puts 127.0.0.1
+/// first: the agent and the localhost exception need it.
+pub fn parse_bind_ips(items: &[String]) -> std::result::Result<Vec<String>, String> {
+    let mut out = vec!["127.0.0.1".to_string()];
+    for raw in items {
+        let item = raw.trim();
+        let item = item
+            .strip_prefix('[')
+            .and_then(|s| s.strip_suffix(']'))
+            .unwrap_or(item);
+        if item.is_empty() {
+            return Err("--bind-ip has an empty entry".into());
+        }
+        let canonical = if let Ok(ip) = item.parse::<IpAddr>() {
+            if ip.is_multicast() {
+                return Err(format!("--bind-ip {item} is a multicast address"));
+            }
+            if ip.is_unspecified() {
+                tracing::warn!(
+                    "--bind-ip {item}: mongod will listen on every interface (authorization is enabled; keep the port closed to the internet)"
+                );
+            }
+            ip.to_string()
+        } else if is_host_name(item) {
+            item.to_ascii_lowercase()
+        } else {
+            return Err(format!(
+                "--bind-ip {:?}: not an IPv4 address, an IPv6 address or a host name",
+                raw
+            ));
+        };
+        if !out.contains(&canonical) {
+            out.push(canonical);
+        }
+    }
+    Ok(out)
+}
+
+fn is_host_name(s: &str) -> bool {
+    s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+        && !s.split('.').all(|l| l.chars().all(|c| c.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn bind_ips_are_checked_and_loopback_comes_first() {
+        assert_eq!(
+            parse_bind_ips(&strings(&["10.0.1.5"])).unwrap(),
+            ["127.0.0.1", "10.0.1.5"]
+        );
+        assert_eq!(
+            parse_bind_ips(&strings(&["[fd00::5]", "Mongo.Internal", "127.0.0.1"])).unwrap(),
+            ["127.0.0.1", "fd00::5", "mongo.internal"]
+        );
+        for bad in [
+            "10.0.1.5 # x",
+            "a:b",
+            "",
+            "x\ny",
+            "\"q\"",
+            "224.0.0.1",
+            "-bad-",
+            "1.2.3.4.5",
+            "fe80::1%eth0",
+        ] {
+            assert!(
+                parse_bind_ips(&strings(&[bad])).is_err(),
+                "{bad:?} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn users_are_plain_names() {
+        assert!(check_user("admin").is_ok());
+        assert!(check_user("ams-admin.1").is_ok());
+        for bad in ["", "a b", "a:b", "a@b", "a\n", "ü"] {
+            assert!(check_user(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn generated_passwords_are_long_and_plain() {
+        let a = generate_password().unwrap();
+        let b = generate_password().unwrap();
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
+    }
+
+    #[test]
+    fn node_address_skips_loopback() {
+        let d = Some(Ipv4Addr::new(10, 0, 1, 5));
+        assert_eq!(
+            node_address(&strings(&["127.0.0.1", "10.0.1.7"]), d).unwrap(),
+            "10.0.1.7"
+        );
+        assert_eq!(
+            node_address(&strings(&["127.0.0.1", "0.0.0.0"]), d).unwrap(),
+            "10.0.1.5"
+        );
+        assert_eq!(
+            node_address(&strings(&["127.0.0.1", "fd00::5"]), d).unwrap(),
+            "[fd00::5]"
+        );
+        assert_eq!(node_address(&strings(&["127.0.0.1"]), None), None);
+    }
+}
