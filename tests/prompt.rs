@@ -1,17 +1,14 @@
 //! `--mongo-user` without a password: asked for on a terminal (no echo, the
 //! echo restored even when Ctrl-C interrupts), refused at once without one.
 
+mod common;
 mod fixture;
 
-use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
+use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
+use common::pty::OnTerminal;
 use fixture::{AMS, Tree, error_line, stderr};
-use nix::sys::termios::{LocalFlags, tcgetattr};
 
 const SWITCH: &[&str] = &[
     "mode",
@@ -24,93 +21,6 @@ const SWITCH: &[&str] = &[
     "--no-restart",
     "--skip-db-check",
 ];
-
-/// The binary on a fresh pseudo-terminal (its controlling terminal, so
-/// Ctrl-C reaches it as SIGINT); everything it prints is collected.
-struct OnTerminal {
-    child: Child,
-    master: std::fs::File,
-    slave_probe: OwnedFd,
-    screen: Arc<Mutex<Vec<u8>>>,
-}
-
-impl OnTerminal {
-    fn start(t: &Tree, args: &[&str]) -> Self {
-        let pty = nix::pty::openpty(None, None).unwrap();
-        let slave = pty.slave;
-        let mut cmd = t.command(args);
-        cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
-            .stdout(Stdio::from(slave.try_clone().unwrap()))
-            .stderr(Stdio::from(slave.try_clone().unwrap()));
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::setsid();
-                libc::ioctl(0, libc::TIOCSCTTY, 0);
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().unwrap();
-        let master = std::fs::File::from(pty.master);
-        let screen = Arc::new(Mutex::new(Vec::new()));
-        let mut reader = master.try_clone().unwrap();
-        let sink = Arc::clone(&screen);
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            // EIO once the child and every copy of the slave are gone.
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        OnTerminal {
-            child,
-            master,
-            slave_probe: slave,
-            screen,
-        }
-    }
-
-    fn screen(&self) -> String {
-        String::from_utf8_lossy(&self.screen.lock().unwrap()).into_owned()
-    }
-
-    fn wait_for_text(&self, text: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.screen().contains(text) {
-            assert!(
-                Instant::now() < deadline,
-                "no `{text}` on the terminal within 10 s: {:?}",
-                self.screen()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn type_text(&mut self, text: &str) {
-        self.master.write_all(text.as_bytes()).unwrap();
-    }
-
-    fn wait(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the agent did not finish");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn echo_is_on(&self) -> bool {
-        tcgetattr(&self.slave_probe)
-            .unwrap()
-            .local_flags
-            .contains(LocalFlags::ECHO)
-    }
-}
 
 #[test]
 fn without_a_terminal_a_user_without_password_is_refused_at_once() {
@@ -139,18 +49,15 @@ fn without_a_terminal_a_user_without_password_is_refused_at_once() {
 #[test]
 fn bad_input_is_reported_before_the_password_is_asked_for() {
     let t = Tree::new();
-    let mut term = OnTerminal::start(
-        &t,
-        &[
-            "mode",
-            "cluster",
-            "10.0.1.5",
-            "--mongo-user",
-            "ams",
-            "--ams-home",
-            "/nowhere",
-        ],
-    );
+    let mut term = OnTerminal::start(t.command(&[
+        "mode",
+        "cluster",
+        "10.0.1.5",
+        "--mongo-user",
+        "ams",
+        "--ams-home",
+        "/nowhere",
+    ]));
     let status = term.wait();
     assert_eq!(status.code(), Some(2), "{}", term.screen());
     assert!(term.screen().contains("--ams-home"), "{}", term.screen());
@@ -184,7 +91,7 @@ fn a_mechanism_without_password_needs_none() {
 #[test]
 fn on_a_terminal_the_password_is_asked_for_without_echo() {
     let t = Tree::new();
-    let mut term = OnTerminal::start(&t, SWITCH);
+    let mut term = OnTerminal::start(t.command(SWITCH));
     term.wait_for_text("MongoDB password for ams: ");
     assert!(!term.echo_is_on(), "echo is on while asking");
     term.type_text("p@ss:w/rd\\ü\n");
@@ -208,7 +115,7 @@ fn on_a_terminal_the_password_is_asked_for_without_echo() {
 fn ctrl_c_at_the_prompt_restores_the_echo_and_changes_nothing() {
     let t = Tree::new();
     let before = t.snapshot();
-    let mut term = OnTerminal::start(&t, SWITCH);
+    let mut term = OnTerminal::start(t.command(SWITCH));
     term.wait_for_text("MongoDB password for ams: ");
     assert!(!term.echo_is_on());
     term.type_text("\u{3}");

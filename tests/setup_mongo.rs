@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use common::apt::AptPeer;
+use common::pty::OnTerminal;
 use common::{MongoPeer, PeerOptions};
 use fixture::{error_line, stderr, stdout};
 
@@ -165,6 +166,10 @@ impl DbHost {
 fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
     for e in fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
+        // The agent's own lock and journal are not the host's files.
+        if p.ends_with("var/lib/ams-agent") {
+            continue;
+        }
         if p.is_dir() {
             walk(base, &p, out);
         } else {
@@ -316,6 +321,18 @@ fn unsupported_hosts_and_bad_input_are_refused_and_change_nothing() {
             empty.to_str().unwrap(),
         ],
         "is empty",
+    );
+    let newline = h.dir.path().join("newline");
+    fs::write(&newline, "first line\nsecond line\n").unwrap();
+    refused(
+        &h,
+        &[
+            "setup",
+            "mongo",
+            "--admin-password-file",
+            newline.to_str().unwrap(),
+        ],
+        "SASLprep",
     );
     // No terminal, no --yes, no password: never a question.
     refused(
@@ -671,4 +688,167 @@ fn the_packaged_mongod_conf_keeps_every_comment() {
         "mongod.conf",
         &conf.replace(&format!("port: {}", s.peer.port), "port: 27017"),
     );
+}
+
+#[test]
+fn on_a_terminal_the_wizard_asks_only_for_what_is_missing() {
+    let s = Setup::new(true);
+    let key_url = s.apt.key_url();
+    let mut cmd = s
+        .host
+        .command(&["setup", "mongo", "--key-url", &key_url, "--wait", "20s"]);
+    cmd.env("SSL_CERT_FILE", s.apt.ca_file());
+    let mut term = OnTerminal::start(cmd);
+    // The detected private IPv4 is offered; Enter takes it.
+    term.wait_for_text("Addresses mongod listens on (comma-separated) [127.0.0.1");
+    term.type_text("127.0.0.1, 10.0.9.9\n");
+    term.wait_for_text("Admin user [admin]: ");
+    term.type_text("ops\n");
+    term.wait_for_text("Password for ops (empty: generate one): ");
+    assert!(
+        !term.echo_is_on(),
+        "echo is on while asking for the password"
+    );
+    term.type_text("first-try\n");
+    term.wait_for_text("Again: ");
+    term.type_text("typo\n");
+    term.wait_for_text("The passwords differ; try again.");
+    term.wait_for_nth("Password for ops (empty: generate one): ", 2);
+    term.type_text("s3cret:/@pw\n");
+    term.wait_for_nth("Again: ", 2);
+    term.type_text("s3cret:/@pw\n");
+    let status = term.wait_within(std::time::Duration::from_secs(60));
+    let screen = term.screen();
+    assert!(status.success(), "{screen}");
+    assert!(term.echo_is_on(), "echo not restored");
+    assert!(
+        !screen.contains("s3cret"),
+        "password on the screen: {screen}"
+    );
+    // The step list, then each step with its result.
+    assert!(
+        screen.contains("ams-agent will:\r\n  1. fetch MongoDB's signing key"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains(
+            "create the admin user ops (role root, SCRAM-SHA-256) unless it exists ... done"
+        ),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("ams-agent join --mongo 10.0.9.9:"),
+        "{screen}"
+    );
+    assert!(
+        s.host
+            .read("etc/mongod.conf")
+            .contains("  bindIp: 127.0.0.1,10.0.9.9\n")
+    );
+    let created = s.peer.named("createUser");
+    assert_eq!(created[0]["doc"]["createUser"], "ops");
+    assert_eq!(created[0]["doc"]["pwd"], "s3cret:/@pw");
+}
+
+#[test]
+fn on_a_terminal_an_empty_password_is_generated_and_shown_once() {
+    let s = Setup::new(true);
+    let key_url = s.apt.key_url();
+    let mut cmd = s.host.command(&[
+        "setup",
+        "mongo",
+        "--bind-ip",
+        "10.0.1.5",
+        "--admin-user",
+        "admin",
+        "--key-url",
+        &key_url,
+        "--wait",
+        "20s",
+    ]);
+    cmd.env("SSL_CERT_FILE", s.apt.ca_file());
+    let mut term = OnTerminal::start(cmd);
+    term.wait_for_text("Password for admin (empty: generate one): ");
+    assert!(
+        !term.screen().contains("Addresses mongod listens on"),
+        "asked for a given flag"
+    );
+    term.type_text("\n");
+    let status = term.wait_within(std::time::Duration::from_secs(60));
+    let screen = term.screen();
+    assert!(status.success(), "{screen}");
+    let saved = s.host.read("etc/ams-agent/mongo-admin-password");
+    let pw = saved.trim_end();
+    assert_eq!(screen.matches(pw).count(), 1, "shown once: {screen}");
+}
+
+/// The drop-in and the huge-page unit pass `systemd-analyze verify` with no
+/// output at all (an unknown key or a bad value would be printed). The
+/// drop-in is verified on a stand-in for mongodb-org's `mongod.service`
+/// whose `ExecStart=` exists here.
+#[test]
+fn the_units_it_writes_pass_systemd_analyze_verify() {
+    let s = Setup::new(true);
+    let out = s.run(&["--yes"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dir = tempfile::tempdir().unwrap();
+    let units = dir.path();
+    fs::create_dir_all(units.join("mongod.service.d")).unwrap();
+    fs::write(
+        units.join("mongod.service"),
+        "[Unit]\nDescription=MongoDB Database Server\nAfter=network-online.target\n\n[Service]\nUser=root\nExecStart=/bin/true\n\n[Install]\nWantedBy=multi-user.target\n",
+    )
+    .unwrap();
+    fs::copy(
+        s.host
+            .root()
+            .join("etc/systemd/system/mongod.service.d/ams-agent-limits.conf"),
+        units.join("mongod.service.d/ams-agent-limits.conf"),
+    )
+    .unwrap();
+    fs::copy(
+        s.host
+            .root()
+            .join("etc/systemd/system/ams-agent-mongod-thp.service"),
+        units.join("ams-agent-mongod-thp.service"),
+    )
+    .unwrap();
+    let verify = |extra: &str| {
+        if !extra.is_empty() {
+            fs::write(units.join("mongod.service.d/zz-extra.conf"), extra).unwrap();
+        }
+        Command::new("systemd-analyze")
+            .args(["verify", "mongod.service", "ams-agent-mongod-thp.service"])
+            .current_dir(units)
+            .env("SYSTEMD_UNIT_PATH", format!("{}:", units.display()))
+            .output()
+            .expect("running systemd-analyze (apt install systemd)")
+    };
+    let out = verify("");
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(out.status.success() && text.trim().is_empty(), "{text}");
+    // The check can fail: a drop-in with a wrong key is reported.
+    let bad = verify("[Service]\nLimitNOFILES=1\n");
+    assert!(stderr(&bad).contains("LimitNOFILES"), "{}", stderr(&bad));
+}
+
+#[test]
+fn a_mongod_conf_it_cannot_edit_safely_stops_the_run_before_any_change() {
+    let h = DbHost::new(UBUNTU_NOBLE);
+    fs::write(h.state().join("installed"), "").unwrap();
+    fs::write(
+        h.root().join("etc/mongod.conf"),
+        "storage:\n  dbPath: /var/lib/mongodb\nnet: {port: 27017, bindIp: 127.0.0.1}\n",
+    )
+    .unwrap();
+    let before = h.snapshot();
+    let out = h.run(&["setup", "mongo", "--yes", "--bind-ip", "10.0.1.5"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let line = error_line(&out);
+    assert!(
+        line.contains("editing /etc/mongod.conf") && line.contains("`net:` is written on one line"),
+        "{line}"
+    );
+    assert_eq!(h.snapshot(), before);
+    assert!(h.log("apt.log").is_empty());
 }

@@ -313,19 +313,32 @@ fn node_address(binds: &[String], detected: Option<Ipv4Addr>) -> Option<String> 
 
 fn given_password(args: &MongoArgs) -> Result<Option<(String, PasswordFrom)>> {
     if let Some(file) = &args.admin_password_file {
-        return Ok(Some((
-            read_password_file(file, "--admin-password-file")?,
-            PasswordFrom::Given,
-        )));
+        let password = read_password_file(file, "--admin-password-file")?;
+        if let Err(why) = scram_usable(&password) {
+            bail_usage!("--admin-password-file {}: {why}", file.display());
+        }
+        return Ok(Some((password, PasswordFrom::Given)));
     }
     match std::env::var(ADMIN_PASSWORD_ENV) {
         Ok(p) if !p.is_empty() => {
-            if p.contains('\0') {
-                bail_usage!("{ADMIN_PASSWORD_ENV} contains a NUL character");
+            if let Err(why) = scram_usable(&p) {
+                bail_usage!("{ADMIN_PASSWORD_ENV}: {why}");
             }
             Ok(Some((p, PasswordFrom::Given)))
         }
         _ => Ok(None),
+    }
+}
+
+/// SCRAM-SHA-256 runs passwords through SASLprep, which forbids control
+/// characters: mongod would refuse the user, and the driver the login.
+fn scram_usable(password: &str) -> std::result::Result<(), &'static str> {
+    if password.chars().any(char::is_control) {
+        Err(
+            "the password contains a newline or another control character, which SCRAM-SHA-256 (SASLprep) refuses",
+        )
+    } else {
+        Ok(())
     }
 }
 
@@ -361,8 +374,8 @@ fn ask_password(user: &str) -> Result<(String, PasswordFrom)> {
         if first.is_empty() {
             return Ok((generate_password()?, PasswordFrom::Generated));
         }
-        if first.contains('\0') {
-            eprintln!("The password contains a NUL character; try again.");
+        if let Err(why) = scram_usable(&first) {
+            eprintln!("Not usable: {why}; try again.");
             continue;
         }
         let again = tty::read_secret("Again: ")?;
