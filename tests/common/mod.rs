@@ -3,6 +3,8 @@
 //! in-test IMDSv2 server, and the optional real mongod
 //! (`AMS_AGENT_TEST_MONGO_URI`).
 #![allow(dead_code)]
+pub mod apt;
+pub mod pty;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -56,6 +58,9 @@ pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 pub struct PeerOptions {
     pub port: Option<u16>,
     pub auth_fail: bool,
+    /// Enforce authorization like mongod's `security.authorization: enabled`
+    /// (`--auth`; see the script).
+    pub auth: bool,
     pub seed: usize,
 }
 
@@ -82,6 +87,9 @@ impl MongoPeer {
         }
         if opts.auth_fail {
             cmd.arg("--auth-fail");
+        }
+        if opts.auth {
+            cmd.arg("--auth");
         }
         if opts.seed > 0 {
             cmd.arg("--seed").arg(opts.seed.to_string());
@@ -123,6 +131,28 @@ impl MongoPeer {
         let mut answer = String::new();
         self.stdout.read_line(&mut answer).unwrap();
         assert_eq!(answer.trim(), format!("OK {line}"), "peer control");
+    }
+
+    /// Enforces authorization (`auth on`) or stops enforcing it (`auth off`).
+    pub fn set_auth(&mut self, on: bool) {
+        self.control(if on { "auth on" } else { "auth off" });
+    }
+
+    /// Adds (or replaces) the user `user` on `admin` with role `root@admin`
+    /// and real SCRAM credentials for `pwd` (`adduser <json>`); no
+    /// `mechanisms` means the default, `["SCRAM-SHA-256"]`. Panics when the
+    /// peer refuses the user, e.g. a password SASLprep refuses (one with a
+    /// newline or another control character), as mongod refuses it.
+    pub fn add_user(&mut self, user: &str, pwd: &str, mechanisms: &[&str]) {
+        let mut spec = serde_json::json!({
+            "user": user,
+            "pwd": pwd,
+            "roles": [{"role": "root", "db": "admin"}],
+        });
+        if !mechanisms.is_empty() {
+            spec["mechanisms"] = serde_json::json!(mechanisms);
+        }
+        self.control(&format!("adduser {spec}"));
     }
 
     /// Every recorded command, in order.
