@@ -199,9 +199,14 @@ impl Doc {
             Some(i) => {
                 let line = &self.lines[i];
                 let after_colon = &line[line.find(':').expect("a key line") + 1..];
+                // A comment starts at a '#' after white space; keep it
+                // with all the space before it.
                 let comment = after_colon
                     .find(" #")
-                    .map(|c| after_colon[c..].to_string())
+                    .map(|c| {
+                        let start = after_colon[..=c].trim_end().len();
+                        after_colon[start..].to_string()
+                    })
                     .unwrap_or_default();
                 self.lines[i] = format!("{indent}{key}: {value}{comment}");
             }
@@ -373,7 +378,7 @@ mod tests {
         );
         let flow = "net: {port: 27017, bindIp: 127.0.0.1}\n";
         assert!(
-            edit(flow, &want(&["127.0.0.1"]))
+            edit(flow, &want(&["127.0.0.1", "10.0.1.5"]))
                 .unwrap_err()
                 .to_string()
                 .contains("one line")
