@@ -131,12 +131,14 @@ for f in packaging/examples/*.yaml; do
 done
 # Every ams-agent flag an example uses is one the installed binary has.
 for f in packaging/examples/*; do
-	for sub in $(grep -ohE 'ams-agent (join|mode cluster|mode standalone|run|status|leave)' "$f" | sort -u | cut -d' ' -f2-); do
+	while IFS= read -r sub; do
+		[ -n "$sub" ] || continue
+		# shellcheck disable=SC2086 # "setup mongo" is two words on purpose
 		help=$(/usr/bin/ams-agent $sub --help) || fail "$f: ams-agent $sub does not exist"
 		for flag in $(grep -E "ams-agent $sub|--mongo-" "$f" | grep -v '^[[:space:]]*#' | grep -oE -- '--[a-z][a-z-]*' | sort -u); do
 			grep -qE -- "(^|[ ,])$flag([ =,]|$)" <<<"$help" || fail "$f: ams-agent $sub has no flag $flag"
 		done
-	done
+	done < <(grep -ohE 'ams-agent (join|mode cluster|mode standalone|setup mongo|run|status|leave)' "$f" | sort -u | cut -d' ' -f2-)
 done
 echo "examples: syntax ok, origin/edge consistent, every ams-agent flag exists"
 
