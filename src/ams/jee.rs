@@ -1,15 +1,35 @@
 //! `conf/jee-container.xml` holds blocks fenced by marker comments. Disabled:
 //! `<!-- cluster start … cluster end -->` (one big comment). Enabled:
 //! `<!-- cluster start -->` … `<!-- cluster end -->` (live XML between two
-//! small comments). This toggles them exactly like `change_server_mode.sh`,
-//! but idempotently, and checks that the result is well-formed XML.
+//! small comments). This toggles them exactly like `change_server_mode.sh`
+//! (the `cluster` blocks) and `enable_ssl.sh` (the `https` block), but
+//! idempotently, and checks that the result is well-formed XML.
 
 use anyhow::{Context, Result, bail};
 
-const START_OFF: &str = "<!-- cluster start";
-const START_ON: &str = "<!-- cluster start -->";
-const END_OFF: &str = "cluster end -->";
-const END_ON: &str = "<!-- cluster end -->";
+/// A kind of fenced block: `cluster` or `https`.
+struct Fence {
+    start_off: String,
+    start_on: String,
+    end_off: String,
+    end_on: String,
+}
+
+impl Fence {
+    fn new(name: &str) -> Self {
+        Fence {
+            start_off: format!("<!-- {name} start"),
+            start_on: format!("<!-- {name} start -->"),
+            end_off: format!("{name} end -->"),
+            end_on: format!("<!-- {name} end -->"),
+        }
+    }
+
+    fn disable(&self, xml: &str) -> String {
+        xml.replace(&self.start_on, &self.start_off)
+            .replace(&self.end_on, &self.end_off)
+    }
+}
 
 /// How the cluster blocks of a jee-container.xml stand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,65 +39,69 @@ pub enum BlockState {
     Mixed,
 }
 
-struct Markers {
-    starts_on: usize,
-    starts_off: usize,
-    ends_on: usize,
-    ends_off: usize,
-}
-
-fn count(xml: &str) -> Markers {
-    let starts_all = xml.matches(START_OFF).count();
-    let starts_on = xml.matches(START_ON).count();
-    let ends_all = xml.matches(END_OFF).count();
-    let ends_on = xml.matches(END_ON).count();
-    Markers {
-        starts_on,
-        starts_off: starts_all - starts_on,
-        ends_on,
-        ends_off: ends_all - ends_on,
-    }
-}
-
-pub fn state(xml: &str) -> Result<BlockState> {
-    let m = count(xml);
-    let starts = m.starts_on + m.starts_off;
-    let ends = m.ends_on + m.ends_off;
+/// How the blocks named `name` stand; `needs` says what lacks them.
+fn block_state(xml: &str, name: &str, needs: &str) -> Result<BlockState> {
+    let f = Fence::new(name);
+    let starts = xml.matches(&f.start_off).count();
+    let starts_on = xml.matches(&f.start_on).count();
+    let ends = xml.matches(&f.end_off).count();
+    let ends_on = xml.matches(&f.end_on).count();
     if starts == 0 {
         bail!(
-            "conf/jee-container.xml has no cluster blocks (markers `{START_OFF}` … `{END_OFF}`); cluster mode needs Ant Media Server Enterprise"
+            "conf/jee-container.xml has no {name} blocks (markers `{}` … `{}`); {needs}",
+            f.start_off,
+            f.end_off
         );
     }
     if starts != ends {
         bail!(
-            "conf/jee-container.xml has {starts} cluster start markers but {ends} end markers; it was edited by hand, fix it or restore it from {}",
-            "the AMS package"
+            "conf/jee-container.xml has {starts} {name} start markers but {ends} end markers; it was edited by hand, fix it or restore it from the AMS package"
         );
     }
-    Ok(match (m.starts_on + m.ends_on, m.starts_off + m.ends_off) {
+    let on = starts_on + ends_on;
+    let off = (starts - starts_on) + (ends - ends_on);
+    Ok(match (on, off) {
         (_, 0) => BlockState::Enabled,
         (0, _) => BlockState::Disabled,
         _ => BlockState::Mixed,
     })
 }
 
-/// Returns the XML with every cluster block enabled or disabled.
-pub fn set_cluster(xml: &str, enabled: bool) -> Result<String> {
-    state(xml)?;
+const CLUSTER_NEEDS: &str = "cluster mode needs Ant Media Server Enterprise";
+
+pub fn state(xml: &str) -> Result<BlockState> {
+    block_state(xml, "cluster", CLUSTER_NEEDS)
+}
+
+/// Returns the XML with every block named `name` enabled or disabled.
+fn set_block(xml: &str, name: &str, needs: &str, enabled: bool) -> Result<String> {
+    block_state(xml, name, needs)?;
+    let f = Fence::new(name);
+    // Normalise to "off" first, so already-enabled markers are not doubled.
+    let off = f.disable(xml);
     let out = if enabled {
-        // Normalise to "off" first, so already-enabled markers are not doubled.
-        disable(xml)
-            .replace(START_OFF, START_ON)
-            .replace(END_OFF, END_ON)
+        off.replace(&f.start_off, &f.start_on)
+            .replace(&f.end_off, &f.end_on)
     } else {
-        disable(xml)
+        off
     };
     check_well_formed(&out)?;
     Ok(out)
 }
 
-fn disable(xml: &str) -> String {
-    xml.replace(START_ON, START_OFF).replace(END_ON, END_OFF)
+/// Returns the XML with every cluster block enabled or disabled.
+pub fn set_cluster(xml: &str, enabled: bool) -> Result<String> {
+    set_block(xml, "cluster", CLUSTER_NEEDS, enabled)
+}
+
+/// Returns the XML with the `https` connector enabled or disabled.
+pub fn set_https(xml: &str, enabled: bool) -> Result<String> {
+    set_block(
+        xml,
+        "https",
+        "this AMS version cannot serve HTTPS from jee-container.xml",
+        enabled,
+    )
 }
 
 pub fn check_well_formed(xml: &str) -> Result<()> {
@@ -120,6 +144,20 @@ mod tests {
         assert!(set_cluster("<beans/>", true).is_err());
         let broken = XML.replacen("cluster end -->", "", 1);
         assert!(set_cluster(&broken, true).is_err());
+    }
+
+    #[test]
+    fn https_block_toggles_alone() {
+        let on = set_https(XML, true).unwrap();
+        assert!(on.contains("\t<!-- https start -->\n\t<c/>\n\t<!-- https end -->\n"));
+        assert!(
+            on.contains("<!-- cluster start\n"),
+            "cluster blocks untouched"
+        );
+        assert!(https_enabled(&on));
+        assert_eq!(set_https(&on, true).unwrap(), on);
+        assert_eq!(set_https(&on, false).unwrap(), XML);
+        assert!(set_https("<beans/>", true).is_err());
     }
 
     #[test]

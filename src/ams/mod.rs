@@ -2,6 +2,7 @@
 //! standalone/cluster mode switch.
 
 pub mod etc_hosts;
+pub mod files;
 pub mod jee;
 pub mod layout;
 pub mod mode;

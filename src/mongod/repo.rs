@@ -99,19 +99,44 @@ pub fn check_url(url: &str, flag: &str, https_only: bool) -> std::result::Result
     Ok(())
 }
 
+/// The system's CA bundle on Debian and Ubuntu (`update-ca-certificates`
+/// adds a company's own CA there).
+const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// Roots trusted besides the built-in Mozilla set: the system bundle, and
+/// `SSL_CERT_FILE` when set (a mirror's private CA; the tests' CA).
+fn extra_roots() -> Result<Vec<reqwest::Certificate>> {
+    let mut roots = Vec::new();
+    if let Ok(pem) = std::fs::read(SYSTEM_BUNDLE) {
+        // A bundle with one odd entry is still mostly useful.
+        roots.extend(reqwest::Certificate::from_pem_bundle(&pem).unwrap_or_default());
+    }
+    if let Some(file) = std::env::var_os("SSL_CERT_FILE") {
+        let pem = std::fs::read(&file)
+            .with_context(|| format!("reading SSL_CERT_FILE {}", file.to_string_lossy()))?;
+        roots.extend(
+            reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("reading SSL_CERT_FILE {}", file.to_string_lossy()))?,
+        );
+    }
+    Ok(roots)
+}
+
 /// The largest key file accepted (MongoDB's is about 1.6 KiB).
 const MAX_KEY_BYTES: usize = 1 << 20;
 
-/// Fetches the signing key over HTTPS within `timeout` (system CA store, or
-/// `SSL_CERT_FILE`), and returns it as a binary keyring.
+/// Fetches the signing key over HTTPS within `timeout` (Mozilla's roots,
+/// the system bundle, `SSL_CERT_FILE`), and returns it as a binary keyring.
 pub async fn fetch_keyring(url: &str, timeout: Duration) -> Result<Vec<u8>> {
     let what = format!("fetching the MongoDB signing key from {url}");
     let fetch = async {
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .https_only(true)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .build()
-            .context("preparing the HTTPS client")?;
+            .connect_timeout(timeout.min(Duration::from_secs(10)));
+        for cert in extra_roots()? {
+            builder = builder.add_root_certificate(cert);
+        }
+        let client = builder.build().context("preparing the HTTPS client")?;
         let mut resp = client.get(url).send().await.map_err(chain)?;
         let status = resp.status();
         if !status.is_success() {
