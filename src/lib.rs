@@ -7,6 +7,7 @@
 //! applies it.
 
 pub mod ams;
+pub mod cert;
 pub mod cli;
 pub mod config;
 pub mod error;

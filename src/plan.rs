@@ -352,6 +352,23 @@ fn render_file_change(out: &mut String, c: &FileChange) {
             );
         }
     }
+    // Binary files (key stores) and private keys are named, never shown.
+    let unshowable = |b: &Option<Vec<u8>>| {
+        b.as_deref().is_some_and(|b| match std::str::from_utf8(b) {
+            Ok(text) => text.contains("PRIVATE KEY-----"),
+            Err(_) => true,
+        })
+    };
+    if unshowable(&c.before) || unshowable(&c.after) {
+        if c.before != c.after {
+            let _ = writeln!(
+                out,
+                "   {path}: new content ({} bytes; a key or binary file, not shown)",
+                c.after.as_ref().map_or(0, Vec::len)
+            );
+        }
+        return;
+    }
     let before = String::from_utf8_lossy(c.before.as_deref().unwrap_or_default());
     let after = String::from_utf8_lossy(c.after.as_deref().unwrap_or_default());
     if before != after {
@@ -411,6 +428,39 @@ mod tests {
         assert_eq!(mask_secret_assignment("+db.password="), "+db.password=");
         assert_eq!(mask_secret_assignment("+db.host=h"), "+db.host=h");
         assert_eq!(mask_secret_assignment("--- /a/b"), "--- /a/b");
+    }
+
+    #[test]
+    fn keys_and_binary_files_are_not_shown() {
+        let mut plan = Plan::new("t");
+        let key = b"-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49\n-----END PRIVATE KEY-----\n";
+        plan.files(
+            "write",
+            vec![
+                FileChange {
+                    path: "/k.pem".into(),
+                    before: None,
+                    after: Some(key.to_vec()),
+                    meta_before: None,
+                    meta: private_meta(0o600),
+                    internal: false,
+                },
+                FileChange {
+                    path: "/s.jks".into(),
+                    before: None,
+                    after: Some(vec![0x30, 0x82, 0xff, 0x00]),
+                    meta_before: None,
+                    meta: private_meta(0o600),
+                    internal: false,
+                },
+            ],
+        );
+        let text = plan.render();
+        assert!(!text.contains("MIGHAgEA"), "{text}");
+        assert!(
+            text.contains("/k.pem: new content (") && text.contains("/s.jks: new content (4 bytes"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::host::fs::CrashPoints;
 use crate::host::{CommandRunner, Host, SystemRunner, tty};
 use crate::mongo::url::{self, Credentials, DbKind, DbUrl};
 
+pub mod cert;
 pub mod generate;
 pub mod join;
 pub mod leave;
@@ -75,6 +76,7 @@ impl GlobalArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     Mode(mode::ModeArgs),
+    Cert(cert::CertArgs),
     Join(join::JoinArgs),
     Run(run::RunArgs),
     Status(status::StatusArgs),
@@ -110,6 +112,7 @@ pub fn run(cli: Cli) -> Result<()> {
     let ctx = Context::new(&cli.global.root, cli.global.dry_run);
     match cli.command {
         Command::Mode(args) => mode::run(&ctx, args),
+        Command::Cert(args) => cert::run(&ctx, args),
         Command::Join(args) => join::run(&ctx, args),
         Command::Run(args) => run::run(&ctx, args),
         Command::Status(args) => status::run(&ctx, args),

@@ -9,6 +9,7 @@ use super::runner::{CommandRunner, CommandSpec};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServiceAction {
     Restart,
+    Reload,
     Start,
     Stop,
     Enable,
@@ -19,6 +20,7 @@ impl ServiceAction {
     fn args(self) -> &'static [&'static str] {
         match self {
             ServiceAction::Restart => &["restart"],
+            ServiceAction::Reload => &["reload"],
             ServiceAction::Start => &["start"],
             ServiceAction::Stop => &["stop"],
             ServiceAction::Enable => &["enable"],
@@ -29,6 +31,7 @@ impl ServiceAction {
     pub fn verb(self) -> &'static str {
         match self {
             ServiceAction::Restart => "restart",
+            ServiceAction::Reload => "reload",
             ServiceAction::Start => "start",
             ServiceAction::Stop => "stop",
             ServiceAction::Enable => "enable",

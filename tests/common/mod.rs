@@ -3,6 +3,7 @@
 //! in-test IMDSv2 server, and the optional real mongod
 //! (`AMS_AGENT_TEST_MONGO_URI`).
 #![allow(dead_code)]
+pub mod acme;
 pub mod apt;
 pub mod pty;
 

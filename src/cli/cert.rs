@@ -1,0 +1,630 @@
+//! `ams-agent cert`: Let's Encrypt certificates for AMS and HAProxy through
+//! certbot, `cert deploy` (certbot's deploy hook, also by hand) and
+//! `cert status`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+use super::{Context, parse_duration};
+use crate::ams::AmsLayout;
+use crate::ams::layout::{DEFAULT_AMS_HOME, DEFAULT_HTTP_URL};
+use crate::bail_usage;
+use crate::cert::certbot::{self, Authenticator};
+use crate::cert::deploy::Material;
+use crate::cert::deploy::{self, AmsTarget, HAPROXY_CERTS, HAPROXY_CONFIG, HaproxyTarget};
+use crate::cert::inspect;
+use crate::host::fs::{STATE_DIR, private_meta};
+use crate::host::lock::HostLock;
+use crate::host::txn;
+use crate::plan::{ApplyCtx, Plan};
+
+/// Let's Encrypt certificates for AMS and HAProxy, renewed by certbot's timer
+#[derive(Debug, Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    long_about = "Get a Let's Encrypt certificate with certbot (non-interactively) and install it \
+    into Ant Media Server (conf/*.pem, keystore.jks and truststore.jks as PKCS#12 with a random \
+    password, server.name, the https connector; AMS restarted and waited for) and/or HAProxy \
+    (/etc/haproxy/certs/<domain>.pem, checked by haproxy -c before the reload).\n\n\
+    certbot stores `ams-agent cert deploy` as the certificate's deploy hook, so certbot's own \
+    timer renews it and installs the lineage it renewed: no crontab. Before the standalone \
+    server binds port 80, a process already on it is named; AMS's iptables redirect 80 → 5080 \
+    is lifted while certbot runs and restored afterwards, also when certbot fails."
+)]
+pub struct CertArgs {
+    #[command(subcommand)]
+    pub command: Option<CertCommand>,
+    #[command(flatten)]
+    pub issue: IssueArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    Deploy(DeployArgs),
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    Ams,
+    Haproxy,
+    Both,
+}
+
+impl Target {
+    fn ams(self) -> bool {
+        matches!(self, Target::Ams | Target::Both)
+    }
+    fn haproxy(self) -> bool {
+        matches!(self, Target::Haproxy | Target::Both)
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Target::Ams => "ams",
+            Target::Haproxy => "haproxy",
+            Target::Both => "both",
+        }
+    }
+}
+
+/// Where certificates are installed (shared by `cert` and `cert deploy`).
+#[derive(Debug, Clone, Args)]
+pub struct InstallArgs {
+    /// Install into Ant Media Server, HAProxy, or both
+    #[arg(long = "for", value_enum, default_value = "ams", value_name = "TARGET")]
+    pub target: Target,
+
+    /// Ant Media Server install folder
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_AMS_HOME)]
+    pub ams_home: PathBuf,
+
+    /// Folder of HAProxy's certificates
+    #[arg(long, value_name = "DIR", default_value = HAPROXY_CERTS)]
+    pub haproxy_certs: PathBuf,
+
+    /// HAProxy's configuration, checked with `haproxy -c` before the reload
+    #[arg(long, value_name = "FILE", default_value = HAPROXY_CONFIG)]
+    pub haproxy_config: PathBuf,
+
+    /// Install the files only: no AMS restart, no HAProxy reload
+    #[arg(long)]
+    pub no_restart: bool,
+
+    /// How long to wait for AMS to answer after the restart
+    #[arg(long, value_name = "DURATION", default_value = "3m", value_parser = parse_duration)]
+    pub wait: Duration,
+
+    /// URL that answers once AMS is up
+    #[arg(long, hide = true, env = "AMS_AGENT_AMS_URL", default_value = DEFAULT_HTTP_URL)]
+    pub ams_url: String,
+}
+
+#[derive(Debug, Args)]
+pub struct IssueArgs {
+    /// Domain of the certificate (repeat for more names; the first names it)
+    #[arg(long = "domain", short = 'd', value_name = "DOMAIN", required = true)]
+    pub domains: Vec<String>,
+
+    /// Address Let's Encrypt writes to about expiry (default: none)
+    #[arg(long, value_name = "EMAIL")]
+    pub email: Option<String>,
+
+    /// Prove the domain through files in this folder, served by the web
+    /// server already on port 80, instead of certbot's own server
+    #[arg(long, value_name = "DIR")]
+    pub webroot: Option<PathBuf>,
+
+    /// The ACME server's directory URL (default: Let's Encrypt)
+    #[arg(long, value_name = "URL", conflicts_with = "staging")]
+    pub acme_server: Option<String>,
+
+    /// Use Let's Encrypt's staging server (untrusted certificates, for trials)
+    #[arg(long)]
+    pub staging: bool,
+
+    /// The port certbot's own server answers the HTTP-01 challenge on
+    #[arg(long, value_name = "PORT", default_value = "80")]
+    pub http_01_port: u16,
+
+    #[command(flatten)]
+    pub install: InstallArgs,
+}
+
+/// Install the certificate certbot issued or renewed (certbot's deploy hook)
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Install a certbot lineage into AMS and/or HAProxy. Under certbot \
+    (the deploy hook `ams-agent cert` registers) the lineage is the one certbot names in \
+    RENEWED_LINEAGE, never a path guessed from the domain; by hand, pass --lineage."
+)]
+pub struct DeployArgs {
+    /// The lineage folder (holding fullchain.pem, chain.pem, privkey.pem);
+    /// default: RENEWED_LINEAGE, set by certbot
+    #[arg(long, value_name = "DIR", env = "RENEWED_LINEAGE")]
+    pub lineage: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub install: InstallArgs,
+}
+
+/// Installed certificates: domains, issuer, days left
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+
+    /// Ant Media Server install folder
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_AMS_HOME)]
+    pub ams_home: PathBuf,
+
+    /// Folder of HAProxy's certificates
+    #[arg(long, value_name = "DIR", default_value = HAPROXY_CERTS)]
+    pub haproxy_certs: PathBuf,
+}
+
+pub fn run(ctx: &Context, args: CertArgs) -> Result<()> {
+    match args.command {
+        Some(CertCommand::Deploy(d)) => deploy_cmd(ctx, d),
+        Some(CertCommand::Status(s)) => status(ctx, s),
+        None => issue(ctx, args.issue),
+    }
+}
+
+/// The outcome of the last deploy, written by the deploy hook so that
+/// `cert` learns what happened inside certbot.
+pub const DEPLOY_RECORD: &str = "/var/lib/ams-agent/cert-deploy.json";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct DeployRecord {
+    lineage: PathBuf,
+    target: Target,
+    at: u64,
+    error: Option<String>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl InstallArgs {
+    fn check(&self) -> Result<()> {
+        if self.wait.is_zero() {
+            bail_usage!("--wait must be longer than 0s");
+        }
+        crate::host::http::HttpUrl::parse(&self.ams_url).map_err(|e| {
+            crate::error::UsageError::new(format!("--ams-url / AMS_AGENT_AMS_URL: {e:#}"))
+        })?;
+        for (flag, p) in [
+            ("--ams-home", &self.ams_home),
+            ("--haproxy-certs", &self.haproxy_certs),
+            ("--haproxy-config", &self.haproxy_config),
+        ] {
+            check_hook_path(flag, p)?;
+        }
+        Ok(())
+    }
+
+    fn plans(&self, ctx: &Context, lineage: &Material) -> Result<Vec<Plan>> {
+        let mut plans = Vec::new();
+        if self.target.ams() {
+            let target = AmsTarget {
+                layout: AmsLayout::new(&self.ams_home),
+                restart: (!self.no_restart).then(|| (self.ams_url.clone(), self.wait)),
+            };
+            plans.push(deploy::plan_ams(&ctx.host, lineage, &target)?);
+        }
+        if self.target.haproxy() {
+            let target = HaproxyTarget {
+                certs_dir: self.haproxy_certs.clone(),
+                config: self.haproxy_config.clone(),
+                reload: !self.no_restart,
+            };
+            plans.push(deploy::plan_haproxy(&ctx.host, lineage, &target)?);
+        }
+        Ok(plans)
+    }
+
+    /// The arguments `cert deploy` needs to install the same way.
+    fn hook_args(&self) -> String {
+        let mut s = format!("cert deploy --for {}", self.target.name());
+        if self.ams_home != Path::new(DEFAULT_AMS_HOME) {
+            s.push_str(&format!(" --ams-home {}", self.ams_home.display()));
+        }
+        if self.haproxy_certs != Path::new(HAPROXY_CERTS) {
+            s.push_str(&format!(
+                " --haproxy-certs {}",
+                self.haproxy_certs.display()
+            ));
+        }
+        if self.haproxy_config != Path::new(HAPROXY_CONFIG) {
+            s.push_str(&format!(
+                " --haproxy-config {}",
+                self.haproxy_config.display()
+            ));
+        }
+        if self.no_restart {
+            s.push_str(" --no-restart");
+        }
+        if self.wait != Duration::from_secs(180) {
+            s.push_str(&format!(
+                " --wait {}",
+                humantime::format_duration(self.wait)
+            ));
+        }
+        s
+    }
+}
+
+/// Paths land in the hook command certbot runs through a shell: only
+/// plain characters.
+fn check_hook_path(flag: &str, p: &Path) -> Result<()> {
+    let s = p.to_string_lossy();
+    if !p.is_absolute()
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-' | '+'))
+    {
+        bail_usage!("{flag} {s:?}: use an absolute path of letters, digits and / . _ - +");
+    }
+    Ok(())
+}
+
+/// A domain certbot can get with HTTP-01: a DNS name, no wildcard.
+fn check_domain(d: &str) -> Result<String> {
+    let lower = d.trim_end_matches('.').to_ascii_lowercase();
+    if lower.starts_with("*.") {
+        bail_usage!(
+            "--domain {d}: wildcard certificates need a DNS-01 challenge, which `ams-agent cert` does not do; name each host"
+        );
+    }
+    let labels: Vec<&str> = lower.split('.').collect();
+    let ok = lower.len() <= 253
+        && labels.len() >= 2
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+        && !labels
+            .last()
+            .is_some_and(|l| l.chars().all(|c| c.is_ascii_digit()));
+    if !ok {
+        bail_usage!("--domain {d:?} is not a DNS name like live.example.com");
+    }
+    Ok(lower)
+}
+
+fn check_email(e: &str) -> Result<()> {
+    let ok = e.len() <= 254
+        && !e
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == ',')
+        && e.split_once('@')
+            .is_some_and(|(user, host)| !user.is_empty() && host.contains('.'));
+    if !ok {
+        bail_usage!("--email {e:?} is not an email address");
+    }
+    Ok(())
+}
+
+fn issue(ctx: &Context, args: IssueArgs) -> Result<()> {
+    let mut domains = Vec::new();
+    for d in &args.domains {
+        let d = check_domain(d)?;
+        if !domains.contains(&d) {
+            domains.push(d);
+        }
+    }
+    if let Some(e) = &args.email {
+        check_email(e)?;
+    }
+    if let Some(url) = &args.acme_server {
+        crate::mongod::repo::check_url(url, "--acme-server", true)
+            .map_err(crate::error::UsageError::new)?;
+    }
+    args.install.check()?;
+    let authenticator = match &args.webroot {
+        Some(dir) => {
+            check_hook_path("--webroot", dir)?;
+            if !ctx.host.is_dir(dir) {
+                bail_usage!("--webroot {}: no such folder", dir.display());
+            }
+            Authenticator::Webroot(ctx.host.path(dir))
+        }
+        None => Authenticator::Standalone {
+            port: args.http_01_port,
+        },
+    };
+    let exe =
+        std::env::current_exe().context("finding the ams-agent binary for the deploy hook")?;
+    check_hook_path("the ams-agent binary's path", &exe)?;
+    let req = certbot::Request {
+        domains: domains.clone(),
+        email: args.email.clone(),
+        authenticator: authenticator.clone(),
+        server: args.acme_server.clone(),
+        staging: args.staging,
+        deploy_hook: format!("{} {}", exe.display(), args.install.hook_args()),
+    };
+    let spec = certbot::certonly(&ctx.host, &req);
+    if ctx.dry_run {
+        println!("Plan: a certificate for {}", domains.join(", "));
+        if let Authenticator::Standalone { port } = authenticator {
+            println!(
+                "1. check that port {port} is free; lift AMS's iptables redirect 80 -> 5080 while certbot runs, if present"
+            );
+        }
+        println!("2. {}", spec.display());
+        println!(
+            "3. certbot runs the deploy hook: ams-agent {} (installs the lineage certbot names in RENEWED_LINEAGE)",
+            args.install.hook_args()
+        );
+        return Ok(());
+    }
+    // An earlier run that died with the redirect lifted: put it back.
+    if ctx.host.exists(Path::new(certbot::REDIRECT_MARKER)) {
+        certbot::restore_redirect(&ctx.host, ctx.runner.as_ref())?;
+    }
+    if let Authenticator::Standalone { port } = authenticator {
+        certbot::check_port_free(port)?;
+    }
+    let started = unix_now();
+    let lifted = match authenticator {
+        Authenticator::Standalone { .. } => certbot::lift_redirect(&ctx.host, ctx.runner.as_ref())?,
+        Authenticator::Webroot(_) => None,
+    };
+    tracing::info!(
+        "asking for a certificate for {}: {}",
+        domains.join(", "),
+        spec.display()
+    );
+    let result = crate::plan::run_checked(ctx.runner.as_ref(), "getting the certificate", &spec);
+    if let Some(lifted) = lifted {
+        lifted.restore()?;
+    }
+    result?;
+
+    // Inside certbot, the hook installed what certbot issued; when certbot
+    // had nothing to do (not yet due), the lineage certbot lists for these
+    // domains is installed here.
+    if let Some(rec) = read_record(&ctx.host).filter(|r| r.at >= started) {
+        return match rec.error {
+            None => {
+                println!(
+                    "Installed {} for {}.",
+                    rec.lineage.display(),
+                    domains.join(", ")
+                );
+                Ok(())
+            }
+            Some(e) => bail!(
+                "certbot got the certificate ({}), but installing it failed: {e}",
+                rec.lineage.display()
+            ),
+        };
+    }
+    let lineages = certbot::lineages_for(&ctx.host, ctx.runner.as_ref(), &domains)?;
+    let lineage = match lineages.as_slice() {
+        [one] => one.clone(),
+        [] => bail!(
+            "certbot succeeded but lists no certificate for {}; see `certbot certificates`",
+            domains.join(", ")
+        ),
+        many => bail!(
+            "certbot lists {} certificates for {}: {}; install one with `ams-agent cert deploy --lineage DIR`",
+            many.len(),
+            domains.join(", "),
+            many.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    tracing::info!(
+        "certbot had nothing to renew; installing its lineage {}",
+        lineage.display()
+    );
+    deploy_lineage(ctx, &lineage, &args.install)
+}
+
+fn read_record(host: &crate::host::Host) -> Option<DeployRecord> {
+    let bytes = host.read_optional(Path::new(DEPLOY_RECORD)).ok()??;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn deploy_cmd(ctx: &Context, args: DeployArgs) -> Result<()> {
+    let Some(lineage) = args.lineage.clone() else {
+        bail_usage!(
+            "no certificate to install: pass --lineage DIR (certbot sets RENEWED_LINEAGE when it runs this as its deploy hook)"
+        );
+    };
+    args.install.check()?;
+    let result = deploy_lineage(ctx, &lineage, &args.install);
+    if !ctx.dry_run {
+        let record = DeployRecord {
+            lineage: lineage.clone(),
+            target: args.install.target,
+            at: unix_now(),
+            error: result.as_ref().err().map(|e| format!("{e:#}")),
+        };
+        let written = ctx
+            .host
+            .create_dir_all(Path::new(STATE_DIR), 0o700)
+            .and_then(|()| {
+                ctx.host.write_atomic(
+                    Path::new(DEPLOY_RECORD),
+                    &serde_json::to_vec_pretty(&record).unwrap_or_default(),
+                    private_meta(0o600),
+                )
+            });
+        if let Err(e) = written {
+            tracing::warn!("recording the deploy: {e:#}");
+        }
+    }
+    result
+}
+
+/// Reads and checks the lineage, then plans and applies (or prints) the
+/// install, under the host lock.
+fn deploy_lineage(ctx: &Context, dir: &Path, install: &InstallArgs) -> Result<()> {
+    let lineage = Material::load(dir)
+        .with_context(|| format!("reading the certbot lineage {}", dir.display()))?;
+    let _lock = if ctx.dry_run {
+        None
+    } else {
+        Some(HostLock::acquire(&ctx.host, Duration::from_secs(300))?)
+    };
+    if !ctx.dry_run && txn::recover(&ctx.host)? {
+        tracing::info!("an interrupted change from an earlier run was completed first");
+    }
+    let plans = install.plans(ctx, &lineage)?;
+    for plan in &plans {
+        if ctx.dry_run || plan.is_empty() {
+            print!("{}", plan.render());
+            continue;
+        }
+        plan.apply(&ApplyCtx {
+            host: &ctx.host,
+            runner: ctx.runner.as_ref(),
+            progress: false,
+        })?;
+        println!("{}: done.", plan.title);
+    }
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+struct Installed {
+    #[serde(rename = "for")]
+    target: &'static str,
+    path: PathBuf,
+    domains: Vec<String>,
+    issuer: String,
+    #[serde(rename = "notAfter")]
+    not_after: String,
+    #[serde(rename = "daysLeft")]
+    days_left: i64,
+}
+
+fn status(ctx: &Context, args: StatusArgs) -> Result<()> {
+    let mut found = Vec::new();
+    let mut read = |target: &'static str, path: PathBuf| -> Result<()> {
+        let Some(bytes) = ctx.host.read_optional(&path)? else {
+            return Ok(());
+        };
+        // HAProxy's file holds the key after the chain: the first
+        // certificate is the one served.
+        let info = inspect::parse_pem(&bytes)
+            .and_then(|blocks| {
+                let leaf = blocks
+                    .iter()
+                    .find(|b| b.tag() == "CERTIFICATE")
+                    .context("no certificate in it")?;
+                inspect::CertInfo::from_der(leaf.contents())
+            })
+            .with_context(|| format!("reading {}", path.display()))?;
+        found.push(Installed {
+            target,
+            path,
+            days_left: info.days_left(unix_now() as i64),
+            not_after: humantime::format_rfc3339_seconds(
+                SystemTime::UNIX_EPOCH + Duration::from_secs(info.not_after.max(0) as u64),
+            )
+            .to_string(),
+            domains: info.domains,
+            issuer: info.issuer,
+        });
+        Ok(())
+    };
+    read(
+        "ams",
+        AmsLayout::new(&args.ams_home)
+            .home
+            .join("conf/fullchain.pem"),
+    )?;
+    let dir = ctx.host.path(&args.haproxy_certs);
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        let mut names: Vec<String> = entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".pem"))
+            .collect();
+        names.sort();
+        for n in names {
+            read("haproxy", args.haproxy_certs.join(n))?;
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&found)?);
+        return Ok(());
+    }
+    if found.is_empty() {
+        println!(
+            "No certificate installed (AMS: {}/conf/fullchain.pem, HAProxy: {}/*.pem).",
+            args.ams_home.display(),
+            args.haproxy_certs.display()
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<8} {:<10} {:<20} {:<24} PATH",
+        "FOR", "DAYS LEFT", "EXPIRES", "ISSUER"
+    );
+    for c in &found {
+        println!(
+            "{:<8} {:<10} {:<20} {:<24} {}\n         domains: {}",
+            c.target,
+            c.days_left,
+            c.not_after,
+            c.issuer,
+            c.path.display(),
+            c.domains.join(", ")
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domains_are_dns_names() {
+        assert_eq!(
+            check_domain("Live.Example.com.").unwrap(),
+            "live.example.com"
+        );
+        for bad in [
+            "*.example.com",
+            "localhost",
+            "a b.com",
+            "x..com",
+            "-a.com",
+            "10.0.0.1",
+            "a.com;rm",
+            "ü.com",
+        ] {
+            assert!(check_domain(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hook_paths_are_plain() {
+        assert!(check_hook_path("--ams-home", Path::new("/usr/local/antmedia")).is_ok());
+        assert!(check_hook_path("--ams-home", Path::new("/a b")).is_err());
+        assert!(check_hook_path("--ams-home", Path::new("rel/x")).is_err());
+        assert!(check_hook_path("--ams-home", Path::new("/x;reboot")).is_err());
+    }
+}
