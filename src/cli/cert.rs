@@ -18,8 +18,6 @@ use crate::cert::deploy::Material;
 use crate::cert::deploy::{self, AmsTarget, HAPROXY_CERTS, HAPROXY_CONFIG, HaproxyTarget};
 use crate::cert::inspect;
 use crate::host::fs::{STATE_DIR, private_meta};
-use crate::host::lock::HostLock;
-use crate::host::txn;
 use crate::plan::{ApplyCtx, Plan};
 
 /// Let's Encrypt certificates for AMS and HAProxy, renewed by certbot's timer
@@ -185,14 +183,19 @@ pub const DEPLOY_RECORD: &str = "/var/lib/ams-agent/cert-deploy.json";
 struct DeployRecord {
     lineage: PathBuf,
     target: Target,
-    at: u64,
+    /// Unix time in milliseconds.
+    at_ms: u64,
     error: Option<String>,
 }
 
 fn unix_now() -> u64 {
+    unix_now_ms() / 1000
+}
+
+fn unix_now_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 
@@ -380,7 +383,7 @@ fn issue(ctx: &Context, args: IssueArgs) -> Result<()> {
     if let Authenticator::Standalone { port } = authenticator {
         certbot::check_port_free(port)?;
     }
-    let started = unix_now();
+    let started = unix_now_ms();
     let lifted = match authenticator {
         Authenticator::Standalone { .. } => certbot::lift_redirect(&ctx.host, ctx.runner.as_ref())?,
         Authenticator::Webroot(_) => None,
@@ -399,7 +402,7 @@ fn issue(ctx: &Context, args: IssueArgs) -> Result<()> {
     // Inside certbot, the hook installed what certbot issued; when certbot
     // had nothing to do (not yet due), the lineage certbot lists for these
     // domains is installed here.
-    if let Some(rec) = read_record(&ctx.host).filter(|r| r.at >= started) {
+    if let Some(rec) = read_record(&ctx.host).filter(|r| r.at_ms >= started) {
         return match rec.error {
             None => {
                 println!(
@@ -456,7 +459,7 @@ fn deploy_cmd(ctx: &Context, args: DeployArgs) -> Result<()> {
         let record = DeployRecord {
             lineage: lineage.clone(),
             target: args.install.target,
-            at: unix_now(),
+            at_ms: unix_now_ms(),
             error: result.as_ref().err().map(|e| format!("{e:#}")),
         };
         let written = ctx
@@ -481,14 +484,7 @@ fn deploy_cmd(ctx: &Context, args: DeployArgs) -> Result<()> {
 fn deploy_lineage(ctx: &Context, dir: &Path, install: &InstallArgs) -> Result<()> {
     let lineage = Material::load(dir)
         .with_context(|| format!("reading the certbot lineage {}", dir.display()))?;
-    let _lock = if ctx.dry_run {
-        None
-    } else {
-        Some(HostLock::acquire(&ctx.host, Duration::from_secs(300))?)
-    };
-    if !ctx.dry_run && txn::recover(&ctx.host)? {
-        tracing::info!("an interrupted change from an earlier run was completed first");
-    }
+    let _lock = ctx.mutate()?;
     let plans = install.plans(ctx, &lineage)?;
     for plan in &plans {
         if ctx.dry_run || plan.is_empty() {

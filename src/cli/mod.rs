@@ -8,7 +8,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::bail_usage;
 use crate::host::fs::CrashPoints;
-use crate::host::{CommandRunner, Host, SystemRunner, tty};
+use crate::host::lock::HostLock;
+use crate::host::{CommandRunner, Host, SystemRunner, tty, txn};
 use crate::mongo::url::{self, Credentials, DbKind, DbUrl};
 
 pub mod cert;
@@ -105,6 +106,26 @@ impl Context {
             runner: Box::new(SystemRunner),
             dry_run,
         }
+    }
+}
+
+impl Context {
+    /// What every command that changes the host does first: take the host
+    /// lock (one mutating run at a time; held until the guard is dropped)
+    /// and complete a change a crash interrupted. A dry run takes no lock
+    /// and only says when such a change is pending.
+    pub fn mutate(&self) -> Result<Option<HostLock>> {
+        if self.dry_run {
+            if txn::pending(&self.host) {
+                println!("Note: a change interrupted in an earlier run will be completed first.");
+            }
+            return Ok(None);
+        }
+        let lock = HostLock::acquire(&self.host, Duration::from_secs(300))?;
+        if txn::recover(&self.host)? {
+            tracing::info!("an interrupted change from an earlier run was completed first");
+        }
+        Ok(Some(lock))
     }
 }
 

@@ -13,8 +13,6 @@ use crate::ams::AmsLayout;
 use crate::ams::layout::{DEFAULT_AMS_HOME, DEFAULT_HTTP_URL};
 use crate::ams::mode::{self, Mode, ModeSwitch};
 use crate::host::http::HttpUrl;
-use crate::host::lock::HostLock;
-use crate::host::txn;
 use crate::mongo::error::RegistryError;
 use crate::mongo::registry::{Deadlines, Registry, Target};
 use crate::mongo::url::{self, DbKind, DbUrl};
@@ -205,18 +203,7 @@ fn switch_mode_checked(
     before_apply: impl FnOnce(&Plan) -> Result<()>,
 ) -> Result<()> {
     // Held until the switch (restart and wait included) is done.
-    let _lock = if ctx.dry_run {
-        None
-    } else {
-        Some(HostLock::acquire(&ctx.host, Duration::from_secs(300))?)
-    };
-    if ctx.dry_run {
-        if txn::pending(&ctx.host) {
-            println!("Note: a change interrupted in an earlier run will be completed first.");
-        }
-    } else if txn::recover(&ctx.host)? {
-        tracing::info!("an interrupted change from an earlier run was completed first");
-    }
+    let _lock = ctx.mutate()?;
     let plan = mode::plan(&ctx.host, switch)?;
     if !ctx.dry_run {
         before_apply(&plan)?;

@@ -11,8 +11,7 @@ use clap::{Args, Subcommand};
 
 use super::{Context, parse_duration, read_password_file};
 use crate::bail_usage;
-use crate::host::lock::HostLock;
-use crate::host::{net, tty, txn};
+use crate::host::{net, tty};
 use crate::mongod::admin::AdminLogin;
 use crate::mongod::conf;
 use crate::mongod::os::{self, DEFAULT_MONGODB_VERSION};
@@ -185,14 +184,7 @@ fn setup_mongo(ctx: &Context, args: MongoArgs) -> Result<()> {
         key_timeout: args.key_timeout,
     };
 
-    let _lock = if ctx.dry_run {
-        None
-    } else {
-        Some(HostLock::acquire(&ctx.host, Duration::from_secs(300))?)
-    };
-    if !ctx.dry_run && txn::recover(&ctx.host)? {
-        tracing::info!("an interrupted change from an earlier run was completed first");
-    }
+    let _lock = ctx.mutate()?;
     let runner = ctx.runner.as_ref();
     let package = setup::package_state(runner)?;
     let install = setup::plan_install(&ctx.host, &req, &package)?;
