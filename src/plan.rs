@@ -262,17 +262,7 @@ pub fn run_checked(runner: &dyn CommandRunner, what: &str, spec: &CommandSpec) -
     if out.success() {
         return Ok(());
     }
-    let text = if out.stderr.trim().is_empty() {
-        &out.stdout
-    } else {
-        &out.stderr
-    };
-    let tail: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    let tail = tail[tail.len().saturating_sub(3)..].join(" / ");
+    let tail = out.tail(3);
     anyhow::bail!(
         "{what}: `{}` exited with {}{}",
         spec.display(),

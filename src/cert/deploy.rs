@@ -190,40 +190,20 @@ pub fn plan_ams(host: &Host, m: &Material, target: &AmsTarget) -> Result<Plan> {
     let xml = jee::set_https(&jee_now.text, true)
         .with_context(|| format!("enabling the https connector in {}", jee_path.display()))?;
 
-    let changes = vec![
-        file(
-            host,
-            conf.join("fullchain.pem"),
-            m.fullchain.clone(),
-            ams_meta(account, 0o644),
-        )?,
-        file(
-            host,
-            conf.join("chain.pem"),
-            m.chain.clone(),
-            ams_meta(account, 0o644),
-        )?,
-        file(
-            host,
-            conf.join("privkey.pem"),
-            m.privkey.clone(),
-            ams_meta(account, 0o600),
-        )?,
-        file(
-            host,
-            keystore_path,
-            keystore_bytes,
-            ams_meta(account, 0o600),
-        )?,
-        file(
-            host,
-            truststore_path,
-            truststore_bytes,
-            ams_meta(account, 0o600),
-        )?,
+    let mut changes = Vec::new();
+    for (name, bytes, mode) in [
+        ("fullchain.pem", m.fullchain.clone(), 0o644),
+        ("chain.pem", m.chain.clone(), 0o644),
+        ("privkey.pem", m.privkey.clone(), 0o600),
+        ("keystore.jks", keystore_bytes, 0o600),
+        ("truststore.jks", truststore_bytes, 0o600),
+    ] {
+        changes.push(file(host, conf.join(name), bytes, ams_meta(account, mode))?);
+    }
+    changes.extend([
         change(red5_now, red5.to_text(), Secret::ReadableBy(account)),
         change(jee_now, xml, Secret::No),
-    ];
+    ]);
     plan.files(format!("install the certificate for {domain}"), changes);
     if !plan.is_empty() {
         if let Some((url, timeout)) = &target.restart {
@@ -335,13 +315,12 @@ impl Action for HaproxyCheck {
         if out.success() {
             return Ok(());
         }
-        let text = format!("{}{}", out.stdout, out.stderr);
-        let reason: Vec<&str> = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect();
-        let reason = reason[reason.len().saturating_sub(3)..].join(" / ");
+        // haproxy puts its [ALERT] lines on stdout or stderr by version.
+        let both = crate::host::Output {
+            stderr: format!("{}\n{}", out.stdout, out.stderr),
+            ..out
+        };
+        let reason = both.tail(3);
         let restored = match &self.old {
             Some(old) => ctx.host.write_atomic(&self.pem, old, private_meta(0o600)),
             None => ctx.host.remove(&self.pem),

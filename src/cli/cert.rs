@@ -290,19 +290,8 @@ fn check_domain(d: &str) -> Result<String> {
             "--domain {d}: wildcard certificates need a DNS-01 challenge, which `ams-agent cert` does not do; name each host"
         );
     }
-    let labels: Vec<&str> = lower.split('.').collect();
-    let ok = lower.len() <= 253
-        && labels.len() >= 2
-        && labels.iter().all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        })
-        && !labels
-            .last()
-            .is_some_and(|l| l.chars().all(|c| c.is_ascii_digit()));
+    // At least two labels: Let's Encrypt issues for public names only.
+    let ok = lower.contains('.') && crate::host::net::is_dns_name(&lower);
     if !ok {
         bail_usage!("--domain {d:?} is not a DNS name like live.example.com");
     }

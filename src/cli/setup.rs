@@ -441,7 +441,7 @@ pub fn parse_bind_ips(items: &[String]) -> std::result::Result<Vec<String>, Stri
                 );
             }
             ip.to_string()
-        } else if is_host_name(item) {
+        } else if net::is_dns_name(item) {
             item.to_ascii_lowercase()
         } else {
             return Err(format!(
@@ -454,18 +454,6 @@ pub fn parse_bind_ips(items: &[String]) -> std::result::Result<Vec<String>, Stri
         }
     }
     Ok(out)
-}
-
-fn is_host_name(s: &str) -> bool {
-    s.len() <= 253
-        && s.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        })
-        && !s.split('.').all(|l| l.chars().all(|c| c.is_ascii_digit()))
 }
 
 #[cfg(test)]

@@ -7,6 +7,23 @@ use anyhow::{Context, Result};
 
 use super::fs::Host;
 
+/// A DNS host name (RFC 1123): labels of letters, digits and inner
+/// hyphens, 63 characters each, 253 in all, one trailing dot allowed. A
+/// dotted name of numbers only is a mistyped IPv4 address, not a name.
+pub fn is_dns_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let labels: Vec<&str> = name.split('.').collect();
+    name.len() <= 253
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+        && !labels.iter().all(|l| l.chars().all(|c| c.is_ascii_digit()))
+}
+
 /// Name of the interface that carries the default route, from
 /// `/proc/net/route` (lowest metric wins).
 pub fn default_route_interface(route_table: &str) -> Option<String> {

@@ -70,6 +70,22 @@ impl Output {
         }
     }
 
+    /// The last `n` non-empty lines of stderr (of stdout when stderr is
+    /// empty), joined by " / ": where programs put their reason.
+    pub fn tail(&self, n: usize) -> String {
+        let text = if self.stderr.trim().is_empty() {
+            &self.stdout
+        } else {
+            &self.stderr
+        };
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        lines[lines.len().saturating_sub(n)..].join(" / ")
+    }
+
     pub fn failed(code: i32, stderr: &str) -> Self {
         Output {
             code: Some(code),

@@ -626,22 +626,7 @@ fn split_host_port(item: &str) -> std::result::Result<(&str, Option<u16>), Strin
 }
 
 fn valid_host_name_or_ipv4(host: &str) -> bool {
-    if host.parse::<Ipv4Addr>().is_ok() {
-        return true;
-    }
-    let labels: Vec<&str> = host.trim_end_matches('.').split('.').collect();
-    // All-numeric dotted names are mistyped IPv4 addresses, not host names.
-    if labels.iter().all(|l| l.chars().all(|c| c.is_ascii_digit())) {
-        return false;
-    }
-    host.len() <= 253
-        && labels.iter().all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        })
+    host.parse::<Ipv4Addr>().is_ok() || crate::host::net::is_dns_name(host)
 }
 
 #[cfg(test)]
