@@ -119,7 +119,13 @@ impl CommandRunner for SystemRunner {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .with_context(|| format!("running {}", spec.program))?;
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    anyhow::anyhow!("`{}` is not installed (not found on PATH)", spec.program)
+                } else {
+                    anyhow::Error::new(e).context(format!("running {}", spec.program))
+                }
+            })?;
         if let Some(input) = &spec.stdin {
             let mut stdin = child.stdin.take().expect("stdin was piped");
             let input = input.clone();
@@ -218,6 +224,17 @@ mod tests {
         let err = SystemRunner.run(&spec).unwrap_err();
         assert!(start.elapsed() < Duration::from_secs(2));
         assert!(err.to_string().contains("did not finish"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_program_is_named() {
+        let err = SystemRunner
+            .run(&CommandSpec::new("no-such-program-here", &[]))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "`no-such-program-here` is not installed (not found on PATH)"
+        );
     }
 
     #[test]
