@@ -406,14 +406,70 @@ fn a_failed_step_is_recorded_in_mongodb_and_locally() {
     );
 }
 
+/// A login that really succeeds (the peer speaks SCRAM-SHA-256 and
+/// enforces authorization): the password goes to the 0600 file, never into
+/// agent.toml, and the node is registered as ready.
 #[test]
+fn a_scram_login_joins_and_keeps_the_password_in_the_0600_file() {
+    let t = Tree::new();
+    let imds = Imds::start("i-0aaaaaaaaaaaaaaab", IP);
+    let mut peer = MongoPeer::start(PeerOptions {
+        auth: true,
+        ..Default::default()
+    });
+    let password = "p@ss:/?#%\\ wörd";
+    peer.add_user("ams", password, &["SCRAM-SHA-256"]);
+    let pw_file = t.dir.path().join("pw");
+    std::fs::write(&pw_file, format!("{password}\n")).unwrap();
+    let mongo = format!("127.0.0.1:{}", peer.port);
+    let out = run(
+        &t,
+        &imds,
+        &fake_ams_http(),
+        &[
+            "--mongo",
+            &mongo,
+            "--mongo-user",
+            "ams",
+            "--mongo-password-file",
+            pw_file.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains(password) && !stdout(&out).contains(password));
+    let cfg = t.read("etc/ams-agent/agent.toml");
+    assert!(!cfg.contains("wörd") && !cfg.contains("p%40ss"), "{cfg}");
+    assert_eq!(
+        t.read("etc/ams-agent/mongo-password"),
+        format!("{password}\n")
+    );
+    let mode = std::fs::metadata(t.path("etc/ams-agent/mongo-password"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(
+        peer.named("saslStart")
+            .iter()
+            .any(|c| c["doc"]["mechanism"] == "SCRAM-SHA-256")
+    );
+    let states: Vec<_> = peer
+        .updates()
+        .into_iter()
+        .filter_map(|(_, u, _)| u["$set"]["state"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(
+        states.last().map(String::as_str),
+        Some("ready"),
+        "{states:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs a real mongod: set AMS_AGENT_TEST_MONGO_URI and run `cargo test -- --ignored`"]
 fn credentials_go_to_the_0600_file_and_never_into_agent_toml() {
-    // The peer refuses every login, so this stops at the wait; with a real
-    // mongod (AMS_AGENT_TEST_MONGO_URI with credentials) it runs through.
-    let Some(uri) = real_mongo_uri() else {
-        eprintln!("skipped: AMS_AGENT_TEST_MONGO_URI is not set");
-        return;
-    };
+    // The same against a real mongod, with the credentials in its URI.
+    let uri = real_mongo_uri().expect("AMS_AGENT_TEST_MONGO_URI is not set");
     let t = Tree::new();
     let imds = Imds::start("i-0aaaaaaaaaaaaaaa9", IP);
     let db = unique_db("join");

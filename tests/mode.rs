@@ -9,7 +9,10 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use fixture::{AMS, Tree, dead_url, error_line, fake_ams_http, stderr, stdout};
+use fixture::{
+    AMS, Tree, dead_url, error_line, fake_ams_http, needs_root, private_mount_namespace, stderr,
+    stdout,
+};
 
 /// No restart, and no MongoDB to check: these tests are about the files.
 const NO_RESTART: &[&str] = &["--ip", "10.0.1.20", "--no-restart", "--skip-db-check"];
@@ -675,7 +678,7 @@ fn srv_uri_with_separate_credentials_works() {
     );
 }
 
-/// Unmounts on drop, so a failing assertion does not leave a mount behind.
+/// Unmounts on drop (the test's private mount namespace would drop it too).
 struct Mount(std::path::PathBuf);
 
 /// `mount --bind from onto`, undone when the guard drops.
@@ -700,10 +703,10 @@ impl Drop for Mount {
 /// the file and the cause, and every AMS file exactly as it was.
 #[test]
 fn full_disk_fails_cleanly_and_changes_nothing() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: mounting a small tmpfs needs root (CI runs as root)");
+    if !needs_root("mounting a small tmpfs") {
         return;
     }
+    private_mount_namespace();
     let t = Tree::new();
     let root = t.root();
     fs::remove_dir_all(&root).unwrap();
@@ -987,10 +990,10 @@ fn temp_files_of_a_crashed_run_are_removed_by_the_next_one() {
 /// after its commit point; a bind-mounted config file is refused up front.
 #[test]
 fn bind_mounted_files_are_never_renamed_over() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: bind mounts need root (CI runs as root)");
+    if !needs_root("a bind mount") {
         return;
     }
+    private_mount_namespace();
     let t = Tree::new();
     let outside = t.dir.path().join("hosts-from-runtime");
     fs::write(&outside, "127.0.0.1 localhost\n").unwrap();
@@ -1042,8 +1045,7 @@ fn without_the_ams_account_modes_are_kept_and_the_operator_warned() {
 /// the commit point, so the node is never left half switched.
 #[test]
 fn immutable_files_are_found_before_anything_changes() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: chattr +i needs root (CI runs as root)");
+    if !needs_root("chattr +i") {
         return;
     }
     let t = Tree::new();
@@ -1058,7 +1060,7 @@ fn immutable_files_are_found_before_anything_changes() {
             .is_ok_and(|s| s.success())
     };
     if !chattr("+i") {
-        eprintln!("skipped: this filesystem has no inode flags");
+        eprintln!("SKIPPED: this filesystem has no inode flags");
         return;
     }
     let before = t.snapshot();
@@ -1076,10 +1078,10 @@ fn immutable_files_are_found_before_anything_changes() {
 
 #[test]
 fn a_bind_mounted_application_file_is_refused_up_front() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: bind mounts need root (CI runs as root)");
+    if !needs_root("a bind mount") {
         return;
     }
+    private_mount_namespace();
     let t = Tree::new();
     let app = t.path(&format!(
         "{AMS}/webapps/LiveApp/WEB-INF/red5-web.properties"

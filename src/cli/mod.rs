@@ -97,10 +97,15 @@ pub struct Context {
 
 impl Context {
     pub fn new(root: &Path, dry_run: bool) -> Self {
-        // Test hook: kill -9 ourselves at the n-th durability point.
+        // Test hook: kill -9 ourselves at the n-th durability point. Only
+        // in builds with the `test-hooks` feature (the tests'), never in
+        // the release binary.
+        #[cfg(feature = "test-hooks")]
         let crash_at = std::env::var("AMS_AGENT_CRASH_AT")
             .ok()
             .and_then(|v| v.parse().ok());
+        #[cfg(not(feature = "test-hooks"))]
+        let crash_at = None;
         Context {
             host: Host::new(root, CrashPoints::at(crash_at)),
             runner: Box::new(SystemRunner),

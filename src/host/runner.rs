@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -171,14 +171,17 @@ impl CommandRunner for SystemRunner {
     }
 }
 
-/// Records every command and answers from a script; for tests.
+/// Records every command and answers from a script; for tests (not in the
+/// release binary).
+#[cfg(any(test, feature = "test-hooks"))]
 #[derive(Default)]
 pub struct RecordingRunner {
-    pub calls: Mutex<Vec<CommandSpec>>,
+    pub calls: std::sync::Mutex<Vec<CommandSpec>>,
     #[allow(clippy::type_complexity)]
-    replies: Mutex<Vec<(String, Output)>>,
+    replies: std::sync::Mutex<Vec<(String, Output)>>,
 }
 
+#[cfg(any(test, feature = "test-hooks"))]
 impl RecordingRunner {
     pub fn new() -> Self {
         Self::default()
@@ -199,6 +202,7 @@ impl RecordingRunner {
     }
 }
 
+#[cfg(any(test, feature = "test-hooks"))]
 impl CommandRunner for RecordingRunner {
     fn run(&self, spec: &CommandSpec) -> Result<Output> {
         self.calls.lock().unwrap().push(spec.clone());
