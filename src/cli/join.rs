@@ -30,7 +30,7 @@ use crate::config::{
 };
 use crate::host::fs::private_meta;
 use crate::host::systemd::ServiceAction;
-use crate::host::{Host, tty, txn};
+use crate::host::{Host, tty};
 use crate::mongo::error::{Failure, RegistryError};
 use crate::mongo::registry::{Deadlines, LastError, NodeState, Registry, Target};
 use crate::mongo::url::{self, DbKind, DbUrl};
@@ -399,11 +399,10 @@ pub async fn wait_for_mongo(target: &Target, wait: Duration) -> Result<Registry,
 pub fn run(ctx: &Context, args: JoinArgs) -> Result<()> {
     let started = Instant::now();
     let mut req = validate(ctx, &args)?;
-    // Every mutating command first completes a change a crash interrupted
-    // (also when this node turns out to be joined already).
-    if !ctx.dry_run && txn::recover(&ctx.host)? {
-        tracing::info!("an interrupted change from an earlier run was completed first");
-    }
+    // One mutating run at a time, for the whole join; a change a crash
+    // interrupted is completed first (also when this node turns out to be
+    // joined already).
+    let _lock = ctx.mutate()?;
     let rt = runtime()?;
     // The id an earlier join stored: kept through a metadata blip.
     let stored = AgentConfig::load(&ctx.host, Path::new(CONFIG_FILE))

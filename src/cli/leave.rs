@@ -9,10 +9,14 @@ use clap::Args;
 
 use super::Context;
 use super::run::{RegistryArgs, Resolved, runtime};
+use std::sync::Arc;
+
 use crate::config::{self, JOIN_RECORD, JoinRecord, LastErrorRecord};
-use crate::host::{CommandSpec, txn};
-use crate::mongo::registry::{Deadlines, NodeState, Registry};
+use crate::host::fs::private_meta;
+use crate::host::systemd::{self, ServiceAction};
+use crate::mongo::registry::{Deadlines, NodeState, Registry, Target};
 use crate::node::{identity, imds};
+use crate::plan::{Action, ApplyCtx, FileChange, Plan, Step};
 
 pub const AGENT_UNIT: &str = "ams-agent.service";
 
@@ -34,10 +38,7 @@ pub struct LeaveArgs {
 pub fn run(ctx: &Context, args: LeaveArgs) -> Result<()> {
     super::run::validate_timeout(args.timeout, "--timeout")?;
     let Resolved { target, config } = args.registry.resolve(&ctx.host)?;
-    // Every mutating command first completes a change a crash interrupted.
-    if !ctx.dry_run && txn::recover(&ctx.host)? {
-        tracing::info!("an interrupted change from an earlier run was completed first");
-    }
+    let _lock = ctx.mutate()?;
     let rt = runtime()?;
     // The id `join` registered (agent.toml, else the join record): a
     // metadata blip now must not make `leave` mark another document.
@@ -53,75 +54,56 @@ pub fn run(ctx: &Context, args: LeaveArgs) -> Result<()> {
             stored.as_deref(),
         ))
         .context("identifying this node")?;
-    let stop = CommandSpec::new("systemctl", &["disable", "--now", AGENT_UNIT])
-        .timeout(Duration::from_secs(60));
+
+    let mut plan = Plan::new(format!(
+        "node {} leaves the registry at {}",
+        node.id,
+        target.shown()
+    ));
+    plan.secrets.extend(target.password.iter().cloned());
+    // 1. The reporter would otherwise report the node alive again.
+    plan.push(Step::Action(Arc::new(StopReporter)));
+    // 2. The registry.
+    plan.push(Step::Action(Arc::new(MarkLeft {
+        target: target.clone(),
+        node_id: node.id.clone(),
+        timeout: args.timeout,
+    })));
+    // 3. So that `join` on this instance joins again.
+    plan.files(
+        format!("forget the join record {JOIN_RECORD}"),
+        vec![FileChange {
+            path: JOIN_RECORD.into(),
+            before: ctx.host.read_optional(Path::new(JOIN_RECORD))?,
+            after: None,
+            meta_before: ctx.host.meta(Path::new(JOIN_RECORD))?,
+            meta: private_meta(0o600),
+            internal: true,
+        }],
+    );
     if ctx.dry_run {
-        println!(
-            "Plan: node {} leaves the registry at {}",
-            node.id,
-            target.shown()
-        );
-        println!("1. {}", stop.display());
-        println!(
-            "2. mark node {} `left` in {}.{}",
-            node.id, target.database, target.collection
-        );
-        println!("3. forget the join record {JOIN_RECORD}");
+        print!("{}", plan.render());
         return Ok(());
     }
-    let fail = |step: &str, e: anyhow::Error| {
+    let applied = plan.apply(&ApplyCtx {
+        host: &ctx.host,
+        runner: ctx.runner.as_ref(),
+        progress: false,
+    });
+    if let Err(e) = applied {
         let message = format!("{e:#}");
         config::record_last_error(
             &ctx.host,
             &LastErrorRecord {
                 command: "leave".into(),
-                step: step.into(),
+                step: "leave".into(),
                 message: message.clone(),
                 node_id: Some(node.id.clone()),
                 at: config::unix_now(),
             },
         );
-        anyhow::anyhow!("leave failed at step `{step}`: {message}")
-    };
-
-    // 1. The reporter would otherwise report the node alive again.
-    match ctx.runner.run(&stop) {
-        Ok(out) if out.success() => tracing::info!("stopped and disabled {AGENT_UNIT}"),
-        Ok(out)
-            if out.code == Some(5)
-                || out.stderr.contains("not found")
-                || out.stderr.contains("does not exist") =>
-        {
-            tracing::info!("{AGENT_UNIT} is not installed; nothing to stop")
-        }
-        Ok(out) => {
-            return Err(fail(
-                "stop the reporter",
-                anyhow::anyhow!(
-                    "`{}` failed with exit code {}: {}",
-                    stop.display(),
-                    out.code.map_or("none".into(), |c| c.to_string()),
-                    out.stderr.trim()
-                ),
-            ));
-        }
-        Err(e) => return Err(fail("stop the reporter", e)),
+        anyhow::bail!("leave failed: {message}");
     }
-
-    // 2. The registry.
-    let deadlines = Deadlines::within(args.timeout);
-    rt.block_on(async {
-        let reg = Registry::open(&target, deadlines).await?;
-        let r = reg.set_state(&node.id, NodeState::Left, args.timeout).await;
-        reg.close().await;
-        r
-    })
-    .map_err(|e| fail("mark the node left", e.into()))?;
-
-    // 3. So that `join` on this instance joins again.
-    ctx.host
-        .remove(Path::new(JOIN_RECORD))
-        .map_err(|e| fail("forget the join record", e))?;
     println!(
         "node {} left the registry at {} ({}.{})",
         node.id,
@@ -130,4 +112,70 @@ pub fn run(ctx: &Context, args: LeaveArgs) -> Result<()> {
         target.collection
     );
     Ok(())
+}
+
+/// `systemctl disable --now ams-agent.service`; a unit that is not
+/// installed has nothing to stop.
+#[derive(Debug)]
+struct StopReporter;
+
+impl Action for StopReporter {
+    fn summary(&self) -> String {
+        format!(
+            "stop the reporter: {}",
+            systemd::command(AGENT_UNIT, ServiceAction::DisableNow).display()
+        )
+    }
+
+    fn apply(&self, ctx: &ApplyCtx) -> Result<()> {
+        let stop = systemd::command(AGENT_UNIT, ServiceAction::DisableNow);
+        let out = ctx.runner.run(&stop)?;
+        if out.success() {
+            tracing::info!("stopped and disabled {AGENT_UNIT}");
+        } else if out.code == Some(5)
+            || out.stderr.contains("not found")
+            || out.stderr.contains("does not exist")
+        {
+            tracing::info!("{AGENT_UNIT} is not installed; nothing to stop");
+        } else {
+            anyhow::bail!(
+                "`{}` failed with exit code {}: {}",
+                stop.display(),
+                out.code.map_or("none".into(), |c| c.to_string()),
+                out.stderr.trim()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The node's document marked `left`.
+#[derive(Debug)]
+struct MarkLeft {
+    target: Target,
+    node_id: String,
+    timeout: Duration,
+}
+
+impl Action for MarkLeft {
+    fn summary(&self) -> String {
+        format!(
+            "mark node {} `left` in {}.{}",
+            self.node_id, self.target.database, self.target.collection
+        )
+    }
+
+    fn apply(&self, _: &ApplyCtx) -> Result<()> {
+        let deadlines = Deadlines::within(self.timeout);
+        runtime()?
+            .block_on(async {
+                let reg = Registry::open(&self.target, deadlines).await?;
+                let r = reg
+                    .set_state(&self.node_id, NodeState::Left, self.timeout)
+                    .await;
+                reg.close().await;
+                r
+            })
+            .map_err(Into::into)
+    }
 }

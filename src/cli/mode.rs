@@ -156,6 +156,8 @@ pub fn run(ctx: &Context, args: ModeArgs) -> Result<()> {
     let switch = opts.switch(mode, db);
     // The plan (every local check) first, so bad input is reported at once
     // with exit code 2; the network check only when there is work to do.
+    // Held until the switch (restart and wait included) is done.
+    let _lock = ctx.mutate()?;
     switch_mode_checked(ctx, &switch, |plan| {
         if check && !plan.is_empty() {
             check_mongodb(&switch.db, timeout)?;
@@ -190,7 +192,8 @@ fn check_mongodb(db: &DbUrl, timeout: Duration) -> Result<()> {
     })
 }
 
-/// Plans and applies (or prints) a mode switch; shared with `join`.
+/// Plans and applies (or prints) a mode switch; shared with `join`. The
+/// caller holds the host lock ([`Context::mutate`]).
 pub fn switch_mode(ctx: &Context, switch: &ModeSwitch) -> Result<()> {
     switch_mode_checked(ctx, switch, |_| Ok(()))
 }
@@ -202,8 +205,6 @@ fn switch_mode_checked(
     switch: &ModeSwitch,
     before_apply: impl FnOnce(&Plan) -> Result<()>,
 ) -> Result<()> {
-    // Held until the switch (restart and wait included) is done.
-    let _lock = ctx.mutate()?;
     let plan = mode::plan(&ctx.host, switch)?;
     if !ctx.dry_run {
         before_apply(&plan)?;

@@ -14,6 +14,7 @@ pub enum ServiceAction {
     Stop,
     Enable,
     EnableNow,
+    DisableNow,
 }
 
 impl ServiceAction {
@@ -25,6 +26,7 @@ impl ServiceAction {
             ServiceAction::Stop => &["stop"],
             ServiceAction::Enable => &["enable"],
             ServiceAction::EnableNow => &["enable", "--now"],
+            ServiceAction::DisableNow => &["disable", "--now"],
         }
     }
 
@@ -36,6 +38,7 @@ impl ServiceAction {
             ServiceAction::Stop => "stop",
             ServiceAction::Enable => "enable",
             ServiceAction::EnableNow => "enable and start",
+            ServiceAction::DisableNow => "stop and disable",
         }
     }
 }
