@@ -339,7 +339,7 @@ fn hostile_inputs_exit_2_with_one_line_and_change_nothing() {
         ),
         (vec!["mode", "cluster", "h", "--ip", "10.0.1.300"], "--ip"),
         (vec!["mode", "cluster", "h", "--ip", "fd00::1"], "--ip"),
-        (vec!["mode", "cluster", "h", "--wait", "soon"], "--wait"),
+        (vec!["mode", "cluster", "h", "--wait", "soon"], "--ams-wait"),
         (
             vec!["mode", "standalone", "--mongo-user", "u"],
             "DB argument",
@@ -919,8 +919,8 @@ fn bad_waits_and_probe_urls_are_bad_input_before_anything_happens() {
     let t = Tree::new();
     let before = t.snapshot();
     for (extra, env_url, needle) in [
-        (vec!["--wait", "0s"], None, "--wait"),
-        (vec!["--db-timeout", "0s"], None, "--db-timeout"),
+        (vec!["--wait", "0s"], None, "--ams-wait"),
+        (vec!["--db-timeout", "0s"], None, "--mongo-wait"),
         (vec![], Some("https://localhost:5443/"), "AMS_AGENT_AMS_URL"),
     ] {
         let mut cmd = t.command(&args(

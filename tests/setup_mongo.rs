@@ -304,7 +304,7 @@ fn unsupported_hosts_and_bad_input_are_refused_and_change_nothing() {
             "--admin-password-file",
         ),
         (with(&["--mongodb-version", "5.0"]), "5.0"),
-        (with(&["--wait", "0s"]), "--wait"),
+        (with(&["--wait", "0s"]), "--mongo-wait"),
     ];
     for (args, expect) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();

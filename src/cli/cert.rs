@@ -95,8 +95,8 @@ pub struct InstallArgs {
     pub no_restart: bool,
 
     /// How long to wait for AMS to answer after the restart
-    #[arg(long, value_name = "DURATION", default_value = "3m", value_parser = parse_duration)]
-    pub wait: Duration,
+    #[arg(long, alias = "wait", value_name = "DURATION", default_value = "3m", value_parser = parse_duration)]
+    pub ams_wait: Duration,
 
     /// URL that answers once AMS is up
     #[arg(long, hide = true, env = "AMS_AGENT_AMS_URL", default_value = DEFAULT_HTTP_URL)]
@@ -201,8 +201,8 @@ fn unix_now_ms() -> u64 {
 
 impl InstallArgs {
     fn check(&self) -> Result<()> {
-        if self.wait.is_zero() {
-            bail_usage!("--wait must be longer than 0s");
+        if self.ams_wait.is_zero() {
+            bail_usage!("--ams-wait must be longer than 0s");
         }
         crate::host::http::HttpUrl::parse(&self.ams_url).map_err(|e| {
             crate::error::UsageError::new(format!("--ams-url / AMS_AGENT_AMS_URL: {e:#}"))
@@ -222,7 +222,7 @@ impl InstallArgs {
         if self.target.ams() {
             let target = AmsTarget {
                 layout: AmsLayout::new(&self.ams_home),
-                restart: (!self.no_restart).then(|| (self.ams_url.clone(), self.wait)),
+                restart: (!self.no_restart).then(|| (self.ams_url.clone(), self.ams_wait)),
             };
             plans.push(deploy::plan_ams(&ctx.host, lineage, &target)?);
         }
@@ -258,10 +258,10 @@ impl InstallArgs {
         if self.no_restart {
             s.push_str(" --no-restart");
         }
-        if self.wait != Duration::from_secs(180) {
+        if self.ams_wait != Duration::from_secs(180) {
             s.push_str(&format!(
-                " --wait {}",
-                humantime::format_duration(self.wait)
+                " --ams-wait {}",
+                humantime::format_duration(self.ams_wait)
             ));
         }
         s

@@ -69,12 +69,12 @@ pub struct JoinArgs {
     pub ams_home: PathBuf,
 
     /// How long to wait for MongoDB to accept us (it may still be booting)
-    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
-    pub wait: Duration,
+    #[arg(long, alias = "wait", value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub mongo_wait: Duration,
 
     /// How long to wait for AMS to answer after its restart
-    #[arg(long, value_name = "DURATION", default_value = "3m", value_parser = parse_duration)]
-    pub ams_timeout: Duration,
+    #[arg(long, alias = "ams-timeout", value_name = "DURATION", default_value = "3m", value_parser = parse_duration)]
+    pub ams_wait: Duration,
 
     /// Switch AMS's files only; do not restart it
     #[arg(long)]
@@ -163,11 +163,11 @@ fn validate(ctx: &Context, args: &JoinArgs) -> Result<Request> {
     if let Err(e) = config::validate_ttl(args.ttl, "--ttl") {
         bail_usage!("{e:#}");
     }
-    if args.wait.is_zero() {
-        bail_usage!("--wait must be longer than 0s");
+    if args.mongo_wait.is_zero() {
+        bail_usage!("--mongo-wait must be longer than 0s");
     }
-    if args.ams_timeout.is_zero() {
-        bail_usage!("--ams-timeout must be longer than 0s (e.g. 3m)");
+    if args.ams_wait.is_zero() {
+        bail_usage!("--ams-wait must be longer than 0s (e.g. 3m)");
     }
     crate::host::http::HttpUrl::parse(&args.ams_url)
         .map_err(|e| crate::error::UsageError::new(format!("--ams-url: {e:#}")))?;
@@ -445,7 +445,7 @@ pub fn run(ctx: &Context, args: JoinArgs) -> Result<()> {
         ip: node.private_ip,
         restart: (!args.no_restart).then(|| mode::Restart {
             url: args.ams_url.clone(),
-            ..mode::default_restart(args.ams_timeout)
+            ..mode::default_restart(args.ams_wait)
         }),
     };
 
@@ -471,7 +471,7 @@ pub fn run(ctx: &Context, args: JoinArgs) -> Result<()> {
         );
         println!(
             "- wait up to {} for MongoDB, create the registry indexes, register the node as `joining`",
-            config::show_duration(args.wait)
+            config::show_duration(args.mongo_wait)
         );
         switch_mode(ctx, &switch)?;
         print!("{}", agent_plan(&ctx.host, &req, &node)?.render());
@@ -577,7 +577,7 @@ impl Joiner<'_> {
                 settings.reporter.cpu_samples,
                 settings.reporter.cpu_sample_interval,
             );
-            (cpu, wait_for_mongo(&self.req.target, args.wait).await)
+            (cpu, wait_for_mongo(&self.req.target, args.mongo_wait).await)
         });
         let reg = reg.map_err(|e| self.fail(step, e.into()))?;
         let reachable_at = Instant::now();

@@ -76,16 +76,16 @@ pub struct SwitchOpts {
 
     /// How long to wait for the MongoDB server to answer before switching
     /// (AMS stops at start-up when it cannot reach its database)
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
-    pub db_timeout: Duration,
+    #[arg(long, alias = "db-timeout", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub mongo_wait: Duration,
 
     /// Switch even if the MongoDB server does not answer now
     #[arg(long)]
     pub skip_db_check: bool,
 
     /// How long to wait for AMS to answer after the restart
-    #[arg(long, value_name = "DURATION", default_value = "3m", value_parser = parse_duration)]
-    pub wait: Duration,
+    #[arg(long, alias = "wait", value_name = "DURATION", default_value = "3m", value_parser = parse_duration)]
+    pub ams_wait: Duration,
 
     /// URL that answers once AMS is up
     #[arg(long, hide = true, env = "AMS_AGENT_AMS_URL", default_value = DEFAULT_HTTP_URL)]
@@ -102,7 +102,7 @@ impl SwitchOpts {
             ip: self.ip,
             restart: (!self.no_restart).then(|| mode::Restart {
                 url: self.ams_url.clone(),
-                ..mode::default_restart(self.wait)
+                ..mode::default_restart(self.ams_wait)
             }),
         }
     }
@@ -133,11 +133,11 @@ pub fn run(ctx: &Context, args: ModeArgs) -> Result<()> {
             DbUrl::mapdb()
         }
     };
-    if opts.wait.is_zero() {
-        crate::bail_usage!("--wait must be longer than 0s");
+    if opts.ams_wait.is_zero() {
+        crate::bail_usage!("--ams-wait must be longer than 0s");
     }
-    if opts.db_timeout.is_zero() {
-        crate::bail_usage!("--db-timeout must be longer than 0s");
+    if opts.mongo_wait.is_zero() {
+        crate::bail_usage!("--mongo-wait must be longer than 0s");
     }
     HttpUrl::parse(&opts.ams_url).map_err(|e| {
         crate::error::UsageError::new(format!("--ams-url / AMS_AGENT_AMS_URL: {e:#}"))
@@ -152,7 +152,7 @@ pub fn run(ctx: &Context, args: ModeArgs) -> Result<()> {
         None => db,
     };
     let check = db.kind == DbKind::MongoDb && !opts.skip_db_check;
-    let timeout = opts.db_timeout;
+    let timeout = opts.mongo_wait;
     let switch = opts.switch(mode, db);
     // The plan (every local check) first, so bad input is reported at once
     // with exit code 2; the network check only when there is work to do.

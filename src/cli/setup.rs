@@ -90,8 +90,8 @@ pub struct MongoArgs {
     pub key_timeout: Duration,
 
     /// How long to wait for mongod to answer after it is (re)started
-    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
-    pub wait: Duration,
+    #[arg(long, alias = "wait", value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+    pub mongo_wait: Duration,
 }
 
 pub fn run(ctx: &Context, args: SetupArgs) -> Result<()> {
@@ -110,8 +110,8 @@ enum PasswordFrom {
 
 fn setup_mongo(ctx: &Context, args: MongoArgs) -> Result<()> {
     // Every check of the input first: bad input changes nothing (exit 2).
-    if args.wait.is_zero() {
-        bail_usage!("--wait must be longer than 0s");
+    if args.mongo_wait.is_zero() {
+        bail_usage!("--mongo-wait must be longer than 0s");
     }
     if args.key_timeout.is_zero() {
         bail_usage!("--key-timeout must be longer than 0s");
@@ -180,7 +180,7 @@ fn setup_mongo(ctx: &Context, args: MongoArgs) -> Result<()> {
         bind_ip,
         login: AdminLogin { user, password },
         save_password: from == PasswordFrom::Generated,
-        wait: args.wait,
+        wait: args.mongo_wait,
         key_timeout: args.key_timeout,
     };
 
