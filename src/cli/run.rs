@@ -481,7 +481,9 @@ pub async fn reporter_loop(
                             "lost the connection to"
                         }
                     );
-                    down_since = Instant::now();
+                    // From the start of the first failed heartbeat, not
+                    // from when its deadline ran out.
+                    down_since = Instant::now() - started.elapsed();
                 } else {
                     tracing::debug!("MongoDB still unavailable: {e}");
                 }

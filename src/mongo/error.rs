@@ -43,6 +43,15 @@ const TRANSIENT_CODES: &[i32] = &[
     6, 7, 89, 91, 189, 9001, 10107, 11600, 11602, 13435, 13436, 262,
 ];
 
+/// `code 59 CommandNotFound`, or `code 59` when the server sends no name.
+fn code_label(code: i32, name: &str) -> String {
+    if name.is_empty() {
+        format!("code {code}")
+    } else {
+        format!("code {code} {name}")
+    }
+}
+
 impl RegistryError {
     pub fn new(failure: Failure, message: impl Into<String>) -> Self {
         RegistryError {
@@ -70,12 +79,12 @@ impl RegistryError {
             ErrorKind::Command(c) if c.code == 18 || c.code == 13 => (
                 Failure::Auth,
                 Some(c.code),
-                format!("{} ({})", c.message, c.code_name),
+                format!("{} ({})", c.message, code_label(c.code, &c.code_name)),
             ),
             ErrorKind::Command(c) => (
                 Failure::Server,
                 Some(c.code),
-                format!("{} (code {} {})", c.message, c.code, c.code_name),
+                format!("{} ({})", c.message, code_label(c.code, &c.code_name)),
             ),
             ErrorKind::Write(WriteFailure::WriteError(w)) => (
                 Failure::Server,
@@ -200,6 +209,12 @@ fn one_line(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_code_without_a_name_has_no_stray_space() {
+        assert_eq!(code_label(59, ""), "code 59");
+        assert_eq!(code_label(59, "CommandNotFound"), "code 59 CommandNotFound");
+    }
 
     #[test]
     fn texts_are_classified() {
