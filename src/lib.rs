@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod host;
+pub mod human;
 pub mod logging;
 pub mod mongo;
 pub mod mongod;

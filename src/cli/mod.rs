@@ -164,7 +164,7 @@ pub struct MongoAuthArgs {
     pub mongo_password_file: Option<PathBuf>,
 }
 
-pub const PASSWORD_ENV: &str = "AMS_AGENT_MONGO_PASSWORD";
+pub use crate::config::PASSWORD_ENV;
 
 impl MongoAuthArgs {
     pub fn credentials(&self) -> Result<Credentials> {
@@ -246,25 +246,11 @@ pub fn read_password_file(file: &Path, flag: &str) -> Result<String> {
         Ok(b) => b,
         Err(e) => bail_usage!("{flag} {}: {e}", file.display()),
     };
-    let Ok(mut text) = String::from_utf8(bytes) else {
-        bail_usage!("{flag} {}: the password is not UTF-8 text", file.display());
-    };
-    if text.ends_with('\n') {
-        text.pop();
-        if text.ends_with('\r') {
-            text.pop();
-        }
+    match crate::config::password_from_bytes(bytes) {
+        Ok(Some(text)) => Ok(text),
+        Ok(None) => bail_usage!("{flag} {}: the file is empty", file.display()),
+        Err(why) => bail_usage!("{flag} {}: {why}", file.display()),
     }
-    if text.is_empty() {
-        bail_usage!("{flag} {}: the file is empty", file.display());
-    }
-    if text.contains('\0') {
-        bail_usage!(
-            "{flag} {}: the password contains a NUL character",
-            file.display()
-        );
-    }
-    Ok(text)
 }
 
 /// Parses `--ip`: a unicast IPv4 another node can reach (not 0.0.0.0,

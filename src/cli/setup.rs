@@ -339,10 +339,8 @@ fn saved_password(host: &crate::host::Host) -> Result<Option<String>> {
     let Some(bytes) = host.read_optional(Path::new(ADMIN_PASSWORD_FILE))? else {
         return Ok(None);
     };
-    let text = String::from_utf8(bytes)
-        .with_context(|| format!("reading {ADMIN_PASSWORD_FILE}: not UTF-8"))?;
-    let text = text.strip_suffix('\n').unwrap_or(&text).to_string();
-    Ok(Some(text).filter(|t| !t.is_empty()))
+    crate::config::password_from_bytes(bytes)
+        .map_err(|why| anyhow::anyhow!("reading {ADMIN_PASSWORD_FILE}: {why}"))
 }
 
 fn ask_bind_ips(detected: Option<Ipv4Addr>) -> Result<Vec<String>> {

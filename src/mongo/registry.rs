@@ -16,7 +16,7 @@ use mongodb::{Client, Collection, Database, IndexModel};
 
 use super::error::{Failure, RegistryError};
 use super::url;
-use crate::config::Role;
+use crate::node::Role;
 use crate::node::health::{AmsState, Health};
 use crate::node::identity::NodeIdentity;
 
@@ -248,7 +248,7 @@ impl Registry {
                     Failure::Timeout,
                     format!(
                         "resolving the hosts of {shown} took longer than {}",
-                        crate::config::show_duration(deadlines.connect)
+                        crate::human::show_duration(deadlines.connect)
                     ),
                 ));
             }
@@ -298,7 +298,7 @@ impl Registry {
                 format!(
                     "{what}: MongoDB at {} did not answer within {}",
                     self.shown,
-                    crate::config::show_duration(limit)
+                    crate::human::show_duration(limit)
                 ),
             )),
         }
@@ -349,7 +349,7 @@ impl Registry {
                     "changing the TTL of {}.{} to {}",
                     self.db.name(),
                     self.coll.name(),
-                    crate::config::show_duration(ttl)
+                    crate::human::show_duration(ttl)
                 );
                 self.bounded(
                     "changing the TTL index",

@@ -91,7 +91,7 @@ async fn metadata(endpoint: &str) -> Option<InstanceMetadata> {
             Err(e) => {
                 tracing::info!(
                     "no EC2 instance id from the metadata service at {endpoint} ({e:#}) after {}; using the host name and /etc/machine-id",
-                    crate::config::show_duration(start.elapsed())
+                    crate::human::show_duration(start.elapsed())
                 );
                 None
             }

@@ -4,3 +4,6 @@
 pub mod health;
 pub mod identity;
 pub mod imds;
+pub mod role;
+
+pub use role::Role;

@@ -6,12 +6,24 @@
 //! Both are written by `join`; `run`, `status` and `leave` read them. The
 //! order of precedence at run time is: `agent.toml`, then the credentials
 //! file, then the environment, then flags.
+//!
+//! This module is `agent.toml`; [`secrets`] is the password file and how
+//! passwords are read, [`records`] the state the agent keeps under
+//! `/var/lib/ams-agent` (the join record, the last error).
+
+pub mod records;
+pub mod secrets;
+
+pub use crate::human::show_duration;
+pub use crate::node::Role;
+pub use records::*;
+pub use secrets::*;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::ams::layout::DEFAULT_AMS_HOME;
@@ -21,9 +33,6 @@ use crate::host::Host;
 
 pub const CONFIG_DIR: &str = "/etc/ams-agent";
 pub const CONFIG_FILE: &str = "/etc/ams-agent/agent.toml";
-pub const PASSWORD_FILE: &str = "/etc/ams-agent/mongo-password";
-/// Name of the credential in `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`).
-pub const CREDENTIAL_NAME: &str = "mongo-password";
 
 pub const DEFAULT_DATABASE: &str = "ams_agent";
 pub const DEFAULT_COLLECTION: &str = "nodes";
@@ -35,22 +44,6 @@ pub const MIN_TTL: Duration = Duration::from_secs(60);
 pub const MAX_TTL: Duration = Duration::from_secs(i32::MAX as u64);
 pub const DEFAULT_CPU_SAMPLES: u32 = 5;
 pub const DEFAULT_CPU_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Origin,
-    Edge,
-}
-
-impl Role {
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Origin => "origin",
-            Role::Edge => "edge",
-        }
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -320,98 +313,11 @@ pub fn validate_ttl(d: Duration, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// A duration as printed in messages: whole milliseconds below a second,
-/// whole seconds above (never `6s 999ms 991us 564ns`).
-pub fn show_duration(d: Duration) -> String {
-    let rounded = if d < Duration::from_secs(1) {
-        Duration::from_millis(((d.as_micros() + 500) / 1000) as u64)
-    } else {
-        Duration::from_secs(((d.as_millis() + 500) / 1000) as u64)
-    };
-    humantime::format_duration(rounded).to_string()
-}
-
 pub fn validate_interval(d: Duration, what: &str) -> Result<()> {
     if d < Duration::from_millis(500) || d > Duration::from_secs(3600) {
         anyhow::bail!("{what} {} is out of range (500ms to 1h)", show_duration(d));
     }
     Ok(())
-}
-
-/// The password file's content for `password`: the password and one
-/// newline, or nothing at all.
-pub fn password_file_content(password: Option<&str>) -> Vec<u8> {
-    match password {
-        Some(p) if !p.is_empty() => format!("{p}\n").into_bytes(),
-        _ => Vec::new(),
-    }
-}
-
-/// Where the password comes from at run time: `$CREDENTIALS_DIRECTORY/mongo-password`
-/// when systemd passed credentials, else `/etc/ams-agent/mongo-password`
-/// under the root; `AMS_AGENT_MONGO_PASSWORD` overrides both. A missing or
-/// empty file means "no password". Exactly one trailing newline is dropped.
-pub fn runtime_password(host: &Host) -> Result<Option<String>> {
-    if let Some(p) = std::env::var(crate::cli::PASSWORD_ENV)
-        .ok()
-        .filter(|p| !p.is_empty())
-    {
-        return Ok(Some(p));
-    }
-    let (real, shown) = match std::env::var_os("CREDENTIALS_DIRECTORY") {
-        Some(dir) => {
-            let p = Path::new(&dir).join(CREDENTIAL_NAME);
-            (p.clone(), p)
-        }
-        None => (
-            host.path(Path::new(PASSWORD_FILE)),
-            PathBuf::from(PASSWORD_FILE),
-        ),
-    };
-    if let Ok(m) = std::fs::metadata(&real) {
-        use std::os::unix::fs::MetadataExt as _;
-        if m.mode() & 0o077 != 0 {
-            tracing::warn!(
-                "{} is readable by other users (mode {:o}); run `chmod 600` on it, or run `ams-agent join` again",
-                shown.display(),
-                m.mode() & 0o7777
-            );
-        }
-    }
-    let bytes = match std::fs::read(&real) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(e).with_context(|| {
-                format!(
-                    "reading the MongoDB password from {} (run as root, or set {})",
-                    shown.display(),
-                    crate::cli::PASSWORD_ENV
-                )
-            });
-        }
-    };
-    let mut text = String::from_utf8(bytes).with_context(|| {
-        format!(
-            "reading {}: the password is not UTF-8 text",
-            shown.display()
-        )
-    })?;
-    // Read the way `--mongo-password-file` is: one trailing newline (LF or
-    // CRLF) dropped, NUL refused.
-    if text.ends_with('\n') {
-        text.pop();
-        if text.ends_with('\r') {
-            text.pop();
-        }
-    }
-    if text.contains('\0') {
-        anyhow::bail!(
-            "reading {}: the password contains a NUL character",
-            shown.display()
-        );
-    }
-    Ok((!text.is_empty()).then_some(text))
 }
 
 /// Masks the password of every URI-like word of a message.
@@ -427,71 +333,6 @@ fn mask_uris(message: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// Where `join` records that this instance joined (per instance: a new
-/// instance booted from the same image has another id and joins afresh).
-pub const JOIN_RECORD: &str = "/var/lib/ams-agent/joined.json";
-/// The last failure of `join`/`leave`, kept locally (no secret in it).
-pub const LAST_ERROR: &str = "/var/lib/ams-agent/last-error.json";
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JoinRecord {
-    pub node_id: String,
-    /// The registry URI, without password.
-    pub mongo: String,
-    pub database: String,
-    pub collection: String,
-    pub role: Role,
-    /// Seconds since the Unix epoch.
-    pub joined_at: u64,
-}
-
-impl JoinRecord {
-    pub fn load(host: &Host) -> Option<JoinRecord> {
-        let bytes = host.read_optional(Path::new(JOIN_RECORD)).ok()??;
-        serde_json::from_slice(&bytes).ok()
-    }
-
-    pub fn to_json(&self) -> Vec<u8> {
-        let mut v = serde_json::to_vec_pretty(self).expect("the record serialises");
-        v.push(b'\n');
-        v
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LastErrorRecord {
-    pub command: String,
-    pub step: String,
-    pub message: String,
-    pub node_id: Option<String>,
-    /// Seconds since the Unix epoch.
-    pub at: u64,
-}
-
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// Writes `last-error.json` (best effort: a failure to record a failure is
-/// only logged).
-pub fn record_last_error(host: &Host, rec: &LastErrorRecord) {
-    let write = || -> Result<()> {
-        host.create_dir_all(Path::new(crate::host::fs::STATE_DIR), 0o700)?;
-        let mut v = serde_json::to_vec_pretty(rec)?;
-        v.push(b'\n');
-        host.write_atomic(
-            Path::new(LAST_ERROR),
-            &v,
-            crate::host::fs::private_meta(0o644),
-        )
-    };
-    if let Err(e) = write() {
-        tracing::warn!("could not record the error in {LAST_ERROR}: {e:#}");
-    }
 }
 
 #[cfg(test)]
