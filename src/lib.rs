@@ -18,3 +18,4 @@ pub mod mongo;
 pub mod mongod;
 pub mod node;
 pub mod plan;
+pub mod reporter;

@@ -17,7 +17,7 @@ use anyhow::{Context as _, Result};
 use clap::Args;
 
 use super::mode::{print_or_apply, switch_mode};
-use super::run::{Gatherer, ReporterSettings, jitter, runtime};
+use super::run::runtime;
 use super::{Context, MongoAuthArgs, parse_duration};
 use crate::ams::AmsLayout;
 use crate::ams::layout::{DEFAULT_AMS_HOME, DEFAULT_HTTP_URL};
@@ -38,6 +38,7 @@ use crate::node::health::CpuSampler;
 use crate::node::identity::{self, NodeIdentity};
 use crate::node::imds;
 use crate::plan::{FileChange, Plan, Step};
+use crate::reporter::{Gatherer, ReporterSettings, jitter};
 
 pub const AGENT_UNIT: &str = "ams-agent.service";
 

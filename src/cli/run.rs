@@ -1,29 +1,23 @@
-//! `ams-agent run`: the reporter daemon (`ams-agent.service`). Heartbeats
-//! the node's health and AMS state to MongoDB every interval, survives
-//! MongoDB outages (backs off, one log line when the link is lost and one
-//! when it is back), and marks the node `left` on SIGTERM/SIGINT.
+//! `ams-agent run`: the reporter daemon (`ams-agent.service`; the loop
+//! itself is [`crate::reporter`]), and where every registry command finds
+//! the registry ([`RegistryArgs`]).
 
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use clap::Args;
-use tokio::signal::unix::{SignalKind, signal};
 
 use super::{Context, MongoAuthArgs, parse_duration};
 use crate::ams::AmsLayout;
-use crate::ams::layout::{DEFAULT_HTTP_URL, SERVICE};
+use crate::ams::layout::DEFAULT_HTTP_URL;
 use crate::bail_usage;
-use crate::config::{
-    self, AgentConfig, CONFIG_FILE, DEFAULT_COLLECTION, DEFAULT_DATABASE, ReporterSection, Role,
-};
-use crate::host::{CommandRunner, Host};
-use crate::mongo::registry::{Deadlines, NodeReport, NodeState, Registry, Target};
+use crate::config::{self, AgentConfig, CONFIG_FILE, DEFAULT_COLLECTION, DEFAULT_DATABASE, Role};
+use crate::host::Host;
+use crate::mongo::registry::Target;
 use crate::mongo::url::{self, DbKind};
-use crate::node::health::{self, AmsState, CpuSampler};
-use crate::node::identity::{self, NodeIdentity};
 use crate::node::imds;
+use crate::reporter::{ReporterSettings, reporter_loop};
 
 /// Where the registry is: `agent.toml`, overridden by flags and environment.
 #[derive(Debug, Clone, Args)]
@@ -181,26 +175,6 @@ pub struct RunArgs {
     pub imds_endpoint: String,
 }
 
-/// Everything the reporter needs, resolved and validated.
-#[derive(Debug, Clone)]
-pub struct ReporterSettings {
-    pub target: Target,
-    pub role: Role,
-    pub reporter: ReporterSection,
-    pub layout: AmsLayout,
-    pub fallback_mode: Option<String>,
-    pub fallback_group: Option<String>,
-    pub ams_url: String,
-    pub imds_endpoint: String,
-    /// Lifetime of a silent node's document (TTL index on `lastSeen`).
-    pub ttl: Duration,
-    /// The node id `join` stored (`[node] id`), kept whatever the metadata
-    /// service says.
-    pub node_id: Option<String>,
-    /// `join --ip` (`[node] private_ip`): wins over the metadata's address.
-    pub private_ip: Option<Ipv4Addr>,
-}
-
 pub fn run(ctx: &Context, args: RunArgs) -> Result<()> {
     let Resolved { target, config } = args.registry.resolve(&ctx.host)?;
     let Some(role) = args.role.or(config.as_ref().map(|c| c.node.role)) else {
@@ -248,282 +222,4 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<()> {
     }
     let rt = runtime()?;
     rt.block_on(reporter_loop(&ctx.host, ctx.runner.as_ref(), &settings))
-}
-
-/// Deadlines for the reporter: an attempt never outlives about two
-/// intervals, so a stalled server cannot freeze the loop.
-pub fn reporter_deadlines(interval: Duration) -> Deadlines {
-    let select = interval.clamp(Duration::from_secs(1), Duration::from_secs(10));
-    Deadlines {
-        connect: Duration::from_secs(3).min(select * 3),
-        select,
-        op: (interval * 2).clamp(Duration::from_secs(2), Duration::from_secs(30)),
-    }
-}
-
-/// Gathers what a heartbeat reports; AMS's files and `systemctl` are read
-/// only now and then (they rarely change, and spawning costs CPU).
-pub struct Gatherer<'a> {
-    host: &'a Host,
-    runner: &'a dyn CommandRunner,
-    settings: &'a ReporterSettings,
-    cpu: CpuSampler,
-    memory: sysinfo::System,
-    ams_config: Option<(Instant, Option<AmsConfig>)>,
-    service: Option<(Instant, String)>,
-}
-
-/// AMS's mode and node group, as read from its files.
-type AmsConfig = (String, Option<String>);
-
-const SLOW_REFRESH: Duration = Duration::from_secs(60);
-const SERVICE_REFRESH: Duration = Duration::from_secs(30);
-
-impl<'a> Gatherer<'a> {
-    pub fn new(
-        host: &'a Host,
-        runner: &'a dyn CommandRunner,
-        settings: &'a ReporterSettings,
-        cpu: CpuSampler,
-    ) -> Self {
-        Gatherer {
-            host,
-            runner,
-            settings,
-            cpu,
-            memory: sysinfo::System::new(),
-            ams_config: None,
-            service: None,
-        }
-    }
-
-    /// Forgets what was read of AMS (after `join` switched its mode).
-    pub fn refresh(&mut self) {
-        self.ams_config = None;
-        self.service = None;
-    }
-
-    pub async fn report(
-        &mut self,
-        identity: &NodeIdentity,
-        state: Option<NodeState>,
-    ) -> NodeReport {
-        let http_status = health::probe_http(&self.settings.ams_url, Duration::from_secs(1)).await;
-        // A unit that answers HTTP is active; only ask systemd when it does not.
-        let service = if http_status.is_some() {
-            self.service = None;
-            "active".to_string()
-        } else {
-            match &self.service {
-                Some((at, s)) if at.elapsed() < SERVICE_REFRESH => s.clone(),
-                _ => {
-                    let s = health::service_state(self.runner, SERVICE);
-                    self.service = Some((Instant::now(), s.clone()));
-                    s
-                }
-            }
-        };
-        let conf = match &self.ams_config {
-            Some((at, c)) if at.elapsed() < SLOW_REFRESH => c.clone(),
-            _ => {
-                let c = health::ams_config(self.host, &self.settings.layout);
-                self.ams_config = Some((Instant::now(), c.clone()));
-                c
-            }
-        };
-        let (mode, node_group) = match conf {
-            Some((m, g)) => (Some(m), g),
-            None => (
-                self.settings.fallback_mode.clone(),
-                self.settings.fallback_group.clone(),
-            ),
-        };
-        let ams = AmsState {
-            service,
-            http_status,
-            mode,
-            node_group,
-        };
-        let health = health::snapshot(
-            &self.cpu,
-            &mut self.memory,
-            &self.host.path(&self.settings.layout.home),
-        );
-        let state = state.unwrap_or(if ams.answers() {
-            NodeState::Ready
-        } else {
-            NodeState::Degraded
-        });
-        NodeReport {
-            identity: identity.clone(),
-            role: self.settings.role,
-            state,
-            ams,
-            health,
-            interval: self.settings.reporter.interval,
-        }
-    }
-}
-
-/// A small, dependency-free jitter source (time and pid mixed).
-pub fn jitter(max: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos() as u64);
-    let mut x = nanos ^ ((std::process::id() as u64) << 32) ^ 0x9e37_79b9_7f4a_7c15;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    let ms = max.as_millis().max(1) as u64;
-    Duration::from_millis(x % ms)
-}
-
-/// The reporter loop, until SIGTERM/SIGINT.
-pub async fn reporter_loop(
-    host: &Host,
-    runner: &dyn CommandRunner,
-    s: &ReporterSettings,
-) -> Result<()> {
-    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
-    let interval = s.reporter.interval;
-    let deadlines = reporter_deadlines(interval);
-    let shown = s.target.shown();
-
-    let identity = tokio::select! {
-        id = identity::resolve_stored(host, &s.imds_endpoint, s.node_id.as_deref()) => {
-            let mut id = id.context("identifying this node")?;
-            // `join --ip`, else the metadata's address, else the default route's.
-            id.private_ip = s.private_ip.or(id.private_ip);
-            id
-        }
-        _ = term.recv() => return Ok(()),
-        _ = int.recv() => return Ok(()),
-    };
-    let cpu = CpuSampler::start(s.reporter.cpu_samples, s.reporter.cpu_sample_interval);
-    let mut gather = Gatherer::new(host, runner, s, cpu);
-    tracing::info!(
-        "reporting node {} ({}) to {} {}.{} every {}",
-        identity.id,
-        s.role.name(),
-        shown,
-        s.target.database,
-        s.target.collection,
-        config::show_duration(interval)
-    );
-
-    let mut registry: Option<Registry> = None;
-    let mut indexes_done = false;
-    // None: not yet connected; Some(true): up; Some(false): down since `down_since`.
-    let mut link: Option<bool> = None;
-    let mut down_since = Instant::now();
-    let mut backoff = Duration::ZERO;
-    let mut next = tokio::time::Instant::now();
-    let ttl = s.ttl;
-
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(next) => {}
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        }
-        let started = tokio::time::Instant::now();
-        let report = gather.report(&identity, None).await;
-        let attempt = async {
-            if registry.is_none() {
-                registry = Some(Registry::open(&s.target, deadlines).await?);
-            }
-            let reg = registry.as_ref().expect("opened above");
-            reg.heartbeat(&report, false).await?;
-            if !indexes_done {
-                match reg.ensure_indexes(ttl).await {
-                    Ok(()) => indexes_done = true,
-                    Err(e) if !e.transient() => {
-                        // Not worth a retry every tick (e.g. no privilege).
-                        tracing::warn!("{e}");
-                        indexes_done = true;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok::<(), crate::mongo::error::RegistryError>(())
-        };
-        let result = tokio::select! {
-            r = attempt => r,
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        };
-        match result {
-            Ok(()) => {
-                match link {
-                    Some(false) => tracing::info!(
-                        "MongoDB at {shown} is back after {}; heartbeats resumed",
-                        config::show_duration(down_since.elapsed())
-                    ),
-                    None => tracing::info!(
-                        "connected to MongoDB at {shown}; node {} is {}",
-                        identity.id,
-                        report.state.name()
-                    ),
-                    Some(true) => {}
-                }
-                link = Some(true);
-                backoff = Duration::ZERO;
-                next = started + interval;
-            }
-            Err(e) => {
-                if link != Some(false) {
-                    tracing::warn!(
-                        "{} MongoDB: {e}; retrying with backoff (quiet until it is back)",
-                        if link.is_none() {
-                            "no connection yet to"
-                        } else {
-                            "lost the connection to"
-                        }
-                    );
-                    // From the start of the first failed heartbeat, not
-                    // from when its deadline ran out.
-                    down_since = Instant::now() - started.elapsed();
-                } else {
-                    tracing::debug!("MongoDB still unavailable: {e}");
-                }
-                link = Some(false);
-                if e.failure == crate::mongo::error::Failure::Config {
-                    registry = None;
-                }
-                // Exponential, capped at half an interval, so the state is
-                // back in MongoDB within about one interval of its return.
-                let cap = (interval / 2).max(Duration::from_millis(250));
-                backoff = if backoff.is_zero() {
-                    Duration::from_millis(250)
-                } else {
-                    backoff * 2
-                }
-                .min(cap);
-                next = tokio::time::Instant::now() + backoff / 2 + jitter(backoff / 2);
-            }
-        }
-    }
-
-    // SIGTERM/SIGINT: mark the node left, bounded by a short deadline.
-    tracing::info!("stopping: marking node {} as left", identity.id);
-    let limit = Duration::from_secs(3);
-    let leave = async {
-        let reg = match registry {
-            Some(r) => r,
-            None => Registry::open(&s.target, reporter_deadlines(interval)).await?,
-        };
-        let r = reg.set_state(&identity.id, NodeState::Left, limit).await;
-        reg.close().await;
-        r
-    };
-    match tokio::time::timeout(limit + Duration::from_secs(1), leave).await {
-        Ok(Ok(())) => tracing::info!("node {} is marked left", identity.id),
-        Ok(Err(e)) => tracing::warn!("could not mark the node left: {e}"),
-        Err(_) => tracing::warn!(
-            "could not mark the node left: MongoDB at {shown} did not answer within {}",
-            config::show_duration(limit)
-        ),
-    }
-    Ok(())
 }
