@@ -105,3 +105,29 @@ fn an_ip_no_other_node_can_reach_is_refused() {
         refused(&t, &["join", "--mongo", "10.0.1.5", "--ip", ip], "--ip");
     }
 }
+
+/// `--ams-url` / `AMS_AGENT_AMS_URL` is checked once, by every command that
+/// takes it, `run` included: exit 2, nothing started.
+#[test]
+fn a_bad_ams_url_is_refused_by_every_command() {
+    let t = Tree::new();
+    for args in [
+        vec!["mode", "cluster", "10.0.1.5", "--skip-db-check"],
+        vec!["join", "--mongo", "10.0.1.5"],
+        vec!["run", "--mongo", "10.0.1.5", "--role", "edge"],
+        vec!["cert", "deploy", "--lineage", "/nowhere"],
+    ] {
+        let out = t
+            .command(&args)
+            .env("AMS_AGENT_AMS_URL", "ftp://127.0.0.1:5080/")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(
+            error_line(&out).contains("http://"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        assert!(t.systemctl_calls().is_empty(), "{args:?} ran systemctl");
+    }
+}

@@ -99,7 +99,7 @@ pub struct InstallArgs {
     pub ams_wait: Duration,
 
     /// URL that answers once AMS is up
-    #[arg(long, hide = true, env = "AMS_AGENT_AMS_URL", default_value = DEFAULT_HTTP_URL)]
+    #[arg(long, hide = true, env = "AMS_AGENT_AMS_URL", default_value = DEFAULT_HTTP_URL, value_parser = super::parse_ams_url)]
     pub ams_url: String,
 }
 
@@ -204,9 +204,6 @@ impl InstallArgs {
         if self.ams_wait.is_zero() {
             bail_usage!("--ams-wait must be longer than 0s");
         }
-        crate::host::http::HttpUrl::parse(&self.ams_url).map_err(|e| {
-            crate::error::UsageError::new(format!("--ams-url / AMS_AGENT_AMS_URL: {e:#}"))
-        })?;
         for (flag, p) in [
             ("--ams-home", &self.ams_home),
             ("--haproxy-certs", &self.haproxy_certs),

@@ -103,7 +103,7 @@ pub struct JoinArgs {
     pub ttl: Duration,
 
     /// URL that answers once AMS is up
-    #[arg(long, hide = true, env = "AMS_AGENT_AMS_URL", default_value = DEFAULT_HTTP_URL)]
+    #[arg(long, hide = true, env = "AMS_AGENT_AMS_URL", default_value = DEFAULT_HTTP_URL, value_parser = super::parse_ams_url)]
     pub ams_url: String,
 
     /// Instance-metadata endpoint
@@ -170,8 +170,6 @@ fn validate(ctx: &Context, args: &JoinArgs) -> Result<Request> {
     if args.ams_wait.is_zero() {
         bail_usage!("--ams-wait must be longer than 0s (e.g. 3m)");
     }
-    crate::host::http::HttpUrl::parse(&args.ams_url)
-        .map_err(|e| crate::error::UsageError::new(format!("--ams-url: {e:#}")))?;
     let layout = AmsLayout::new(&args.ams_home);
     layout.check(&ctx.host)?;
     let db = args

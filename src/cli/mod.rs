@@ -275,6 +275,14 @@ pub fn parse_node_ip(s: &str) -> std::result::Result<std::net::Ipv4Addr, String>
     ))
 }
 
+/// Parses `--ams-url` / `AMS_AGENT_AMS_URL` once, in every command that
+/// takes it (the flag and the variable alike): an `http://host[:port]/path`.
+pub fn parse_ams_url(s: &str) -> std::result::Result<String, String> {
+    crate::host::http::HttpUrl::parse(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("{e:#} (expected http://host[:port]/path)"))
+}
+
 /// Parses durations like `90s`, `10m`, `1h30m`.
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 90s, 10m, 1h)"))

@@ -12,7 +12,6 @@ use super::{Context, MongoAuthArgs, parse_duration, parse_node_ip};
 use crate::ams::AmsLayout;
 use crate::ams::layout::{DEFAULT_AMS_HOME, DEFAULT_HTTP_URL};
 use crate::ams::mode::{self, Mode, ModeSwitch};
-use crate::host::http::HttpUrl;
 use crate::mongo::error::RegistryError;
 use crate::mongo::registry::{Deadlines, Registry, Target};
 use crate::mongo::url::{self, DbKind, DbUrl};
@@ -88,7 +87,7 @@ pub struct SwitchOpts {
     pub ams_wait: Duration,
 
     /// URL that answers once AMS is up
-    #[arg(long, hide = true, env = "AMS_AGENT_AMS_URL", default_value = DEFAULT_HTTP_URL)]
+    #[arg(long, hide = true, env = "AMS_AGENT_AMS_URL", default_value = DEFAULT_HTTP_URL, value_parser = super::parse_ams_url)]
     pub ams_url: String,
 }
 
@@ -139,9 +138,6 @@ pub fn run(ctx: &Context, args: ModeArgs) -> Result<()> {
     if opts.mongo_wait.is_zero() {
         crate::bail_usage!("--mongo-wait must be longer than 0s");
     }
-    HttpUrl::parse(&opts.ams_url).map_err(|e| {
-        crate::error::UsageError::new(format!("--ams-url / AMS_AGENT_AMS_URL: {e:#}"))
-    })?;
     // Bad input (a wrong --ams-home) is reported before the host lock is
     // even created.
     AmsLayout::new(&opts.ams_home).check(&ctx.host)?;

@@ -167,7 +167,7 @@ pub struct RunArgs {
     pub role: Option<Role>,
 
     /// URL that answers while AMS is up
-    #[arg(long, hide = true, env = "AMS_AGENT_AMS_URL", default_value = DEFAULT_HTTP_URL)]
+    #[arg(long, hide = true, env = "AMS_AGENT_AMS_URL", default_value = DEFAULT_HTTP_URL, value_parser = super::parse_ams_url)]
     pub ams_url: String,
 
     /// Instance-metadata endpoint
