@@ -19,3 +19,4 @@ pub mod mongod;
 pub mod node;
 pub mod plan;
 pub mod reporter;
+pub mod secret;

@@ -371,7 +371,7 @@ fn render_file_change(out: &mut String, c: &FileChange) {
             .to_string();
         for line in text.lines() {
             // Any URI password, old or new, whatever its escaping.
-            let line = crate::mongo::url::redact_loose(line);
+            let line = crate::secret::redact_loose(line);
             let _ = writeln!(out, "   {}", mask_secret_assignment(&line));
         }
     }

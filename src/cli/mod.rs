@@ -280,7 +280,9 @@ pub fn parse_node_ip(s: &str) -> std::result::Result<std::net::Ipv4Addr, String>
 pub fn parse_ams_url(s: &str) -> std::result::Result<String, String> {
     crate::host::http::HttpUrl::parse(s)
         .map(|_| s.to_string())
-        .map_err(|e| format!("{e:#}; --ams-url or AMS_AGENT_AMS_URL must be http://host[:port]/path"))
+        .map_err(|e| {
+            format!("{e:#}; --ams-url or AMS_AGENT_AMS_URL must be http://host[:port]/path")
+        })
 }
 
 /// Parses durations like `90s`, `10m`, `1h30m`.

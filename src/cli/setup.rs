@@ -178,7 +178,10 @@ fn setup_mongo(ctx: &Context, args: MongoArgs) -> Result<()> {
         distro,
         source,
         bind_ip,
-        login: AdminLogin { user, password },
+        login: AdminLogin {
+            user,
+            password: crate::secret::Secret::new(password),
+        },
         save_password: from == PasswordFrom::Generated,
         wait: args.mongo_wait,
         key_timeout: args.key_timeout,
@@ -279,7 +282,7 @@ fn print_result(
         if std::io::stderr().is_terminal() {
             eprintln!(
                 "The generated admin password (shown once; kept 0600 in {ADMIN_PASSWORD_FILE}): {}",
-                req.login.password
+                req.login.password.expose()
             );
         } else {
             tracing::info!("the generated admin password is kept 0600 in {ADMIN_PASSWORD_FILE}");

@@ -200,7 +200,7 @@ impl AgentConfig {
 
     pub fn validate(&self) -> Result<()> {
         let uri = &self.mongo.uri;
-        let shown = crate::mongo::url::redact_loose(uri);
+        let shown = crate::secret::redact_loose(uri);
         // Loosely, like redact_loose: a ':' before the last '@' (a password
         // with an unescaped '/' or '?' included).
         let userinfo = uri
@@ -326,7 +326,7 @@ fn mask_uris(message: &str) -> String {
         .split(' ')
         .map(|word| {
             if word.contains('@') {
-                crate::mongo::url::redact_loose(word)
+                crate::secret::redact_loose(word)
             } else {
                 word.to_string()
             }

@@ -47,7 +47,7 @@ impl std::fmt::Debug for Target {
 impl Target {
     /// The URI as printed: the password (kept apart) shows as `****`.
     pub fn shown(&self) -> String {
-        let plain = super::url::redact(&self.uri);
+        let plain = crate::secret::redact(&self.uri);
         if self.password.is_none() {
             return plain;
         }

@@ -141,52 +141,7 @@ pub fn mechanism_without_password(url: &str) -> bool {
     })
 }
 
-/// Masks the password of any `scheme://user:password@host…` URL.
-pub fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_string();
-    };
-    match rest[..at].find(':') {
-        Some(colon) => format!(
-            "{}{}:****{}",
-            &url[..scheme_end + 3],
-            &rest[..colon],
-            &rest[at..]
-        ),
-        None => url.to_string(),
-    }
-}
-
-/// For input that is not (yet) known to be well formed: everything between
-/// the first `:` after `://` and the last `@` is masked (all of it when there
-/// is no `:`), so a password with an unescaped `/`, `?` or `@` is never
-/// echoed.
-pub fn redact_loose(url: &str) -> String {
-    let Some(start) = url.find("://").map(|i| i + 3) else {
-        // `user:password@host` without a scheme: same rule, but a bare
-        // `user@host` holds no password and stays readable.
-        return match url.rfind('@') {
-            Some(at) => match url[..at].find(':') {
-                Some(colon) => format!("{}:****{}", &url[..colon], &url[at..]),
-                None => url.to_string(),
-            },
-            None => url.to_string(),
-        };
-    };
-    let Some(at) = url[start..].rfind('@').map(|at| start + at) else {
-        return url.to_string();
-    };
-    // The user (before the first ':') stays readable; the rest is masked.
-    match url[start..at].find(':') {
-        Some(colon) => format!("{}:****{}", &url[..start + colon], &url[at..]),
-        None => format!("{}****{}", &url[..start], &url[at..]),
-    }
-}
+pub use crate::secret::{redact, redact_loose};
 
 const FORMS: &str = "expected an IPv4 or [IPv6] address, a host name, host:port, a comma-separated host list, a mongodb:// or mongodb+srv:// URI, a redis:// or rediss:// URI, or the path of an existing Redis YAML file";
 

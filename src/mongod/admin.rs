@@ -11,25 +11,17 @@ use mongodb::bson::{Document, doc};
 use mongodb::options::{AuthMechanism, ClientOptions, Credential, ServerAddress};
 
 use crate::mongo::error::{Failure, RegistryError};
+use crate::secret::Secret;
 
 /// Codes mongod answers for "not allowed" and "user already exists".
 const UNAUTHORIZED: i32 = 13;
 const USER_EXISTS: i32 = 51003;
 
 /// The admin account `setup mongo` creates and logs in as.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct AdminLogin {
     pub user: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for AdminLogin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminLogin")
-            .field("user", &self.user)
-            .field("password", &"****")
-            .finish()
-    }
+    pub password: Secret,
 }
 
 /// mongod on this host, reached over loopback (where the localhost
@@ -77,7 +69,7 @@ impl LocalMongod {
         opts.credential = login.map(|l| {
             Credential::builder()
                 .username(l.user.clone())
-                .password(l.password.clone())
+                .password(l.password.expose().to_string())
                 .source("admin".to_string())
                 .mechanism(AuthMechanism::ScramSha256)
                 .build()
@@ -204,7 +196,7 @@ impl LocalMongod {
         }
         let create = doc! {
             "createUser": &login.user,
-            "pwd": &login.password,
+            "pwd": login.password.expose(),
             "roles": [{"role": "root", "db": "admin"}],
             "mechanisms": ["SCRAM-SHA-256"],
         };

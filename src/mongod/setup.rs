@@ -159,16 +159,17 @@ pub fn plan_configure(
     installed: bool,
 ) -> Result<Plan> {
     let mut plan = Plan::new(format!("configure mongod {}", req.series()));
-    plan.secrets.push(req.login.password.clone());
-    plan.secrets
-        .extend(crate::mongo::url::password_forms(&req.login.password));
+    plan.secrets.push(req.login.password.expose().to_string());
+    plan.secrets.extend(crate::mongo::url::password_forms(
+        req.login.password.expose(),
+    ));
     if req.save_password {
         plan.files(
             "save the generated admin password",
             vec![FileChange::write(
                 host,
                 Path::new(ADMIN_PASSWORD_FILE),
-                format!("{}\n", req.login.password).into_bytes(),
+                format!("{}\n", req.login.password.expose()).into_bytes(),
                 0o600,
             )?],
         );

@@ -1,0 +1,102 @@
+//! Secrets and how they are kept out of sight: a [`Secret`] never prints
+//! itself, and URIs are printed with their password masked.
+
+use std::fmt;
+
+/// A password or key: `Debug` and `Display` print `****`; only
+/// [`Secret::expose`] gives the value, where it is really needed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("****")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("****")
+    }
+}
+
+/// Masks the password of any `scheme://user:password@host…` URL.
+pub fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_string();
+    };
+    match rest[..at].find(':') {
+        Some(colon) => format!(
+            "{}{}:****{}",
+            &url[..scheme_end + 3],
+            &rest[..colon],
+            &rest[at..]
+        ),
+        None => url.to_string(),
+    }
+}
+
+/// For input that is not (yet) known to be well formed: everything between
+/// the first `:` after `://` and the last `@` is masked (all of it when there
+/// is no `:`), so a password with an unescaped `/`, `?` or `@` is never
+/// echoed.
+pub fn redact_loose(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        // `user:password@host` without a scheme: same rule, but a bare
+        // `user@host` holds no password and stays readable.
+        return match url.rfind('@') {
+            Some(at) => match url[..at].find(':') {
+                Some(colon) => format!("{}:****{}", &url[..colon], &url[at..]),
+                None => url.to_string(),
+            },
+            None => url.to_string(),
+        };
+    };
+    let Some(at) = url[start..].rfind('@').map(|at| start + at) else {
+        return url.to_string();
+    };
+    // The user (before the first ':') stays readable; the rest is masked.
+    match url[start..at].find(':') {
+        Some(colon) => format!("{}:****{}", &url[..start + colon], &url[at..]),
+        None => format!("{}****{}", &url[..start], &url[at..]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_never_prints_itself() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s} {s:?}"), "**** ****");
+        assert_eq!(s.expose(), "hunter2");
+    }
+
+    #[test]
+    fn uris_are_printed_without_their_password() {
+        assert_eq!(
+            redact("mongodb://u:p@h:1/x?y=1"),
+            "mongodb://u:****@h:1/x?y=1"
+        );
+        assert_eq!(redact("mongodb://h:1"), "mongodb://h:1");
+        assert_eq!(redact_loose("mongodb://u:p/@?x@h"), "mongodb://u:****@h");
+        assert_eq!(redact_loose("u:pw@h"), "u:****@h");
+        assert_eq!(redact_loose("u@h"), "u@h");
+    }
+}
