@@ -102,14 +102,10 @@ impl CertHost {
         for d in domains {
             args.extend(["--domain", d]);
         }
-        args.extend([
-            "--for",
-            "both",
-            "--acme-server",
-            &server,
-            "--http-01-port",
-            &port,
-        ]);
+        if !extra.contains(&"--for") {
+            args.extend(["--for", "both"]);
+        }
+        args.extend(["--acme-server", &server, "--http-01-port", &port]);
         args.extend_from_slice(extra);
         self.run(&args)
     }
@@ -295,7 +291,8 @@ fn a_certificate_is_issued_and_installed_into_ams_and_haproxy() {
 #[test]
 fn renewal_by_certbot_runs_the_hook_and_the_served_files_change() {
     let h = CertHost::new();
-    let out = h.issue(&[DOMAIN], &[]);
+    // 90s is "1m 30s" to humantime: the stored hook must stay one word.
+    let out = h.issue(&[DOMAIN], &["--ams-wait", "90s"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let (ams_before, haproxy_before, pw) =
         (h.conf("fullchain.pem"), h.haproxy_pem(), h.store_password());
@@ -575,7 +572,10 @@ fn dry_runs_change_nothing_and_never_show_the_key() {
 #[test]
 fn a_failing_deploy_under_certbot_fails_the_command() {
     let h = CertHost::new();
-    let out = h.issue(&[DOMAIN], &["--ams-home", "/nowhere/antmedia"]);
+    // certbot issues, then the deploy hook fails (AMS does not restart):
+    // certbot exits 0 all the same, `cert` must not.
+    h.tree.fake_systemctl(1, "Job for antmedia.service failed");
+    let out = h.issue(&[DOMAIN], &["--for", "ams"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let line = error_line(&out);
     assert!(
@@ -614,6 +614,31 @@ fn bad_input_is_refused_before_certbot() {
             "--webroot",
         ),
         (vec!["cert", "deploy"], "--lineage"),
+        (vec!["cert", "deploy", "--lineage", "/nowhere"], "--lineage"),
+        (
+            vec!["cert", "--domain", DOMAIN, "--email=-x@example.test"],
+            "--email",
+        ),
+        (
+            vec!["cert", "--domain", DOMAIN, "--http-01-port", "0"],
+            "--http-01-port",
+        ),
+        (
+            vec!["cert", "--domain", DOMAIN, "--ams-home", "/opt/nothing"],
+            "/opt/nothing",
+        ),
+        (
+            vec![
+                "cert",
+                "--domain",
+                DOMAIN,
+                "--for",
+                "haproxy",
+                "--haproxy-config",
+                "/etc/none.cfg",
+            ],
+            "--haproxy-config",
+        ),
     ] {
         let before = h.tree.snapshot();
         let out = h.run(&args);
@@ -625,4 +650,132 @@ fn bad_input_is_refused_before_certbot() {
         );
         assert_eq!(h.tree.snapshot(), before);
     }
+}
+
+#[test]
+fn a_later_cert_run_updates_the_hook_certbot_keeps() {
+    let h = CertHost::new();
+    assert!(h.issue(&[DOMAIN], &["--for", "ams"]).status.success());
+    let conf = h
+        .root()
+        .join(format!("etc/letsencrypt/renewal/{DOMAIN}.conf"));
+    assert!(
+        fs::read_to_string(&conf)
+            .unwrap()
+            .contains("cert deploy --for ams")
+    );
+    // Not due for renewal: certbot keeps its file, the agent updates the hook.
+    let out = h.issue(&[DOMAIN], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = fs::read_to_string(&conf).unwrap();
+    assert!(text.contains("cert deploy --for both"), "{text}");
+    assert_eq!(text.matches("renew_hook").count(), 1, "{text}");
+    // And certbot's renewal then installs into HAProxy too.
+    fs::remove_file(h.root().join(format!("etc/haproxy/certs/{DOMAIN}.pem"))).unwrap();
+    let renewed = h.renew();
+    assert!(
+        renewed.status.success() && !acme::text(&renewed).contains("reported error"),
+        "{}",
+        acme::text(&renewed)
+    );
+    assert!(
+        h.root()
+            .join(format!("etc/haproxy/certs/{DOMAIN}.pem"))
+            .exists()
+    );
+}
+
+#[test]
+fn a_restart_that_failed_is_owed_to_the_next_run() {
+    let h = CertHost::new();
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixture/certs/live/live.example.test");
+    let lineage = fixture.to_str().unwrap();
+    h.tree.fake_systemctl(1, "Job for antmedia.service failed");
+    let out = h.run(&["cert", "deploy", "--lineage", lineage]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    h.tree.fake_systemctl(0, "");
+    let out = h.run(&["cert", "deploy", "--lineage", lineage]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        h.tree.systemctl_calls(),
+        ["restart antmedia", "restart antmedia"],
+        "the owed restart did not happen"
+    );
+    // Paid: a third run has nothing to do.
+    let out = h.run(&["cert", "deploy", "--lineage", lineage]);
+    assert!(stdout(&out).contains("nothing to do"), "{}", stdout(&out));
+    assert_eq!(h.tree.systemctl_calls().len(), 2);
+}
+
+#[test]
+fn an_unchecked_haproxy_pem_does_not_stay() {
+    let h = CertHost::new();
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixture/certs/live/live.example.test");
+    // haproxy missing from PATH: the check cannot run, the file goes back.
+    let mut cmd = h.command(&[
+        "cert",
+        "deploy",
+        "--for",
+        "haproxy",
+        "--lineage",
+        fixture.to_str().unwrap(),
+    ]);
+    cmd.env(
+        "PATH",
+        format!("{}:/usr/local/bin:/bin", h.tree.bin.display()),
+    );
+    let out = acme::run_bounded(&mut cmd, Duration::from_secs(60), "cert deploy");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        !h.root()
+            .join(format!("etc/haproxy/certs/{DOMAIN}.pem"))
+            .exists()
+    );
+    // With haproxy back, the next run installs, checks and reloads.
+    let out = h.run(&[
+        "cert",
+        "deploy",
+        "--for",
+        "haproxy",
+        "--lineage",
+        fixture.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(h.tree.systemctl_calls(), ["reload haproxy"]);
+}
+
+#[test]
+fn status_lists_what_it_can_read_and_names_what_it_cannot() {
+    let h = CertHost::new();
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixture/certs/live/live.example.test");
+    let out = h.run(&[
+        "cert",
+        "deploy",
+        "--for",
+        "both",
+        "--lineage",
+        fixture.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    fs::write(h.root().join("etc/haproxy/certs/zzz.pem"), "garbage").unwrap();
+    let out = h.run(&["cert", "status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let list = v.as_array().unwrap();
+    assert_eq!(list.len(), 3, "{v}");
+    assert!(list[1]["daysLeft"].as_i64().unwrap() > 1000, "{v}");
+    assert!(
+        list[2]["error"].as_str().unwrap().contains("zzz.pem")
+            || list[2]["path"].as_str().unwrap().ends_with("zzz.pem"),
+        "{v}"
+    );
+    let table = h.run(&["cert", "status"]);
+    assert_eq!(table.status.code(), Some(1));
+    assert!(
+        stdout(&table).contains(DOMAIN) && stdout(&table).contains("zzz.pem"),
+        "{}",
+        stdout(&table)
+    );
 }

@@ -334,6 +334,12 @@ fn unsupported_hosts_and_bad_input_are_refused_and_change_nothing() {
         ],
         "SASLprep",
     );
+    // A dry run refuses what the real run refuses.
+    refused(
+        &h,
+        &["--dry-run", "setup", "mongo", "--bind-ip", "10.0.1.5"],
+        "--admin-password-file",
+    );
     // No terminal, no --yes, no password: never a question.
     refused(
         &h,
@@ -432,7 +438,6 @@ fn fresh_host_is_installed_configured_and_secured_and_a_second_run_does_nothing(
         [
             "daemon-reload",
             "enable ams-agent-mongod-thp.service",
-            "restart ams-agent-mongod-thp.service",
             "enable --now mongod",
         ]
     );
@@ -550,6 +555,46 @@ fn an_existing_admin_with_another_password_is_reported() {
     let line = error_line(&out);
     assert!(line.contains("--admin-password-file"), "{line}");
     assert!(line.contains("localhost exception is closed"), "{line}");
+    // --yes generates a password mongod then refuses: it is not kept, so a
+    // later run cannot pick up a password that logs in nowhere.
+    let out = s.run(&["--yes"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        !s.host
+            .root()
+            .join("etc/ams-agent/mongo-admin-password")
+            .exists()
+    );
+    assert!(
+        !s.host
+            .root()
+            .join("etc/ams-agent/.mongo-admin-password.pending")
+            .exists()
+    );
+}
+
+#[test]
+fn every_interface_is_bound_alone() {
+    let h = DbHost::new(UBUNTU_NOBLE);
+    for (bind, want) in [
+        ("0.0.0.0", "bindIp: 0.0.0.0\n"),
+        ("::", "bindIp: \"::,0.0.0.0\"\n"),
+    ] {
+        let out = h.run(&[
+            "--dry-run",
+            "setup",
+            "mongo",
+            "--yes",
+            "--bind-ip",
+            &format!("10.0.1.5,{bind}"),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(
+            stdout(&out).contains(&format!("+  {want}")),
+            "{}",
+            stdout(&out)
+        );
+    }
 }
 
 #[test]

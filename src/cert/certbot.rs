@@ -134,6 +134,80 @@ pub fn lineages_for(
         .collect())
 }
 
+/// Fails with what to install when certbot is not on PATH, before anything
+/// (the iptables redirect) is touched.
+pub fn require_installed() -> Result<()> {
+    let found = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(dir.join("certbot"))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    });
+    if !found {
+        bail!(
+            "certbot is not installed (not found on PATH): `apt-get install -y certbot`, then run this again; nothing was changed"
+        );
+    }
+    Ok(())
+}
+
+/// Makes the deploy hook certbot keeps for a lineage the one this run
+/// asks for: certbot stores the hook only when it issues, so a later `cert`
+/// with other options (`--for`, folders) would leave renewals installing
+/// the old way. `lineage` is the real `…/live/<name>` folder.
+pub fn keep_hook(host: &Host, lineage: &Path, hook: &str) -> Result<()> {
+    let Some(name) = lineage.file_name() else {
+        return Ok(());
+    };
+    let Some(config) = lineage.parent().and_then(Path::parent) else {
+        return Ok(());
+    };
+    let conf = config
+        .join("renewal")
+        .join(format!("{}.conf", name.to_string_lossy()));
+    let text = match std::fs::read_to_string(&conf) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", conf.display())),
+    };
+    let want = format!("renew_hook = {hook}");
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    match lines
+        .iter()
+        .position(|l| l.trim_start().starts_with("renew_hook"))
+    {
+        Some(i) if lines[i] == want => return Ok(()),
+        Some(i) => lines[i] = want,
+        None => match lines.iter().position(|l| l.trim() == "[renewalparams]") {
+            Some(i) => lines.insert(i + 1, want),
+            None => lines.extend(["[renewalparams]".to_string(), want]),
+        },
+    }
+    let mut out = lines.join("\n");
+    out.push('\n');
+    // The file is certbot's: written in place of itself, atomically, with
+    // its own mode.
+    let meta = std::fs::metadata(&conf).with_context(|| format!("reading {}", conf.display()))?;
+    use std::os::unix::fs::MetadataExt;
+    let file_meta = crate::host::fs::FileMeta {
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+    };
+    let host_path = match conf.strip_prefix(host.root()) {
+        Ok(rel) if !host.is_real_root() => Path::new("/").join(rel),
+        _ => conf.clone(),
+    };
+    host.write_atomic(&host_path, out.as_bytes(), file_meta)
+        .with_context(|| format!("updating the deploy hook in {}", conf.display()))?;
+    tracing::info!(
+        "certbot's renewals of {} now run: {hook}",
+        name.to_string_lossy()
+    );
+    Ok(())
+}
+
 /// The owner of a TCP port in LISTEN state: `(pid, command name)`, read
 /// from `/proc/net/tcp{,6}` and the processes' sockets.
 pub fn port_owner(port: u16) -> Option<(u32, String)> {

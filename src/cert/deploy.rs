@@ -16,6 +16,7 @@ use super::keystore;
 use crate::ams::files::{Secret, change, load_existing, refuse_mount_point};
 use crate::ams::jee;
 use crate::ams::layout::{self, AmsLayout};
+use crate::ams::mode::restart_marker;
 use crate::ams::properties::Properties;
 use crate::host::fs::{FileMeta, private_meta};
 use crate::host::systemd::ServiceAction;
@@ -59,12 +60,20 @@ impl Material {
             std::fs::read(dir.join(name))
                 .with_context(|| format!("reading {}", dir.join(name).display()))
         };
+        // One read: the bytes checked are the bytes installed, even when
+        // certbot renews the lineage meanwhile.
+        let fullchain = read("fullchain.pem")?;
+        let chain = read("chain.pem")?;
+        let privkey = read("privkey.pem")?;
+        let cert = std::fs::read(dir.join("cert.pem")).ok();
+        let parsed = Lineage::from_pem(&fullchain, Some(&chain), cert.as_deref(), &privkey)
+            .with_context(|| format!("checking the certificate lineage in {}", dir.display()))?;
         Ok(Material {
             dir: dir.to_path_buf(),
-            fullchain: read("fullchain.pem")?,
-            chain: read("chain.pem")?,
-            privkey: read("privkey.pem")?,
-            parsed: Lineage::load(dir)?,
+            fullchain,
+            chain,
+            privkey,
+            parsed,
         })
     }
 }
@@ -204,21 +213,60 @@ pub fn plan_ams(host: &Host, m: &Material, target: &AmsTarget) -> Result<Plan> {
         change(red5_now, red5.to_text(), Secret::ReadableBy(account)),
         change(jee_now, xml, Secret::No),
     ]);
-    plan.files(format!("install the certificate for {domain}"), changes);
-    if !plan.is_empty() {
-        if let Some((url, timeout)) = &target.restart {
-            plan.push(Step::Service {
-                unit: layout::SERVICE.into(),
-                action: ServiceAction::Restart,
-            });
-            plan.push(Step::WaitHttp {
-                what: "Ant Media Server".into(),
-                url: url.clone(),
-                timeout: *timeout,
-            });
+    // A restart that failed (or never came) in an earlier run is still
+    // owed: the marker lands with the files and goes once AMS answers.
+    let marker = restart_marker();
+    let owed = host.exists(&marker);
+    let files_change = changes.iter().any(|c| !c.is_noop());
+    match &target.restart {
+        Some((url, timeout)) => {
+            if files_change && !owed {
+                changes.push(pending(marker.clone(), "AMS restart"));
+            }
+            plan.files(format!("install the certificate for {domain}"), changes);
+            if files_change || owed {
+                plan.push(Step::Service {
+                    unit: layout::SERVICE.into(),
+                    action: ServiceAction::Restart,
+                });
+                plan.push(Step::WaitHttp {
+                    what: "Ant Media Server".into(),
+                    url: url.clone(),
+                    timeout: *timeout,
+                });
+                plan.files(
+                    "record that AMS serves the new certificate",
+                    vec![done(marker)],
+                );
+            }
         }
+        None => plan.files(format!("install the certificate for {domain}"), changes),
     }
     Ok(plan)
+}
+
+/// The internal file that says a restart (or reload) is still owed.
+fn pending(path: PathBuf, what: &str) -> FileChange {
+    FileChange {
+        path,
+        before: None,
+        after: Some(format!("{what} pending after a certificate install\n").into_bytes()),
+        meta_before: None,
+        meta: private_meta(0o600),
+        internal: true,
+    }
+}
+
+/// Its removal, once the restart (or reload) happened.
+fn done(path: PathBuf) -> FileChange {
+    FileChange {
+        path,
+        before: Some(Vec::new()),
+        after: None,
+        meta_before: None,
+        meta: private_meta(0o600),
+        internal: true,
+    }
 }
 
 /// The HAProxy part: `<certs>/<domain>.pem` (chain then key, 0600, folder
@@ -247,16 +295,24 @@ pub fn plan_haproxy(host: &Host, m: &Material, target: &HaproxyTarget) -> Result
     }
     let change = file(host, path.clone(), pem, private_meta(0o600))?;
     let old = change.before.clone();
+    let pem_changed = !change.is_noop();
+    // A check or reload that did not happen in an earlier run is owed.
+    let marker = Path::new(crate::host::fs::STATE_DIR).join("haproxy-reload-pending");
+    let owed = host.exists(&marker);
+    let mut changes = vec![change];
+    if pem_changed && !owed {
+        changes.push(pending(marker.clone(), "HAProxy check and reload"));
+    }
     plan.files(
         format!("{}: chain and key for {domain}", path.display()),
-        vec![change],
+        changes,
     );
-    let pem_changed = plan.changes_files();
-    if pem_changed {
+    if pem_changed || owed {
         plan.push(Step::Action(Arc::new(HaproxyCheck {
             config: target.config.clone(),
             pem: path,
-            old,
+            old: if pem_changed { old } else { None },
+            restore: pem_changed,
         })));
         if target.reload {
             plan.push(Step::Service {
@@ -264,6 +320,10 @@ pub fn plan_haproxy(host: &Host, m: &Material, target: &HaproxyTarget) -> Result
                 action: ServiceAction::Reload,
             });
         }
+        plan.files(
+            "record that HAProxy serves the new certificate",
+            vec![done(marker)],
+        );
     }
     Ok(plan)
 }
@@ -294,6 +354,8 @@ struct HaproxyCheck {
     config: PathBuf,
     pem: PathBuf,
     old: Option<Vec<u8>>,
+    /// Whether this run replaced the file (else it is only checked).
+    restore: bool,
 }
 
 impl Action for HaproxyCheck {
@@ -308,12 +370,15 @@ impl Action for HaproxyCheck {
         let config = ctx.host.path(&self.config);
         let spec = CommandSpec::new("haproxy", &["-c", "-f", &config.display().to_string()])
             .timeout(Duration::from_secs(60));
-        let out = ctx
-            .runner
-            .run(&spec)
-            .context("checking the HAProxy configuration")?;
-        if out.success() {
-            return Ok(());
+        let out = match ctx.runner.run(&spec) {
+            Ok(out) if out.success() => return Ok(()),
+            Ok(out) => out,
+            // haproxy missing or past its deadline: unchecked, so the new
+            // file does not stay either.
+            Err(e) => crate::host::Output::failed(-1, &format!("{e:#}")),
+        };
+        if !self.restore {
+            bail!("haproxy -c refused the configuration: {}", out.tail(3));
         }
         // haproxy puts its [ALERT] lines on stdout or stderr by version.
         let both = crate::host::Output {

@@ -200,7 +200,10 @@ fn unix_now_ms() -> u64 {
 }
 
 impl InstallArgs {
-    fn check(&self) -> Result<()> {
+    /// Bad input is found before certbot asks for a certificate (a wrong
+    /// target found only afterwards costs a Let's Encrypt rate limit and
+    /// leaves a broken hook in certbot's renewal file).
+    fn check(&self, host: &crate::host::Host) -> Result<()> {
         if self.ams_wait.is_zero() {
             bail_usage!("--ams-wait must be longer than 0s");
         }
@@ -210,6 +213,16 @@ impl InstallArgs {
             ("--haproxy-config", &self.haproxy_config),
         ] {
             check_hook_path(flag, p)?;
+        }
+        if self.target.ams() {
+            AmsLayout::new(&self.ams_home).check(host)?;
+        }
+        if self.target.haproxy() && !host.exists(&self.haproxy_config) {
+            bail_usage!(
+                "--for {}: {} does not exist; is HAProxy installed here? (--haproxy-config names another file)",
+                self.target.name(),
+                self.haproxy_config.display()
+            );
         }
         Ok(())
     }
@@ -256,10 +269,8 @@ impl InstallArgs {
             s.push_str(" --no-restart");
         }
         if self.ams_wait != Duration::from_secs(180) {
-            s.push_str(&format!(
-                " --ams-wait {}",
-                humantime::format_duration(self.ams_wait)
-            ));
+            // Whole seconds, one word: certbot runs the hook through a shell.
+            s.push_str(&format!(" --ams-wait {}s", self.ams_wait.as_secs().max(1)));
         }
         s
     }
@@ -296,7 +307,10 @@ fn check_domain(d: &str) -> Result<String> {
 }
 
 fn check_email(e: &str) -> Result<()> {
+    // A leading '-' would be read by certbot as an option.
     let ok = e.len() <= 254
+        && !e.starts_with('-')
+        && e.matches('@').count() == 1
         && !e
             .chars()
             .any(|c| c.is_whitespace() || c.is_control() || c == ',')
@@ -323,7 +337,11 @@ fn issue(ctx: &Context, args: IssueArgs) -> Result<()> {
         crate::mongod::repo::check_url(url, "--acme-server", true)
             .map_err(crate::error::UsageError::new)?;
     }
-    args.install.check()?;
+    args.install.check(&ctx.host)?;
+    if args.http_01_port == 0 {
+        bail_usage!("--http-01-port 0 is not a port; give the port the ACME server reaches (80)");
+    }
+    certbot::require_installed()?;
     let authenticator = match &args.webroot {
         Some(dir) => {
             check_hook_path("--webroot", dir)?;
@@ -389,6 +407,7 @@ fn issue(ctx: &Context, args: IssueArgs) -> Result<()> {
     // had nothing to do (not yet due), the lineage certbot lists for these
     // domains is installed here.
     if let Some(rec) = read_record(&ctx.host).filter(|r| r.at_ms >= started) {
+        certbot::keep_hook(&ctx.host, &rec.lineage, &req.deploy_hook)?;
         return match rec.error {
             None => {
                 println!(
@@ -425,6 +444,8 @@ fn issue(ctx: &Context, args: IssueArgs) -> Result<()> {
         "certbot had nothing to renew; installing its lineage {}",
         lineage.display()
     );
+    // Renewals must install the way this run asks (target, folders).
+    certbot::keep_hook(&ctx.host, &lineage, &req.deploy_hook)?;
     deploy_lineage(ctx, &lineage, &args.install)
 }
 
@@ -439,7 +460,13 @@ fn deploy_cmd(ctx: &Context, args: DeployArgs) -> Result<()> {
             "no certificate to install: pass --lineage DIR (certbot sets RENEWED_LINEAGE when it runs this as its deploy hook)"
         );
     };
-    args.install.check()?;
+    if !lineage.is_dir() {
+        bail_usage!(
+            "--lineage {}: not a certbot lineage folder (it must hold fullchain.pem, chain.pem and privkey.pem)",
+            lineage.display()
+        );
+    }
+    args.install.check(&ctx.host)?;
     let result = deploy_lineage(ctx, &lineage, &args.install);
     if !ctx.dry_run {
         let record = DeployRecord {
@@ -497,56 +524,81 @@ struct Installed {
     #[serde(rename = "notAfter")]
     not_after: String,
     #[serde(rename = "daysLeft")]
-    days_left: i64,
+    days_left: Option<i64>,
+    /// Why this file could not be read (the others are still listed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
-fn status(ctx: &Context, args: StatusArgs) -> Result<()> {
-    let mut found = Vec::new();
-    let mut read = |target: &'static str, path: PathBuf| -> Result<()> {
-        let Some(bytes) = ctx.host.read_optional(&path)? else {
-            return Ok(());
-        };
-        // HAProxy's file holds the key after the chain: the first
-        // certificate is the one served.
-        let info = inspect::parse_pem(&bytes)
-            .and_then(|blocks| {
-                let leaf = blocks
-                    .iter()
-                    .find(|b| b.tag() == "CERTIFICATE")
-                    .context("no certificate in it")?;
-                inspect::CertInfo::from_der(leaf.contents())
-            })
-            .with_context(|| format!("reading {}", path.display()))?;
-        found.push(Installed {
+/// One installed certificate file, or why it cannot be read.
+fn installed(host: &crate::host::Host, target: &'static str, path: PathBuf) -> Option<Installed> {
+    let bytes = match host.read_optional(&path) {
+        Ok(Some(b)) => b,
+        Ok(None) => return None,
+        Err(e) => return Some(unreadable(target, path, format!("{e:#}"))),
+    };
+    // HAProxy's file holds the key after the chain: the first certificate
+    // is the one served.
+    let info = inspect::parse_pem(&bytes).and_then(|blocks| {
+        let leaf = blocks
+            .iter()
+            .find(|b| b.tag() == "CERTIFICATE")
+            .context("no certificate in it")?;
+        inspect::CertInfo::from_der(leaf.contents())
+    });
+    Some(match info {
+        Ok(info) => Installed {
             target,
             path,
-            days_left: info.days_left(unix_now() as i64),
+            days_left: Some(info.days_left(unix_now() as i64)),
             not_after: humantime::format_rfc3339_seconds(
                 SystemTime::UNIX_EPOCH + Duration::from_secs(info.not_after.max(0) as u64),
             )
             .to_string(),
             domains: info.domains,
             issuer: info.issuer,
-        });
-        Ok(())
-    };
-    read(
-        "ams",
-        AmsLayout::new(&args.ams_home)
-            .home
-            .join("conf/fullchain.pem"),
-    )?;
+            error: None,
+        },
+        Err(e) => unreadable(target, path, format!("{e:#}")),
+    })
+}
+
+fn unreadable(target: &'static str, path: PathBuf, error: String) -> Installed {
+    Installed {
+        target,
+        path,
+        domains: Vec::new(),
+        issuer: String::new(),
+        not_after: String::new(),
+        days_left: None,
+        error: Some(error),
+    }
+}
+
+fn status(ctx: &Context, args: StatusArgs) -> Result<()> {
+    let mut found: Vec<Installed> = Vec::new();
+    let ams_pem = AmsLayout::new(&args.ams_home)
+        .home
+        .join("conf/fullchain.pem");
+    found.extend(installed(&ctx.host, "ams", ams_pem));
     let dir = ctx.host.path(&args.haproxy_certs);
-    if let Ok(entries) = std::fs::read_dir(&dir) {
-        let mut names: Vec<String> = entries
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".pem"))
-            .collect();
-        names.sort();
-        for n in names {
-            read("haproxy", args.haproxy_certs.join(n))?;
+    match std::fs::read_dir(&dir) {
+        Ok(entries) => {
+            let mut names: Vec<String> = entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".pem"))
+                .collect();
+            names.sort();
+            for n in names {
+                found.extend(installed(&ctx.host, "haproxy", args.haproxy_certs.join(n)));
+            }
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => bail!(
+            "reading {}: {e} (HAProxy's certificates are root-only: run as root)",
+            args.haproxy_certs.display()
+        ),
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&found)?);
@@ -565,15 +617,21 @@ fn status(ctx: &Context, args: StatusArgs) -> Result<()> {
         "FOR", "DAYS LEFT", "EXPIRES", "ISSUER"
     );
     for c in &found {
-        println!(
-            "{:<8} {:<10} {:<20} {:<24} {}\n         domains: {}",
-            c.target,
-            c.days_left,
-            c.not_after,
-            c.issuer,
-            c.path.display(),
-            c.domains.join(", ")
-        );
+        match &c.error {
+            None => println!(
+                "{:<8} {:<10} {:<20} {:<24} {}\n         domains: {}",
+                c.target,
+                c.days_left.unwrap_or_default(),
+                c.not_after,
+                c.issuer,
+                c.path.display(),
+                c.domains.join(", ")
+            ),
+            Some(e) => println!("{:<8} {:<10} {}: {e}", c.target, "?", c.path.display()),
+        }
+    }
+    if found.iter().any(|c| c.error.is_some()) {
+        bail!("some installed certificate files cannot be read (listed above)");
     }
     Ok(())
 }

@@ -140,7 +140,8 @@ fn setup_mongo(ctx: &Context, args: MongoArgs) -> Result<()> {
     if password.is_none() {
         password = saved_password(&ctx.host)?.map(|p| (p, PasswordFrom::Saved));
     }
-    if password.is_none() && !interactive && !args.yes && !ctx.dry_run {
+    // The same in a dry run: it shows what the real run would do.
+    if password.is_none() && !args.yes && !tty::can_prompt() {
         bail_usage!(
             "no admin password: pass --admin-password-file <FILE>, set {ADMIN_PASSWORD_ENV}, or --yes to generate one (no terminal to ask on)"
         );
@@ -338,12 +339,15 @@ fn scram_usable(password: &str) -> std::result::Result<(), &'static str> {
 }
 
 /// A password an earlier run generated, so a second run logs in with it.
+/// (Or the pending one, when a run died right after creating the user.)
 fn saved_password(host: &crate::host::Host) -> Result<Option<String>> {
-    let Some(bytes) = host.read_optional(Path::new(ADMIN_PASSWORD_FILE))? else {
-        return Ok(None);
-    };
-    crate::config::password_from_bytes(bytes)
-        .map_err(|why| anyhow::anyhow!("reading {ADMIN_PASSWORD_FILE}: {why}"))
+    for file in [ADMIN_PASSWORD_FILE, setup::ADMIN_PASSWORD_PENDING] {
+        if let Some(bytes) = host.read_optional(Path::new(file))? {
+            return crate::config::password_from_bytes(bytes)
+                .map_err(|why| anyhow::anyhow!("reading {file}: {why}"));
+        }
+    }
+    Ok(None)
 }
 
 fn ask_bind_ips(detected: Option<Ipv4Addr>) -> Result<Vec<String>> {
@@ -407,6 +411,9 @@ fn check_user(user: &str) -> std::result::Result<(), String> {
     if user.is_empty() || user.len() > 64 {
         return Err("--admin-user must be 1 to 64 characters".into());
     }
+    if user.starts_with('-') {
+        return Err(format!("--admin-user {user:?} may not start with '-'"));
+    }
     if !user
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
@@ -420,9 +427,13 @@ fn check_user(user: &str) -> std::result::Result<(), String> {
 }
 
 /// Checks `--bind-ip` entries (IPv4, IPv6, host names) and puts 127.0.0.1
-/// first: the agent and the localhost exception need it.
+/// first: the agent and the localhost exception need it. "Every interface"
+/// (`0.0.0.0`, `::`) stands alone: mongod binds each address it is given,
+/// and 127.0.0.1 next to 0.0.0.0 fails with "address already in use"; `::`
+/// is written as `::,0.0.0.0` because mongod's IPv6 sockets are IPv6-only.
 pub fn parse_bind_ips(items: &[String]) -> std::result::Result<Vec<String>, String> {
     let mut out = vec!["127.0.0.1".to_string()];
+    let mut everywhere: Option<Vec<String>> = None;
     for raw in items {
         let item = raw.trim();
         let item = item
@@ -436,14 +447,31 @@ pub fn parse_bind_ips(items: &[String]) -> std::result::Result<Vec<String>, Stri
             if ip.is_multicast() {
                 return Err(format!("--bind-ip {item} is a multicast address"));
             }
+            if ip == IpAddr::V4(Ipv4Addr::BROADCAST) {
+                return Err(format!("--bind-ip {item} is the broadcast address"));
+            }
             if ip.is_unspecified() {
                 tracing::warn!(
                     "--bind-ip {item}: mongod will listen on every interface (authorization is enabled; keep the port closed to the internet)"
                 );
+                let all = if ip.is_ipv6() {
+                    vec!["::".to_string(), "0.0.0.0".to_string()]
+                } else {
+                    vec!["0.0.0.0".to_string()]
+                };
+                if everywhere.as_ref().is_none_or(|e| e.len() < all.len()) {
+                    everywhere = Some(all);
+                }
+                continue;
             }
             ip.to_string()
         } else if net::is_dns_name(item) {
-            item.to_ascii_lowercase()
+            let name = item.trim_end_matches('.').to_ascii_lowercase();
+            // 127.0.0.1 is always there; "localhost" would bind it twice.
+            if name == "localhost" {
+                continue;
+            }
+            name
         } else {
             return Err(format!(
                 "--bind-ip {:?}: not an IPv4 address, an IPv6 address or a host name",
@@ -454,7 +482,7 @@ pub fn parse_bind_ips(items: &[String]) -> std::result::Result<Vec<String>, Stri
             out.push(canonical);
         }
     }
-    Ok(out)
+    Ok(everywhere.unwrap_or(out))
 }
 
 #[cfg(test)]
@@ -472,8 +500,23 @@ mod tests {
             ["127.0.0.1", "10.0.1.5"]
         );
         assert_eq!(
-            parse_bind_ips(&strings(&["[fd00::5]", "Mongo.Internal", "127.0.0.1"])).unwrap(),
+            parse_bind_ips(&strings(&[
+                "[fd00::5]",
+                "Mongo.Internal.",
+                "mongo.internal",
+                "127.0.0.1",
+                "localhost"
+            ]))
+            .unwrap(),
             ["127.0.0.1", "fd00::5", "mongo.internal"]
+        );
+        assert_eq!(
+            parse_bind_ips(&strings(&["10.0.1.5", "0.0.0.0"])).unwrap(),
+            ["0.0.0.0"]
+        );
+        assert_eq!(
+            parse_bind_ips(&strings(&["::", "0.0.0.0"])).unwrap(),
+            ["::", "0.0.0.0"]
         );
         for bad in [
             "10.0.1.5 # x",
@@ -497,7 +540,7 @@ mod tests {
     fn users_are_plain_names() {
         assert!(check_user("admin").is_ok());
         assert!(check_user("ams-admin.1").is_ok());
-        for bad in ["", "a b", "a:b", "a@b", "a\n", "ü"] {
+        for bad in ["", "a b", "a:b", "a@b", "a\n", "ü", "-admin", "--yes"] {
             assert!(check_user(bad).is_err(), "{bad:?}");
         }
     }

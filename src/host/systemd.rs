@@ -61,11 +61,16 @@ pub fn act(runner: &dyn CommandRunner, unit: &str, action: ServiceAction) -> Res
     // systemctl exits 5 with "Unit x.service not found." for unknown units.
     if out.code == Some(5) || stderr.contains("not found") || stderr.contains("not loaded") {
         bail!(
-            "service {unit} is not installed on this host (systemctl: {}); is Ant Media Server installed here?",
+            "service {unit} is not installed on this host (systemctl: {}){}",
             if stderr.is_empty() {
                 "unit not found"
             } else {
                 stderr
+            },
+            if unit == crate::ams::layout::SERVICE {
+                "; is Ant Media Server installed here?"
+            } else {
+                ""
             }
         );
     }

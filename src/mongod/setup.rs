@@ -23,6 +23,8 @@ pub const PACKAGE: &str = "mongodb-org";
 pub const SERVICE: &str = "mongod";
 /// Where a generated admin password is kept (0600, root).
 pub const ADMIN_PASSWORD_FILE: &str = "/etc/ams-agent/mongo-admin-password";
+/// The generated password while mongod has not confirmed the user yet.
+pub const ADMIN_PASSWORD_PENDING: &str = "/etc/ams-agent/.mongo-admin-password.pending";
 
 /// How long apt may wait for another apt (unattended-upgrades at first
 /// boot) to release the dpkg lock.
@@ -163,17 +165,6 @@ pub fn plan_configure(
     plan.secrets.extend(crate::mongo::url::password_forms(
         req.login.password.expose(),
     ));
-    if req.save_password {
-        plan.files(
-            "save the generated admin password",
-            vec![FileChange::write(
-                host,
-                Path::new(ADMIN_PASSWORD_FILE),
-                format!("{}\n", req.login.password.expose()).into_bytes(),
-                0o600,
-            )?],
-        );
-    }
 
     let units_before = plan.steps.len();
     plan.files(
@@ -215,15 +206,13 @@ pub fn plan_configure(
                 .timeout(Duration::from_secs(60)),
         });
     }
-    if thp_changed || !tuning::thp_in_effect(host, req.series()) {
-        plan.push(Step::Service {
-            unit: tuning::THP_UNIT_NAME.into(),
-            action: ServiceAction::Enable,
-        });
-        plan.push(Step::Service {
-            unit: tuning::THP_UNIT_NAME.into(),
-            action: ServiceAction::Restart,
-        });
+    // Only when the unit is new or changed: a kernel that refuses the
+    // setting (read-only sysfs in a container) must not make every later
+    // run fail or plan again.
+    if thp_changed {
+        plan.push(Step::Action(Arc::new(ThpNow {
+            in_effect: tuning::thp_in_effect(host, req.series()),
+        })));
     }
 
     let conf_path = Path::new(MONGOD_CONF);
@@ -297,6 +286,7 @@ pub fn plan_configure(
         plan.push(Step::Action(Arc::new(EnsureAdmin {
             mongod: mongod.clone(),
             login: req.login.clone(),
+            save: req.save_password,
         })));
         plan.push(Step::Action(Arc::new(VerifyAuth {
             mongod,
@@ -349,6 +339,42 @@ impl Action for InstallKeyring {
 /// How long one admin command may take.
 const COMMAND_DEADLINE: Duration = Duration::from_secs(20);
 
+/// Enables the huge-page unit for every boot and, when the kernel's values
+/// differ, runs it now. Best effort: a kernel that refuses (read-only
+/// sysfs in a container) gets a warning, not a failed setup.
+#[derive(Debug)]
+struct ThpNow {
+    in_effect: bool,
+}
+
+impl Action for ThpNow {
+    fn summary(&self) -> String {
+        let unit = tuning::THP_UNIT_NAME;
+        if self.in_effect {
+            format!("enable {unit} (the kernel already has its values)")
+        } else {
+            format!("enable and run {unit}")
+        }
+    }
+
+    fn apply(&self, ctx: &ApplyCtx) -> Result<()> {
+        let unit = tuning::THP_UNIT_NAME;
+        let mut actions = vec![ServiceAction::Enable];
+        if !self.in_effect {
+            actions.push(ServiceAction::Restart);
+        }
+        for action in actions {
+            if let Err(e) = crate::host::systemd::act(ctx.runner, unit, action) {
+                tracing::warn!(
+                    "transparent huge pages: {e:#}; mongod works, but not as MongoDB recommends until the kernel takes the setting"
+                );
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug)]
 struct WaitMongod {
     mongod: LocalMongod,
@@ -374,19 +400,55 @@ impl Action for WaitMongod {
 struct EnsureAdmin {
     mongod: LocalMongod,
     login: AdminLogin,
+    /// Keep the (generated) password in [`ADMIN_PASSWORD_FILE`].
+    save: bool,
 }
 
 impl Action for EnsureAdmin {
     fn summary(&self) -> String {
         format!(
-            "create the admin user {} (role root, SCRAM-SHA-256) unless it exists",
-            self.login.user
+            "create the admin user {} (role root, SCRAM-SHA-256) unless it exists{}",
+            self.login.user,
+            if self.save {
+                format!("; keep its generated password 0600 in {ADMIN_PASSWORD_FILE}")
+            } else {
+                String::new()
+            }
         )
     }
 
-    fn apply(&self, _: &ApplyCtx) -> Result<()> {
+    fn apply(&self, ctx: &ApplyCtx) -> Result<()> {
+        // A generated password is kept only once mongod took it: first as a
+        // pending file (a crash right after createUser must not lose it),
+        // renamed into place when the user exists.
+        let pending = Path::new(ADMIN_PASSWORD_PENDING);
+        if self.save {
+            ctx.host
+                .create_dir_all(Path::new(crate::config::CONFIG_DIR), 0o755)?;
+            ctx.host.write_atomic(
+                pending,
+                format!("{}\n", self.login.password.expose()).as_bytes(),
+                crate::host::fs::private_meta(0o600),
+            )?;
+        }
         let created = crate::host::runtime()?
-            .block_on(self.mongod.ensure_admin(&self.login, COMMAND_DEADLINE))?;
+            .block_on(self.mongod.ensure_admin(&self.login, COMMAND_DEADLINE));
+        let created = match created {
+            Ok(c) => c,
+            Err(e) => {
+                if self.save {
+                    let _ = ctx.host.remove(pending);
+                }
+                return Err(e);
+            }
+        };
+        if self.save {
+            ctx.host
+                .rename(pending, Path::new(ADMIN_PASSWORD_FILE))
+                .with_context(|| {
+                    format!("keeping the generated password in {ADMIN_PASSWORD_FILE}")
+                })?;
+        }
         match created {
             Created::Now => tracing::info!("created the admin user {}", self.login.user),
             Created::AlreadyThere => {
