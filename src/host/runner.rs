@@ -133,18 +133,8 @@ impl CommandRunner for SystemRunner {
                 let _ = stdin.write_all(&input);
             });
         }
-        let mut out_pipe = child.stdout.take().expect("stdout was piped");
-        let mut err_pipe = child.stderr.take().expect("stderr was piped");
-        let out_reader = std::thread::spawn(move || {
-            let mut s = Vec::new();
-            let _ = out_pipe.read_to_end(&mut s);
-            s
-        });
-        let err_reader = std::thread::spawn(move || {
-            let mut s = Vec::new();
-            let _ = err_pipe.read_to_end(&mut s);
-            s
-        });
+        let stdout = Collected::start(child.stdout.take().expect("stdout was piped"));
+        let stderr = Collected::start(child.stderr.take().expect("stderr was piped"));
         let deadline = Instant::now() + spec.timeout;
         let status = loop {
             if let Some(status) = child.try_wait().context("waiting for a child")? {
@@ -161,13 +151,52 @@ impl CommandRunner for SystemRunner {
             }
             std::thread::sleep(Duration::from_millis(10));
         };
-        let stdout = out_reader.join().unwrap_or_default();
-        let stderr = err_reader.join().unwrap_or_default();
+        // A program may leave a background process holding its output
+        // (a daemon a postinst started): what it wrote is taken after a
+        // short grace, never waited for without end.
+        let grace = Instant::now() + Duration::from_secs(1);
+        let stdout = stdout.finish(grace);
+        let stderr = stderr.finish(grace);
         Ok(Output {
             code: status.code(),
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
             stderr: String::from_utf8_lossy(&stderr).into_owned(),
         })
+    }
+}
+
+/// A child's output, read on a thread as it comes.
+struct Collected {
+    bytes: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+impl Collected {
+    fn start(mut pipe: impl Read + Send + 'static) -> Self {
+        let bytes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, done) = std::sync::mpsc::channel();
+        let sink = std::sync::Arc::clone(&bytes);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .expect("output lock")
+                    .extend_from_slice(&buf[..n]);
+            }
+            let _ = tx.send(());
+        });
+        Collected { bytes, done }
+    }
+
+    /// Everything read by the end of the output, or by `until`.
+    fn finish(self, until: Instant) -> Vec<u8> {
+        let _ = self
+            .done
+            .recv_timeout(until.saturating_duration_since(Instant::now()));
+        self.bytes.lock().expect("output lock").clone()
     }
 }
 
@@ -228,6 +257,20 @@ mod tests {
         let err = SystemRunner.run(&spec).unwrap_err();
         assert!(start.elapsed() < Duration::from_secs(2));
         assert!(err.to_string().contains("did not finish"), "{err}");
+    }
+
+    #[test]
+    fn a_background_process_holding_the_output_does_not_hang_the_run() {
+        let spec = CommandSpec::new("sh", &["-c", "echo started; sleep 30 & exit 0"]);
+        let start = Instant::now();
+        let out = SystemRunner.run(&spec).unwrap();
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(out.success());
+        assert_eq!(out.stdout, "started\n");
     }
 
     #[test]

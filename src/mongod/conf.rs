@@ -199,10 +199,19 @@ impl Doc {
             Some(i) => {
                 let line = &self.lines[i];
                 let after_colon = &line[line.find(':').expect("a key line") + 1..];
-                // A comment starts at a '#' after white space; keep it
-                // with all the space before it.
-                let comment = after_colon
+                // A comment starts at a '#' after white space (and after a
+                // quoted value's closing quote); keep it with all the space
+                // before it.
+                let old_value = after_colon.trim_start();
+                let skip = match old_value.chars().next() {
+                    Some(q @ ('"' | '\'')) => old_value[1..]
+                        .find(q)
+                        .map_or(0, |end| after_colon.len() - old_value.len() + end + 2),
+                    _ => 0,
+                };
+                let comment = after_colon[skip..]
                     .find(" #")
+                    .map(|c| c + skip)
                     .map(|c| {
                         let start = after_colon[..=c].trim_end().len();
                         after_colon[start..].to_string()
@@ -236,13 +245,38 @@ impl Doc {
 
 /// The configuration with `want` applied. Refuses a result that listens on
 /// every interface without authorization.
-pub fn edit(text: &str, want: &Wanted) -> Result<String> {
+pub fn edit(original: &str, want: &Wanted) -> Result<String> {
     if want.bind_ip.is_empty() {
         bail!("no address to bind to");
     }
     if want.binds_everywhere() && !want.authorization {
         bail!("refusing to bind mongod to every interface while authorization is off");
     }
+    // A byte-order mark and CRLF line ends are kept as they were; the
+    // editing works on the plain text.
+    let (bom, body) = match original.strip_prefix('\u{feff}') {
+        Some(rest) => ("\u{feff}", rest),
+        None => ("", original),
+    };
+    let crlf = body.contains("\r\n");
+    let plain = if crlf {
+        body.replace("\r\n", "\n")
+    } else {
+        body.to_string()
+    };
+    let edited = edit_plain(&plain, want)?;
+    if edited == plain {
+        return Ok(original.to_string());
+    }
+    let edited = if crlf {
+        edited.replace('\n', "\r\n")
+    } else {
+        edited
+    };
+    Ok(format!("{bom}{edited}"))
+}
+
+fn edit_plain(text: &str, want: &Wanted) -> Result<String> {
     let before = current(text)?;
     let mut doc = Doc::new(text)?;
     let value = want.bind_value();
@@ -260,6 +294,14 @@ pub fn edit(text: &str, want: &Wanted) -> Result<String> {
         doc.set("security", "authorization", "enabled")?;
     }
     let after = doc.text();
+    if parse(&after).is_err() {
+        // The original parsed, the line edit broke it: the settings are
+        // written in a form the editor does not follow (a quoted key, a
+        // space before ':', an anchor).
+        bail!(
+            "net.bindIp or security.authorization is written in a form this editor does not change safely (a quoted key, `key :`, an anchor?); set them by hand, or write them as plain `key: value` lines"
+        );
+    }
     verify(text, &after, want)?;
     Ok(after)
 }
@@ -352,6 +394,23 @@ mod tests {
             "net:\n    port: 27018 # custom\n    bindIp: \"127.0.0.1,::1\"  # only local\n    tls:\n      mode: disabled\n    ipv6: true\nsecurity:\n    keyFile: /k\n    authorization: enabled\n"
         );
         assert_eq!(current(&out).unwrap().port, 27018);
+    }
+
+    #[test]
+    fn crlf_bom_and_quoted_values_are_kept() {
+        let text = "\u{feff}net:\r\n  bindIp: \"127.0.0.1 # x\" # why\r\n";
+        let out = edit(text, &want(&["127.0.0.1", "10.0.1.5"])).unwrap();
+        assert_eq!(
+            out,
+            "\u{feff}net:\r\n  bindIp: 127.0.0.1,10.0.1.5 # why\r\n\r\nsecurity:\r\n  authorization: enabled\r\n"
+        );
+    }
+
+    #[test]
+    fn forms_the_editor_does_not_follow_are_refused_with_a_reason() {
+        let quoted = "net:\n  \"bindIp\": 10.0.0.9\n";
+        let err = edit(quoted, &want(&["127.0.0.1"])).unwrap_err().to_string();
+        assert!(err.contains("by hand"), "{err}");
     }
 
     #[test]
