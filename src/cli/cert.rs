@@ -357,6 +357,12 @@ fn issue(ctx: &Context, args: IssueArgs) -> Result<()> {
     let exe =
         std::env::current_exe().context("finding the ams-agent binary for the deploy hook")?;
     check_hook_path("the ams-agent binary's path", &exe)?;
+    if !exe.starts_with("/usr/bin") && !exe.starts_with("/usr/local/bin") {
+        tracing::warn!(
+            "certbot's renewals will run {}; install the package (/usr/bin/ams-agent) so they keep working when this copy goes",
+            exe.display()
+        );
+    }
     let req = certbot::Request {
         domains: domains.clone(),
         email: args.email.clone(),

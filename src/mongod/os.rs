@@ -91,13 +91,27 @@ fn supported_list() -> String {
 
 /// Recognises the distribution in os-release text.
 pub fn detect(os_release: &str) -> std::result::Result<Distro, String> {
-    let id = field(os_release, "ID").unwrap_or("");
+    let id = field(os_release, "ID").unwrap_or("").to_ascii_lowercase();
+    // Ubuntu's derivatives (Mint, Pop!_OS) name the Ubuntu release they
+    // are built on, whose packages they use.
+    let like_ubuntu =
+        field(os_release, "ID_LIKE").is_some_and(|l| l.split_whitespace().any(|w| w == "ubuntu"));
+    if id != "ubuntu" && like_ubuntu {
+        if let Some(codename) = field(os_release, "UBUNTU_CODENAME") {
+            if let Some(d) = SUPPORTED
+                .iter()
+                .find(|d| d.family == Family::Ubuntu && d.codename == codename)
+            {
+                return Ok(*d);
+            }
+        }
+    }
     let version = field(os_release, "VERSION_ID").unwrap_or("");
-    let family = match id {
+    let family = match id.as_str() {
         "ubuntu" => Family::Ubuntu,
         "debian" => Family::Debian,
         _ => {
-            let pretty = field(os_release, "PRETTY_NAME").unwrap_or(id);
+            let pretty = field(os_release, "PRETTY_NAME").unwrap_or(&id);
             return Err(format!(
                 "{} is not supported by MongoDB's apt repositories through ams-agent; supported: {}",
                 if pretty.is_empty() {
@@ -109,6 +123,12 @@ pub fn detect(os_release: &str) -> std::result::Result<Distro, String> {
             ));
         }
     };
+    if version.is_empty() {
+        return Err(format!(
+            "{OS_RELEASE} names {id} but no VERSION_ID, so the release is unknown; supported: {}",
+            supported_list()
+        ));
+    }
     SUPPORTED
         .iter()
         .find(|d| d.family == family && d.version == version)
@@ -188,6 +208,18 @@ mod tests {
                 .unwrap_err()
                 .starts_with("ubuntu 18.04 is not supported")
         );
+    }
+
+    #[test]
+    fn derivatives_and_odd_files() {
+        let mint = "NAME=\"Linux Mint\"\nID=linuxmint\nID_LIKE=\"ubuntu debian\"\nVERSION_ID=\"21.3\"\nUBUNTU_CODENAME=jammy\n";
+        assert_eq!(detect(mint).unwrap().codename, "jammy");
+        assert_eq!(
+            detect("ID=Ubuntu\nVERSION_ID=24.04\n").unwrap().codename,
+            "noble"
+        );
+        let err = detect("ID=debian\n").unwrap_err();
+        assert!(err.contains("no VERSION_ID"), "{err}");
     }
 
     #[test]

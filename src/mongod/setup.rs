@@ -105,7 +105,9 @@ pub fn plan_install(host: &Host, req: &Request, package: &Package) -> Result<Pla
     let keyring_present = host
         .read_optional(&keyring_path)?
         .is_some_and(|k| super::repo::to_keyring(&k).is_ok());
-    let repo_changed = !(list_same && keyring_present && *package != Package::Missing);
+    // An installed package needs no repository work: a host set up by
+    // hand (another list file) or offline stays as it is.
+    let repo_changed = *package == Package::Missing && !(list_same && keyring_present);
     if repo_changed {
         // The keyring first: apt never sees the line without its key.
         plan.push(Step::Action(Arc::new(InstallKeyring {
