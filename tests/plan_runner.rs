@@ -5,11 +5,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use ams_agent::ams::AmsLayout;
+use ams_agent::ams::db::{Credentials, classify};
 use ams_agent::ams::mode::{self, Mode, ModeSwitch, Restart};
 use ams_agent::host::Host;
 use ams_agent::host::fs::CrashPoints;
 use ams_agent::host::runner::{Output, RecordingRunner};
-use ams_agent::mongo::url::{Credentials, classify};
 use ams_agent::plan::ApplyCtx;
 
 mod fixture;

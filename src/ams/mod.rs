@@ -1,6 +1,7 @@
 //! Ant Media Server: its install layout, its configuration files, and the
 //! standalone/cluster mode switch.
 
+pub mod db;
 pub mod etc_hosts;
 pub mod files;
 pub mod jee;

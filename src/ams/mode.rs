@@ -11,12 +11,12 @@ use super::files::{Secret, change, load, load_existing, read_text, refuse_mount_
 use super::jee;
 use super::layout::{self, AmsLayout};
 use super::properties::Properties;
+use crate::ams::db::{DbKind, DbUrl};
 use crate::bail_usage;
 use crate::host::fs::{STATE_DIR, private_meta, temp_path_for};
 use crate::host::systemd::ServiceAction;
 use crate::host::txn;
 use crate::host::{Host, net};
-use crate::mongo::url::{DbKind, DbUrl};
 use crate::plan::{FileChange, Plan, Step};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

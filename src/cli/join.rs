@@ -20,6 +20,7 @@ use super::mode::{print_or_apply, switch_mode};
 use super::run::runtime;
 use super::{Context, MongoAuthArgs, parse_duration};
 use crate::ams::AmsLayout;
+use crate::ams::db::{self, DbKind, DbUrl};
 use crate::ams::layout::{DEFAULT_AMS_HOME, DEFAULT_HTTP_URL};
 use crate::ams::mode::{self, Mode, ModeSwitch};
 use crate::bail_usage;
@@ -33,7 +34,6 @@ use crate::host::systemd::ServiceAction;
 use crate::host::{Host, tty};
 use crate::mongo::error::{Failure, RegistryError};
 use crate::mongo::registry::{Deadlines, LastError, NodeState, Registry, Target};
-use crate::mongo::url::{self, DbKind, DbUrl};
 use crate::node::health::CpuSampler;
 use crate::node::identity::{self, NodeIdentity};
 use crate::node::imds;
@@ -147,7 +147,7 @@ struct Request {
 fn validate(ctx: &Context, args: &JoinArgs) -> Result<Request> {
     let input = mongo_input(args)?;
     let creds = args.auth.credentials()?;
-    let db = url::classify(&input, &creds, &ctx.host, "--mongo")?;
+    let db = db::classify(&input, &creds, &ctx.host, "--mongo")?;
     if db.kind != DbKind::MongoDb {
         bail_usage!(
             "--mongo `{}`: join needs MongoDB (the node registry lives there), not {}",
@@ -175,7 +175,7 @@ fn validate(ctx: &Context, args: &JoinArgs) -> Result<Request> {
     let db = args
         .auth
         .ask_missing_password(&creds, db, &input, &ctx.host, "--mongo")?;
-    let (uri, password) = url::split_password(&db.url);
+    let (uri, password) = crate::mongo::uri::split_password(&db.url);
     let config = AgentConfig {
         mongo: MongoSection {
             uri: uri.clone(),

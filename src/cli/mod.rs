@@ -6,11 +6,11 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
+use crate::ams::db::{self, Credentials, DbKind, DbUrl};
 use crate::bail_usage;
 use crate::host::fs::CrashPoints;
 use crate::host::lock::HostLock;
 use crate::host::{CommandRunner, Host, SystemRunner, tty, txn};
-use crate::mongo::url::{self, Credentials, DbKind, DbUrl};
 
 pub mod cert;
 pub mod generate;
@@ -212,7 +212,7 @@ impl MongoAuthArgs {
         };
         if db.kind != DbKind::MongoDb
             || creds.password.is_some()
-            || url::mechanism_without_password(&db.url)
+            || crate::mongo::uri::mechanism_without_password(&db.url)
         {
             return Ok(db);
         }
@@ -235,7 +235,7 @@ impl MongoAuthArgs {
             password_from: "the terminal",
             ..creds.clone()
         };
-        url::classify(input, &with_password, host, flag)
+        db::classify(input, &with_password, host, flag)
     }
 }
 

@@ -10,11 +10,11 @@ use clap::{Args, Subcommand};
 
 use super::{Context, MongoAuthArgs, parse_duration, parse_node_ip};
 use crate::ams::AmsLayout;
+use crate::ams::db::{self, DbKind, DbUrl};
 use crate::ams::layout::{DEFAULT_AMS_HOME, DEFAULT_HTTP_URL};
 use crate::ams::mode::{self, Mode, ModeSwitch};
 use crate::mongo::error::RegistryError;
 use crate::mongo::registry::{Deadlines, Registry, Target};
-use crate::mongo::url::{self, DbKind, DbUrl};
 use crate::plan::{ApplyCtx, Plan};
 
 /// Switch Ant Media Server between standalone and cluster mode
@@ -121,7 +121,7 @@ pub fn run(ctx: &Context, args: ModeArgs) -> Result<()> {
     let creds = opts.auth.credentials()?;
     let db_input = db;
     let db = match &db_input {
-        Some(db) => url::classify(db, &creds, &ctx.host, "DB")?,
+        Some(db) => db::classify(db, &creds, &ctx.host, "DB")?,
         None => {
             if creds.user.is_some() || creds.password.is_some() {
                 crate::bail_usage!(
@@ -166,7 +166,7 @@ pub fn run(ctx: &Context, args: ModeArgs) -> Result<()> {
 /// not accept the credentials): the shell switched anyway, and AMS then
 /// stopped at start-up.
 fn check_mongodb(db: &DbUrl, timeout: Duration) -> Result<()> {
-    let (uri, password) = url::split_password(&db.url);
+    let (uri, password) = crate::mongo::uri::split_password(&db.url);
     let target = Target {
         uri,
         password,

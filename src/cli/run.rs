@@ -10,12 +10,12 @@ use clap::Args;
 
 use super::{Context, MongoAuthArgs, parse_duration};
 use crate::ams::AmsLayout;
+use crate::ams::db::{self, DbKind};
 use crate::ams::layout::DEFAULT_HTTP_URL;
 use crate::bail_usage;
 use crate::config::{self, AgentConfig, CONFIG_FILE, DEFAULT_COLLECTION, DEFAULT_DATABASE, Role};
 use crate::host::Host;
 use crate::mongo::registry::Target;
-use crate::mongo::url::{self, DbKind};
 use crate::node::imds;
 use crate::reporter::{ReporterSettings, reporter_loop};
 
@@ -72,7 +72,7 @@ impl RegistryArgs {
         let creds = self.auth.credentials()?;
         let (uri, password) = match &self.mongo {
             Some(input) => {
-                let db = url::classify(input, &creds, host, "--mongo")?;
+                let db = db::classify(input, &creds, host, "--mongo")?;
                 if db.kind != DbKind::MongoDb {
                     bail_usage!(
                         "--mongo `{}`: the node registry needs MongoDB, not {}",
@@ -83,7 +83,7 @@ impl RegistryArgs {
                 let db = self
                     .auth
                     .ask_missing_password(&creds, db, input, host, "--mongo")?;
-                url::split_password(&db.url)
+                crate::mongo::uri::split_password(&db.url)
             }
             None => {
                 let Some(cfg) = &config else {

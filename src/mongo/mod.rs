@@ -1,6 +1,6 @@
-//! MongoDB: the database argument (URL classification and redaction), and
-//! the node registry (register, heartbeat, leave, list) with clear errors.
+//! MongoDB: connection URIs parsed once, and the node registry (register,
+//! heartbeat, leave, list) with clear errors.
 
 pub mod error;
 pub mod registry;
-pub mod url;
+pub mod uri;

@@ -15,7 +15,6 @@ use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
 
 use super::error::{Failure, RegistryError};
-use super::url;
 use crate::node::Role;
 use crate::node::health::{AmsState, Health};
 use crate::node::identity::NodeIdentity;
@@ -47,20 +46,12 @@ impl std::fmt::Debug for Target {
 impl Target {
     /// The URI as printed: the password (kept apart) shows as `****`.
     pub fn shown(&self) -> String {
-        let plain = crate::secret::redact(&self.uri);
-        if self.password.is_none() {
-            return plain;
-        }
-        let Some(start) = plain.find("://").map(|i| i + 3) else {
-            return plain;
-        };
-        let rest = &plain[start..];
-        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        match rest[..authority_end].rfind('@') {
-            Some(at) if !rest[..at].contains(':') => {
-                format!("{}{}:****{}", &plain[..start], &rest[..at], &rest[at..])
-            }
-            _ => plain,
+        match (super::uri::MongoUri::parse(&self.uri), &self.password) {
+            (Some(u), Some(p)) if u.user().is_some() => u
+                .with_password(crate::secret::Secret::new(p.clone()))
+                .to_string(),
+            (Some(u), _) => u.to_string(),
+            (None, _) => crate::secret::redact(&self.uri),
         }
     }
 }
@@ -221,7 +212,7 @@ impl Registry {
         // message): some mechanisms (PLAIN) are refused without one at parse
         // time.
         let full = match &target.password {
-            Some(pw) => match url::join_password(&target.uri, pw) {
+            Some(pw) => match super::uri::join_password(&target.uri, pw) {
                 Some(full) => full,
                 None => {
                     return Err(RegistryError::new(
@@ -237,7 +228,7 @@ impl Registry {
             Ok(Ok(o)) => o,
             Ok(Err(e)) => {
                 let mut err = RegistryError::from_driver(&e, &shown, "reading the URI");
-                let forms = target.password.as_deref().map(url::password_forms);
+                let forms = target.password.as_deref().map(super::uri::password_forms);
                 for secret in forms.iter().flatten() {
                     err.message = err.message.replace(secret.as_str(), "****");
                 }

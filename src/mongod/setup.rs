@@ -164,7 +164,7 @@ pub fn plan_configure(
 ) -> Result<Plan> {
     let mut plan = Plan::new(format!("configure mongod {}", req.series()));
     plan.secrets.push(req.login.password.expose().to_string());
-    plan.secrets.extend(crate::mongo::url::password_forms(
+    plan.secrets.extend(crate::mongo::uri::password_forms(
         req.login.password.expose(),
     ));
 

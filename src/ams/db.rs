@@ -10,19 +10,12 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use anyhow::Result;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use percent_encoding::utf8_percent_encode;
 
 use crate::bail_usage;
 use crate::host::Host;
 
 pub const DEFAULT_MONGO_PORT: u16 = 27017;
-
-/// Characters kept as they are in userinfo; everything else is %-encoded.
-const USERINFO: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DbKind {
@@ -125,22 +118,7 @@ impl DbUrl {
     }
 }
 
-/// Whether a MongoDB URI asks for an authentication mechanism that takes no
-/// password (X.509 certificates, Kerberos, AWS or OIDC identities).
-pub fn mechanism_without_password(url: &str) -> bool {
-    let Some(query) = url.split_once('?').map(|(_, q)| q) else {
-        return false;
-    };
-    query.split('&').any(|pair| {
-        pair.split_once('=').is_some_and(|(k, v)| {
-            k.eq_ignore_ascii_case("authMechanism")
-                && ["MONGODB-X509", "GSSAPI", "MONGODB-AWS", "MONGODB-OIDC"]
-                    .iter()
-                    .any(|m| v.eq_ignore_ascii_case(m))
-        })
-    })
-}
-
+use crate::mongo::uri::{USERINFO, password_forms};
 pub use crate::secret::{redact, redact_loose};
 
 const FORMS: &str = "expected an IPv4 or [IPv6] address, a host name, host:port, a comma-separated host list, a mongodb:// or mongodb+srv:// URI, a redis:// or rediss:// URI, or the path of an existing Redis YAML file";
@@ -355,67 +333,6 @@ fn secret_forms(creds: &Credentials) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Every form of a password that could be printed: as given, and
-/// percent-encoded as in a URI.
-pub fn password_forms(p: &str) -> Vec<String> {
-    let encoded = utf8_percent_encode(p, USERINFO).to_string();
-    let mut forms = vec![p.to_string(), encoded];
-    forms.retain(|s| !s.is_empty());
-    forms.dedup();
-    forms
-}
-
-/// The password of a `scheme://user:password@host…` URI, as written
-/// (percent-encoded), if any.
-pub fn uri_password(uri: &str) -> Option<String> {
-    let rest = &uri[uri.find("://")? + 3..];
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let at = rest[..authority_end].rfind('@')?;
-    let (_, pass) = rest[..at].split_once(':')?;
-    (!pass.is_empty()).then(|| pass.to_string())
-}
-
-/// Splits a URI into the URI without its password (the user is kept) and
-/// the password, percent-decoded. For `agent.toml` and the password file.
-/// The inverse of [`split_password`]: the password put back after the
-/// user, percent-encoded. None when the URI names no user (or already holds
-/// a password).
-pub fn join_password(uri: &str, password: &str) -> Option<String> {
-    let scheme_end = uri.find("://")? + 3;
-    let rest = &uri[scheme_end..];
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let at = rest[..authority_end].rfind('@')?;
-    if rest[..at].contains(':') {
-        return None;
-    }
-    Some(format!(
-        "{}{}:{}{}",
-        &uri[..scheme_end],
-        &rest[..at],
-        utf8_percent_encode(password, USERINFO),
-        &rest[at..]
-    ))
-}
-
-pub fn split_password(uri: &str) -> (String, Option<String>) {
-    let Some(scheme_end) = uri.find("://").map(|i| i + 3) else {
-        return (uri.to_string(), None);
-    };
-    let rest = &uri[scheme_end..];
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return (uri.to_string(), None);
-    };
-    let Some(colon) = rest[..at].find(':') else {
-        return (uri.to_string(), None);
-    };
-    let password = percent_encoding::percent_decode_str(&rest[colon + 1..at])
-        .decode_utf8_lossy()
-        .into_owned();
-    let stripped = format!("{}{}{}", &uri[..scheme_end], &rest[..colon], &rest[at..]);
-    (stripped, (!password.is_empty()).then_some(password))
-}
-
 fn mongo_uri(input: &str, creds: &Credentials, flag: &str) -> Result<DbUrl> {
     let scheme_end = input.find("://").expect("checked by caller") + 3;
     let scheme = input[..scheme_end].to_ascii_lowercase();
@@ -588,6 +505,7 @@ fn valid_host_name_or_ipv4(host: &str) -> bool {
 mod tests {
     use super::*;
     use crate::host::fs::CrashPoints;
+    use crate::mongo::uri::{join_password, mechanism_without_password, split_password};
 
     fn host() -> Host {
         Host::new("/nonexistent-root", CrashPoints::default())
