@@ -118,8 +118,9 @@ impl DbUrl {
     }
 }
 
+pub use crate::mongo::uri::redact;
 use crate::mongo::uri::{USERINFO, password_forms};
-pub use crate::secret::{redact, redact_loose};
+pub use crate::secret::redact_loose;
 
 const FORMS: &str = "expected an IPv4 or [IPv6] address, a host name, host:port, a comma-separated host list, a mongodb:// or mongodb+srv:// URI, a redis:// or rediss:// URI, or the path of an existing Redis YAML file";
 

@@ -89,7 +89,7 @@ pub fn current(host: &Host, layout: &AmsLayout) -> Result<CurrentMode> {
         db_type,
         cluster_db: red5
             .get("clusterdb.host")
-            .map(|h| crate::secret::redact(&h)),
+            .map(|h| crate::mongo::uri::redact(&h)),
         node_group: red5.get("nodeGroup"),
     })
 }

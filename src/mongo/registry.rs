@@ -51,7 +51,7 @@ impl Target {
                 .with_password(crate::secret::Secret::new(p.clone()))
                 .to_string(),
             (Some(u), _) => u.to_string(),
-            (None, _) => crate::secret::redact(&self.uri),
+            (None, _) => super::uri::redact(&self.uri),
         }
     }
 }

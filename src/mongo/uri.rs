@@ -105,6 +105,12 @@ impl fmt::Debug for MongoUri {
     }
 }
 
+/// Masks the password of any `scheme://user:password@host…` URL (MongoDB
+/// or Redis): the URI as [`MongoUri`] prints it.
+pub fn redact(url: &str) -> String {
+    MongoUri::parse(url).map_or_else(|| url.to_string(), |u| u.to_string())
+}
+
 /// Every form of a password that could be printed: as given, and
 /// percent-encoded as in a URI.
 pub fn password_forms(p: &str) -> Vec<String> {
