@@ -17,7 +17,6 @@ use anyhow::{Context as _, Result};
 use clap::Args;
 
 use super::mode::{print_or_apply, switch_mode};
-use super::run::runtime;
 use super::{Context, MongoAuthArgs, parse_duration};
 use crate::ams::AmsLayout;
 use crate::ams::db::{self, DbKind, DbUrl};
@@ -30,6 +29,7 @@ use crate::config::{
     ReporterSection, Role,
 };
 use crate::host::fs::private_meta;
+use crate::host::runtime;
 use crate::host::systemd::ServiceAction;
 use crate::host::{Host, tty};
 use crate::mongo::error::{Failure, RegistryError};

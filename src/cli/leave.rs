@@ -8,7 +8,8 @@ use anyhow::{Context as _, Result};
 use clap::Args;
 
 use super::Context;
-use super::run::{RegistryArgs, Resolved, runtime};
+use super::run::{RegistryArgs, Resolved};
+use crate::host::runtime;
 use std::sync::Arc;
 
 use crate::config::{self, JOIN_RECORD, JoinRecord, LastErrorRecord};

@@ -175,7 +175,7 @@ fn check_mongodb(db: &DbUrl, timeout: Duration) -> Result<()> {
     };
     let deadlines = Deadlines::within(timeout);
     tracing::info!("checking that MongoDB at {} answers", db.redacted());
-    let checked: std::result::Result<(), RegistryError> = super::run::runtime()?.block_on(async {
+    let checked: std::result::Result<(), RegistryError> = crate::host::runtime()?.block_on(async {
         let registry = Registry::open(&target, deadlines).await?;
         let pinged = registry.ping().await;
         registry.close().await;

@@ -139,10 +139,6 @@ pub fn validate_timeout(d: Duration, flag: &str) -> Result<()> {
     Ok(())
 }
 
-/// A single-threaded tokio runtime for one command (the agent is small and
-/// mostly waits).
-pub use crate::host::runtime;
-
 /// Run the reporter daemon: heartbeat this node to MongoDB until stopped
 #[derive(Debug, Args)]
 #[command(
@@ -220,6 +216,6 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<()> {
         );
         return Ok(());
     }
-    let rt = runtime()?;
+    let rt = crate::host::runtime()?;
     rt.block_on(reporter_loop(&ctx.host, ctx.runner.as_ref(), &settings))
 }

@@ -13,7 +13,8 @@ use mongodb::bson::{Bson, DateTime, Document};
 use serde::Serialize;
 
 use super::Context;
-use super::run::{RegistryArgs, Resolved, runtime};
+use super::run::{RegistryArgs, Resolved};
+use crate::host::runtime;
 use crate::mongo::registry::{Deadlines, Registry};
 
 /// A node is alive while its last heartbeat is younger than this many intervals.

@@ -391,7 +391,7 @@ mod tests {
 
     #[test]
     fn the_password_file_is_read_like_the_flag_reads_it() {
-        if std::env::var_os(crate::cli::PASSWORD_ENV).is_some()
+        if std::env::var_os(PASSWORD_ENV).is_some()
             || std::env::var_os("CREDENTIALS_DIRECTORY").is_some()
         {
             return; // the environment would take precedence over the file
