@@ -175,6 +175,14 @@ impl CertHost {
     }
 }
 
+/// A lineage in certbot's layout, from the committed test PKI.
+fn fixture_lineage() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixture/certs/live/live.example.test")
+        .display()
+        .to_string()
+}
+
 fn mode(p: &Path) -> u32 {
     fs::metadata(p).unwrap().permissions().mode() & 0o7777
 }
@@ -550,8 +558,7 @@ fn dry_runs_change_nothing_and_never_show_the_key() {
     assert_eq!(h.tree.snapshot(), before);
     assert!(!h.root().join("etc/letsencrypt").exists());
 
-    let fixture =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixture/certs/live/live.example.test");
+    let fixture = fixture_lineage();
     let out = h.run(&[
         "--dry-run",
         "cert",
@@ -559,7 +566,7 @@ fn dry_runs_change_nothing_and_never_show_the_key() {
         "--for",
         "both",
         "--lineage",
-        fixture.to_str().unwrap(),
+        &fixture,
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
@@ -688,9 +695,8 @@ fn a_later_cert_run_updates_the_hook_certbot_keeps() {
 #[test]
 fn a_restart_that_failed_is_owed_to_the_next_run() {
     let h = CertHost::new();
-    let fixture =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixture/certs/live/live.example.test");
-    let lineage = fixture.to_str().unwrap();
+    let fixture = fixture_lineage();
+    let lineage = &fixture;
     h.tree.fake_systemctl(1, "Job for antmedia.service failed");
     let out = h.run(&["cert", "deploy", "--lineage", lineage]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
@@ -711,17 +717,9 @@ fn a_restart_that_failed_is_owed_to_the_next_run() {
 #[test]
 fn an_unchecked_haproxy_pem_does_not_stay() {
     let h = CertHost::new();
-    let fixture =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixture/certs/live/live.example.test");
+    let fixture = fixture_lineage();
     // haproxy missing from PATH: the check cannot run, the file goes back.
-    let mut cmd = h.command(&[
-        "cert",
-        "deploy",
-        "--for",
-        "haproxy",
-        "--lineage",
-        fixture.to_str().unwrap(),
-    ]);
+    let mut cmd = h.command(&["cert", "deploy", "--for", "haproxy", "--lineage", &fixture]);
     cmd.env(
         "PATH",
         format!("{}:/usr/local/bin:/bin", h.tree.bin.display()),
@@ -734,14 +732,7 @@ fn an_unchecked_haproxy_pem_does_not_stay() {
             .exists()
     );
     // With haproxy back, the next run installs, checks and reloads.
-    let out = h.run(&[
-        "cert",
-        "deploy",
-        "--for",
-        "haproxy",
-        "--lineage",
-        fixture.to_str().unwrap(),
-    ]);
+    let out = h.run(&["cert", "deploy", "--for", "haproxy", "--lineage", &fixture]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(h.tree.systemctl_calls(), ["reload haproxy"]);
 }
@@ -749,16 +740,8 @@ fn an_unchecked_haproxy_pem_does_not_stay() {
 #[test]
 fn status_lists_what_it_can_read_and_names_what_it_cannot() {
     let h = CertHost::new();
-    let fixture =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixture/certs/live/live.example.test");
-    let out = h.run(&[
-        "cert",
-        "deploy",
-        "--for",
-        "both",
-        "--lineage",
-        fixture.to_str().unwrap(),
-    ]);
+    let fixture = fixture_lineage();
+    let out = h.run(&["cert", "deploy", "--for", "both", "--lineage", &fixture]);
     assert!(out.status.success(), "{}", stderr(&out));
     fs::write(h.root().join("etc/haproxy/certs/zzz.pem"), "garbage").unwrap();
     let out = h.run(&["cert", "status", "--json"]);
