@@ -415,7 +415,7 @@ fn real_mongod_heartbeats_indexes_and_list() {
     let db = unique_db("registry");
     let t = Target {
         uri: base,
-        password,
+        password: password.map(Into::into),
         database: db.clone(),
         collection: "nodes".into(),
     };

@@ -200,7 +200,7 @@ fn validate(ctx: &Context, args: &JoinArgs) -> Result<Request> {
     Ok(Request {
         target: Target {
             uri,
-            password,
+            password: password.map(crate::secret::Secret::new),
             database: args.database.clone(),
             collection: args.collection.clone(),
         },
@@ -230,7 +230,7 @@ fn already_joined(host: &Host, node: &NodeIdentity, req: &Request, restart: bool
     // others is rewritten 0600 by running join again.
     let password_same = host.read_optional(Path::new(PASSWORD_FILE)).ok().flatten()
         == Some(config::password_file_content(
-            req.target.password.as_deref(),
+            req.target.password.as_ref().map(|p| p.expose()),
         ))
         && host
             .meta(Path::new(PASSWORD_FILE))
@@ -277,7 +277,7 @@ fn agent_plan(host: &Host, req: &Request, node: &NodeIdentity) -> Result<Plan> {
     let mut plan = Plan::new(format!("configure the reporter of node {}", node.id));
     plan.secrets = req.db.secrets.clone();
     if let Some(p) = &req.target.password {
-        plan.secrets.push(p.clone());
+        plan.secrets.push(p.expose().to_string());
     }
     plan.files(
         "write the agent configuration",
@@ -292,7 +292,7 @@ fn agent_plan(host: &Host, req: &Request, node: &NodeIdentity) -> Result<Plan> {
             file_change(
                 host,
                 PASSWORD_FILE,
-                config::password_file_content(req.target.password.as_deref()),
+                config::password_file_content(req.target.password.as_ref().map(|p| p.expose())),
                 0o600,
                 false,
             )?,

@@ -77,12 +77,12 @@ impl GlobalArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     Mode(mode::ModeArgs),
-    Cert(cert::CertArgs),
     Join(join::JoinArgs),
     Run(run::RunArgs),
     Status(status::StatusArgs),
     Leave(leave::LeaveArgs),
     Setup(setup::SetupArgs),
+    Cert(cert::CertArgs),
     #[command(hide = true)]
     Generate(generate::GenerateArgs),
 }

@@ -169,7 +169,7 @@ fn check_mongodb(db: &DbUrl, timeout: Duration) -> Result<()> {
     let (uri, password) = crate::mongo::uri::split_password(&db.url);
     let target = Target {
         uri,
-        password,
+        password: password.map(crate::secret::Secret::new),
         database: "admin".into(),
         collection: "unused".into(),
     };

@@ -118,7 +118,7 @@ impl RegistryArgs {
         Ok(Resolved {
             target: Target {
                 uri,
-                password,
+                password: password.map(crate::secret::Secret::new),
                 database,
                 collection,
             },

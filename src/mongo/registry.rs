@@ -18,6 +18,7 @@ use super::error::{Failure, RegistryError};
 use crate::node::Role;
 use crate::node::health::{AmsState, Health};
 use crate::node::identity::NodeIdentity;
+use crate::secret::Secret;
 
 pub const TTL_INDEX: &str = "lastSeen_ttl";
 pub const ROLE_INDEX: &str = "role_state";
@@ -27,7 +28,7 @@ pub const ROLE_INDEX: &str = "role_state";
 pub struct Target {
     /// The URI without its password.
     pub uri: String,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     pub database: String,
     pub collection: String,
 }
@@ -36,7 +37,7 @@ impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Target")
             .field("uri", &self.shown())
-            .field("password", &self.password.as_ref().map(|_| "****"))
+            .field("password", &self.password)
             .field("database", &self.database)
             .field("collection", &self.collection)
             .finish()
@@ -47,9 +48,7 @@ impl Target {
     /// The URI as printed: the password (kept apart) shows as `****`.
     pub fn shown(&self) -> String {
         match (super::uri::MongoUri::parse(&self.uri), &self.password) {
-            (Some(u), Some(p)) if u.user().is_some() => u
-                .with_password(crate::secret::Secret::new(p.clone()))
-                .to_string(),
+            (Some(u), Some(p)) if u.user().is_some() => u.with_password(p.clone()).to_string(),
             (Some(u), _) => u.to_string(),
             (None, _) => super::uri::redact(&self.uri),
         }
@@ -212,7 +211,7 @@ impl Registry {
         // message): some mechanisms (PLAIN) are refused without one at parse
         // time.
         let full = match &target.password {
-            Some(pw) => match super::uri::join_password(&target.uri, pw) {
+            Some(pw) => match super::uri::join_password(&target.uri, pw.expose()) {
                 Some(full) => full,
                 None => {
                     return Err(RegistryError::new(
@@ -228,7 +227,10 @@ impl Registry {
             Ok(Ok(o)) => o,
             Ok(Err(e)) => {
                 let mut err = RegistryError::from_driver(&e, &shown, "reading the URI");
-                let forms = target.password.as_deref().map(super::uri::password_forms);
+                let forms = target
+                    .password
+                    .as_ref()
+                    .map(|p| super::uri::password_forms(p.expose()));
                 for secret in forms.iter().flatten() {
                     err.message = err.message.replace(secret.as_str(), "****");
                 }
