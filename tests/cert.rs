@@ -762,3 +762,24 @@ fn status_lists_what_it_can_read_and_names_what_it_cannot() {
         stdout(&table)
     );
 }
+
+/// With a web server keeping port 80, certbot writes the challenge under
+/// its folder instead (`--webroot`); nothing binds the port.
+#[test]
+fn webroot_leaves_port_80_to_the_web_server() {
+    let h = CertHost::new();
+    let webroot = h.root().join("var/www/html");
+    fs::create_dir_all(&webroot).unwrap();
+    let out = h.issue(&[DOMAIN], &["--webroot", "/var/www/html", "--for", "ams"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        h.conf("fullchain.pem"),
+        fs::read(h.live(DOMAIN).join("fullchain.pem")).unwrap()
+    );
+    let renewal = fs::read_to_string(
+        h.root()
+            .join(format!("etc/letsencrypt/renewal/{DOMAIN}.conf")),
+    )
+    .unwrap();
+    assert!(renewal.contains("authenticator = webroot"), "{renewal}");
+}
