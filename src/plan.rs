@@ -191,6 +191,11 @@ impl Plan {
     /// Executes the plan. On failure the error names the step, and says which
     /// steps were completed and which were not.
     pub fn apply(&self, ctx: &ApplyCtx) -> Result<()> {
+        self.apply_indexed(ctx).map_err(|(_, e)| e)
+    }
+
+    /// [`Plan::apply`], saying which step (by index) failed.
+    pub fn apply_indexed(&self, ctx: &ApplyCtx) -> std::result::Result<(), (usize, anyhow::Error)> {
         let total = self.steps.len();
         for (i, step) in self.steps.iter().enumerate() {
             let summary = self.mask(&step.summary());
@@ -213,7 +218,9 @@ impl Plan {
                     started.elapsed().as_secs_f32()
                 ));
             }
-            result.with_context(|| format!("step {}/{total} ({summary}) failed{done}", i + 1))?;
+            result
+                .with_context(|| format!("step {}/{total} ({summary}) failed{done}", i + 1))
+                .map_err(|e| (i, e))?;
         }
         Ok(())
     }

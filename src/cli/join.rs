@@ -11,12 +11,12 @@
 use std::io::{BufRead, Write as _};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use clap::Args;
 
-use super::mode::{print_or_apply, switch_mode};
 use super::{Context, MongoAuthArgs, parse_duration};
 use crate::ams::AmsLayout;
 use crate::ams::db::{self, DbKind, DbUrl};
@@ -24,9 +24,8 @@ use crate::ams::layout::{DEFAULT_AMS_HOME, DEFAULT_HTTP_URL};
 use crate::ams::mode::{self, Mode, ModeSwitch};
 use crate::bail_usage;
 use crate::config::{
-    self, AgentConfig, CONFIG_DIR, CONFIG_FILE, DEFAULT_COLLECTION, DEFAULT_DATABASE, JOIN_RECORD,
-    JoinRecord, LAST_ERROR, LastErrorRecord, MongoSection, NodeSection, PASSWORD_FILE,
-    ReporterSection, Role,
+    self, AgentConfig, CONFIG_FILE, DEFAULT_COLLECTION, DEFAULT_DATABASE, JOIN_RECORD, JoinRecord,
+    LAST_ERROR, LastErrorRecord, MongoSection, NodeSection, PASSWORD_FILE, ReporterSection, Role,
 };
 use crate::host::fs::private_meta;
 use crate::host::runtime;
@@ -37,7 +36,7 @@ use crate::mongo::registry::{Deadlines, LastError, NodeState, Registry, Target};
 use crate::node::health::CpuSampler;
 use crate::node::identity::{self, NodeIdentity};
 use crate::node::imds;
-use crate::plan::{FileChange, Plan, Step};
+use crate::plan::{Action, ApplyCtx, FileChange, Plan, Step};
 use crate::reporter::{Gatherer, ReporterSettings, jitter};
 
 pub const AGENT_UNIT: &str = "ams-agent.service";
@@ -458,75 +457,298 @@ pub fn run(ctx: &Context, args: JoinArgs) -> Result<()> {
         return Ok(());
     }
 
+    let settings = ReporterSettings {
+        target: req.target.clone(),
+        role: req.config.node.role,
+        reporter: req.config.reporter.clone(),
+        layout: req.layout.clone(),
+        fallback_mode: None,
+        fallback_group: None,
+        ams_url: args.ams_url.clone(),
+        imds_endpoint: args.imds_endpoint.clone(),
+        ttl: args.ttl,
+        node_id: Some(node.id.clone()),
+        private_ip: args.ip,
+    };
+    let session = Arc::new(JoinSession {
+        rt,
+        settings,
+        node: node.clone(),
+        mongo_wait: args.mongo_wait,
+        ttl: args.ttl,
+        state: Mutex::new(SessionState::default()),
+    });
+    let j = Joiner {
+        ctx,
+        session: &session,
+    };
+    // Every local check (the AMS files, the agent's files) is made here,
+    // before anything is sent to MongoDB: a plan that cannot be made must
+    // not leave a stray `joining` document behind.
+    let (plan, stages) = j.plan(&req, &switch)?;
     if ctx.dry_run {
-        println!(
-            "Plan: join node {} ({}, {}) to the registry at {} ({}.{})",
+        print!("{}", plan.render());
+        println!("(dry run: nothing was changed and nothing was sent to MongoDB)");
+        return Ok(());
+    }
+    tracing::info!(
+        "joining node {} ({}) to MongoDB at {}",
+        node.id,
+        req.config.node.role.name(),
+        req.target.shown()
+    );
+    let applied = plan.apply_indexed(&ApplyCtx {
+        host: &ctx.host,
+        runner: ctx.runner.as_ref(),
+        progress: false,
+    });
+    if let Err((i, e)) = applied {
+        return Err(j.fail(stages[i], e));
+    }
+    if let Some(reg) = j.session.state.lock().expect("join state").registry.take() {
+        j.session.rt.block_on(reg.close());
+    }
+    j.summary(&args, &switch, started);
+    Ok(())
+}
+
+/// What the join's steps share: the runtime the registry client lives on,
+/// the registry once MongoDB answered, the CPU sampler started meanwhile
+/// (its average goes into the first heartbeats), AMS's last answer.
+struct JoinSession {
+    rt: tokio::runtime::Runtime,
+    settings: ReporterSettings,
+    node: NodeIdentity,
+    mongo_wait: Duration,
+    ttl: Duration,
+    state: Mutex<SessionState>,
+}
+
+#[derive(Default)]
+struct SessionState {
+    registry: Option<Registry>,
+    cpu: Option<CpuSampler>,
+    reachable_at: Option<Instant>,
+    ams_status: Option<u16>,
+}
+
+impl std::fmt::Debug for JoinSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "JoinSession({})", self.node.id)
+    }
+}
+
+impl JoinSession {
+    /// A heartbeat with the node in `state` (`joining` registers it).
+    fn heartbeat(&self, ctx: &ApplyCtx, state: NodeState, first: bool) -> Result<()> {
+        let mut st = self.state.lock().expect("join state");
+        let cpu = st.cpu.clone().context("the CPU sampler has not started")?;
+        let reg = st.registry.as_ref().context("MongoDB was not reached")?;
+        let mut gather = Gatherer::new(ctx.host, ctx.runner, &self.settings, cpu);
+        let report = self.rt.block_on(async {
+            let report = gather.report(&self.node, Some(state)).await;
+            reg.heartbeat(&report, first).await.map(|_| report)
+        })?;
+        st.ams_status = report.ams.http_status;
+        Ok(())
+    }
+}
+
+/// 1. MongoDB, with a deadline (CPU is sampled meanwhile).
+#[derive(Debug)]
+struct WaitForMongo(Arc<JoinSession>);
+
+impl Action for WaitForMongo {
+    fn summary(&self) -> String {
+        format!(
+            "wait up to {} for MongoDB at {}",
+            config::show_duration(self.0.mongo_wait),
+            self.0.settings.target.shown()
+        )
+    }
+
+    fn apply(&self, _: &ApplyCtx) -> Result<()> {
+        let s = &self.0;
+        let r = &s.settings.reporter;
+        let (cpu, reg) = s.rt.block_on(async {
+            let cpu = CpuSampler::start(r.cpu_samples, r.cpu_sample_interval);
+            (cpu, wait_for_mongo(&s.settings.target, s.mongo_wait).await)
+        });
+        let mut st = s.state.lock().expect("join state");
+        st.cpu = Some(cpu);
+        st.registry = Some(reg?);
+        st.reachable_at = Some(Instant::now());
+        Ok(())
+    }
+}
+
+/// 2. The node registered as `joining`, then the registry's indexes.
+#[derive(Debug)]
+struct RegisterJoining(Arc<JoinSession>);
+
+impl Action for RegisterJoining {
+    fn summary(&self) -> String {
+        format!(
+            "register the node as `joining` in {}.{} and create the registry indexes",
+            self.0.settings.target.database, self.0.settings.target.collection
+        )
+    }
+
+    fn apply(&self, ctx: &ApplyCtx) -> Result<()> {
+        let s = &self.0;
+        s.heartbeat(ctx, NodeState::Joining, true)?;
+        let st = s.state.lock().expect("join state");
+        if let Some(at) = st.reachable_at {
+            tracing::info!(
+                "registered as joining {:.0} ms after MongoDB answered",
+                at.elapsed().as_secs_f64() * 1000.0
+            );
+        }
+        let reg = st.registry.as_ref().context("MongoDB was not reached")?;
+        s.rt.block_on(reg.ensure_indexes(s.ttl))?;
+        Ok(())
+    }
+}
+
+/// 5. The node `ready`, AMS read afresh after the switch.
+#[derive(Debug)]
+struct MarkReady(Arc<JoinSession>);
+
+impl Action for MarkReady {
+    fn summary(&self) -> String {
+        "mark the node `ready`".into()
+    }
+
+    fn apply(&self, ctx: &ApplyCtx) -> Result<()> {
+        self.0.heartbeat(ctx, NodeState::Ready, false)
+    }
+}
+
+struct Joiner<'a> {
+    ctx: &'a Context,
+    session: &'a Arc<JoinSession>,
+}
+
+impl Joiner<'_> {
+    /// The whole join as one plan, with the name of the stage each step
+    /// belongs to (failures are reported, and recorded, by stage).
+    fn plan(&self, req: &Request, switch: &ModeSwitch) -> Result<(Plan, Vec<&'static str>)> {
+        let host = &self.ctx.host;
+        let node = &self.session.node;
+        let mut plan = Plan::new(format!(
+            "join node {} ({}, {}) to the registry at {} ({}.{})",
             node.id,
             node.source.name(),
             req.config.node.role.name(),
             req.target.shown(),
             req.target.database,
             req.target.collection
+        ));
+        let mut stages = Vec::new();
+        let mut add = |plan: &mut Plan, stage: &'static str, part: Plan| {
+            stages.extend(std::iter::repeat_n(stage, part.steps.len()));
+            plan.secrets.extend(part.secrets);
+            plan.steps.extend(part.steps);
+        };
+        let single = |step: Step| Plan {
+            steps: vec![step],
+            ..Plan::default()
+        };
+        let step = "switch AMS to cluster mode";
+        let switch_plan = mode::plan(host, switch).map_err(|e| self.fail(step, e))?;
+        // The reporter's settings as AMS will stand after the switch.
+        let mut cfg = req.config.clone();
+        cfg.node.ams_mode = Some(Mode::Cluster.name().to_string());
+        cfg.node.node_group =
+            crate::node::health::ams_config(host, &req.layout).and_then(|(_, g)| g);
+        let agent_req = Request {
+            db: req.db.clone(),
+            target: req.target.clone(),
+            config: cfg,
+            layout: req.layout.clone(),
+        };
+        let step = "configure and start the reporter";
+        let agent = agent_plan(host, &agent_req, node).map_err(|e| self.fail(step, e))?;
+
+        let session = Arc::clone(self.session);
+        add(
+            &mut plan,
+            "wait for MongoDB",
+            single(Step::Action(Arc::new(WaitForMongo(session.clone())))),
         );
-        println!(
-            "- wait up to {} for MongoDB, create the registry indexes, register the node as `joining`",
-            config::show_duration(args.mongo_wait)
+        add(
+            &mut plan,
+            "register the node",
+            single(Step::Action(Arc::new(RegisterJoining(session.clone())))),
         );
-        switch_mode(ctx, &switch)?;
-        print!("{}", agent_plan(&ctx.host, &req, &node)?.render());
-        println!("- mark the node `ready`");
-        println!("- record the join in {JOIN_RECORD}");
-        println!("(dry run: nothing was changed and nothing was sent to MongoDB)");
-        return Ok(());
+        add(&mut plan, "switch AMS to cluster mode", switch_plan);
+        add(&mut plan, "configure and start the reporter", agent);
+        add(
+            &mut plan,
+            "mark the node ready",
+            single(Step::Action(Arc::new(MarkReady(session)))),
+        );
+        // The join record, last: only a join that went all the way is
+        // "already joined" to a later run (a failed one is repaired by
+        // running it again).
+        let mut record = Plan::default();
+        record.files(
+            "record the join",
+            vec![
+                FileChange {
+                    internal: true,
+                    ..FileChange::write(
+                        host,
+                        Path::new(JOIN_RECORD),
+                        join_record(req, node).to_json(),
+                        0o644,
+                    )?
+                },
+                FileChange {
+                    path: LAST_ERROR.into(),
+                    before: host.read_optional(Path::new(LAST_ERROR))?,
+                    after: None,
+                    meta_before: None,
+                    meta: private_meta(0o644),
+                    internal: true,
+                },
+            ],
+        );
+        add(&mut plan, "record the join", record);
+        Ok((plan, stages))
     }
 
-    let mut j = Joiner {
-        ctx,
-        node: &node,
-        req: &req,
-        registry: None,
-        rt: &rt,
-    };
-    j.run(&args, &switch, started)
-}
-
-struct Joiner<'a> {
-    ctx: &'a Context,
-    node: &'a NodeIdentity,
-    req: &'a Request,
-    registry: Option<Registry>,
-    rt: &'a tokio::runtime::Runtime,
-}
-
-impl Joiner<'_> {
     /// Records a failed step locally and, when reachable, in MongoDB; the
     /// error names the step.
     fn fail(&self, step: &str, err: anyhow::Error) -> anyhow::Error {
         let message = format!("{err:#}");
         let message = message.split(['\n', '\r']).collect::<Vec<_>>().join(" ");
+        let node = &self.session.node;
         config::record_last_error(
             &self.ctx.host,
             &LastErrorRecord {
                 command: "join".into(),
                 step: step.into(),
                 message: message.clone(),
-                node_id: Some(self.node.id.clone()),
+                node_id: Some(node.id.clone()),
                 at: config::unix_now(),
             },
         );
-        if let Some(reg) = &self.registry {
+        let st = self.session.state.lock().expect("join state");
+        if let Some(reg) = &st.registry {
             let le = LastError {
                 step: step.into(),
                 message: message.clone(),
             };
             if let Err(e) =
-                self.rt
-                    .block_on(reg.record_error(&self.node.id, &le, Duration::from_secs(3)))
+                self.session
+                    .rt
+                    .block_on(reg.record_error(&node.id, &le, Duration::from_secs(3)))
             {
                 // The error names the URI with its password masked.
                 tracing::warn!(
                     "could not record the failed step in the node document of {}: {e}",
-                    self.node.id
+                    node.id
                 );
             }
         }
@@ -538,136 +760,30 @@ impl Joiner<'_> {
         anyhow::anyhow!(failed)
     }
 
-    fn run(&mut self, args: &JoinArgs, switch: &ModeSwitch, started: Instant) -> Result<()> {
-        let host = &self.ctx.host;
-        let settings = ReporterSettings {
-            target: self.req.target.clone(),
-            role: self.req.config.node.role,
-            reporter: self.req.config.reporter.clone(),
-            layout: self.req.layout.clone(),
-            fallback_mode: None,
-            fallback_group: None,
-            ams_url: args.ams_url.clone(),
-            imds_endpoint: args.imds_endpoint.clone(),
-            ttl: args.ttl,
-            node_id: Some(self.node.id.clone()),
-            private_ip: args.ip,
-        };
-
-        // 0. Every local check before anything is sent to MongoDB: a plan
-        // that cannot be made (a host name that cannot be pinned, no address
-        // for /etc/hosts, unreadable AMS or agent files) must not leave a
-        // stray `joining` document behind.
-        let step = "switch AMS to cluster mode";
-        mode::plan(host, switch).map_err(|e| self.fail(step, e))?;
-        let step = "configure and start the reporter";
-        agent_plan(host, self.req, self.node).map_err(|e| self.fail(step, e))?;
-
-        // 1. MongoDB (CPU is sampled meanwhile, for the first heartbeat).
-        let step = "wait for MongoDB";
-        tracing::info!(
-            "joining node {} ({}) to MongoDB at {}",
-            self.node.id,
-            settings.role.name(),
-            self.req.target.shown()
-        );
-        let (cpu, reg) = self.rt.block_on(async {
-            let cpu = CpuSampler::start(
-                settings.reporter.cpu_samples,
-                settings.reporter.cpu_sample_interval,
-            );
-            (cpu, wait_for_mongo(&self.req.target, args.mongo_wait).await)
-        });
-        let reg = reg.map_err(|e| self.fail(step, e.into()))?;
-        let reachable_at = Instant::now();
-        self.registry = Some(reg);
-        let reg = self.registry.as_ref().expect("set above");
-
-        // 2. Register as joining, then the indexes.
-        let step = "register the node";
-        let runner = self.ctx.runner.as_ref();
-        let mut gather = Gatherer::new(host, runner, &settings, cpu);
-        let res: Result<(), RegistryError> = self.rt.block_on(async {
-            let report = gather.report(self.node, Some(NodeState::Joining)).await;
-            reg.heartbeat(&report, true).await?;
-            tracing::info!(
-                "registered as joining {:.0} ms after MongoDB answered",
-                reachable_at.elapsed().as_secs_f64() * 1000.0
-            );
-            reg.ensure_indexes(args.ttl).await
-        });
-        res.map_err(|e| self.fail(step, e.into()))?;
-
-        // 3. AMS to cluster mode (the `mode` plan), restart, wait.
-        let step = "switch AMS to cluster mode";
-        switch_mode(self.ctx, switch).map_err(|e| self.fail(step, e))?;
-
-        // 4. The agent's files and the reporter.
-        let step = "configure and start the reporter";
-        let mut req_cfg = self.req.config.clone();
-        if let Some((m, g)) = crate::node::health::ams_config(host, &self.req.layout) {
-            req_cfg.node.ams_mode = Some(m);
-            req_cfg.node.node_group = g;
-        }
-        let req = Request {
-            db: self.req.db.clone(),
-            target: self.req.target.clone(),
-            config: req_cfg,
-            layout: self.req.layout.clone(),
-        };
-        let plan = agent_plan(host, &req, self.node).map_err(|e| self.fail(step, e))?;
-        host.create_dir_all(Path::new(CONFIG_DIR), 0o755)
-            .map_err(|e| self.fail(step, e))?;
-        print_or_apply(self.ctx, &plan).map_err(|e| self.fail(step, e))?;
-
-        // 5. Ready.
-        let step = "mark the node ready";
-        let reg = self.registry.as_ref().expect("set above");
-        gather.refresh();
-        let state = self.rt.block_on(async {
-            let report = gather.report(self.node, Some(NodeState::Ready)).await;
-            reg.heartbeat(&report, false).await.map(|_| report)
-        });
-        let report = state.map_err(|e| self.fail(step, e.into()))?;
-
-        // 6. The join record, last: only a join that went all the way is
-        // "already joined" to a later run (a failed one is repaired by
-        // running it again).
-        let step = "record the join";
-        host.create_dir_all(Path::new(crate::host::fs::STATE_DIR), 0o700)
-            .and_then(|()| {
-                host.write_atomic(
-                    Path::new(JOIN_RECORD),
-                    &join_record(self.req, self.node).to_json(),
-                    private_meta(0o644),
-                )
-            })
-            .map_err(|e| self.fail(step, e))?;
-        let _ = host.remove(Path::new(LAST_ERROR));
-        if let Some(reg) = self.registry.take() {
-            self.rt.block_on(reg.close());
-        }
-
+    fn summary(&self, args: &JoinArgs, switch: &ModeSwitch, started: Instant) {
+        let s = &self.session.settings;
+        let node = &self.session.node;
+        let ams_status = self.session.state.lock().expect("join state").ams_status;
         println!("Joined the cluster:");
         println!(
             "  node      {} ({}), {}, host {}, private IP {}",
-            self.node.id,
-            self.node.source.name(),
-            settings.role.name(),
-            self.node.hostname,
+            node.id,
+            node.source.name(),
+            s.role.name(),
+            node.hostname,
             switch
                 .ip
                 .map_or_else(|| "from the default route".into(), |ip| ip.to_string())
         );
         println!(
             "  registry  {} {}.{}",
-            self.req.target.shown(),
-            self.req.target.database,
-            self.req.target.collection
+            s.target.shown(),
+            s.target.database,
+            s.target.collection
         );
         println!(
             "  AMS       cluster mode, {}",
-            match (args.no_restart, report.ams.http_status) {
+            match (args.no_restart, ams_status) {
                 (true, _) => "not restarted (--no-restart)".to_string(),
                 (false, Some(code)) => format!("answering on {} (HTTP {code})", args.ams_url),
                 (false, None) => format!("restarted, not answering on {} yet", args.ams_url),
@@ -675,9 +791,8 @@ impl Joiner<'_> {
         );
         println!(
             "  reporter  {AGENT_UNIT}, every {}",
-            config::show_duration(settings.reporter.interval)
+            config::show_duration(s.reporter.interval)
         );
         println!("  took      {:.1}s", started.elapsed().as_secs_f64());
-        Ok(())
     }
 }
