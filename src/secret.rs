@@ -1,6 +1,6 @@
 //! Secrets and how they are kept out of sight: a [`Secret`] never prints
 //! itself, and text that may hold a URI is printed with its password
-//! masked ([`redact_loose`]; a well-formed URI: [`crate::mongo::uri::redact`]).
+//! masked ([`redact_loose`]; a well-formed URI prints itself masked: `MongoUri`).
 
 use std::fmt;
 

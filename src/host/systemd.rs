@@ -67,7 +67,7 @@ pub fn act(runner: &dyn CommandRunner, unit: &str, action: ServiceAction) -> Res
             } else {
                 stderr
             },
-            if unit == crate::ams::layout::SERVICE {
+            if unit == "antmedia" {
                 "; is Ant Media Server installed here?"
             } else {
                 ""
