@@ -299,7 +299,13 @@ fn check_domain(d: &str) -> Result<String> {
         );
     }
     // At least two labels: Let's Encrypt issues for public names only.
-    let ok = lower.contains('.') && crate::host::net::is_dns_name(&lower);
+    // ... and a top-level domain of letters (`example.123` is no name).
+    let ok = lower.contains('.')
+        && crate::host::net::is_dns_name(&lower)
+        && !lower
+            .rsplit('.')
+            .next()
+            .is_some_and(|tld| tld.chars().all(|c| c.is_ascii_digit()));
     if !ok {
         bail_usage!("--domain {d:?} is not a DNS name like live.example.com");
     }
@@ -659,6 +665,7 @@ mod tests {
             "x..com",
             "-a.com",
             "10.0.0.1",
+            "example.123",
             "a.com;rm",
             "ü.com",
         ] {
