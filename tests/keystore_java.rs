@@ -121,9 +121,7 @@ public class Check {
 "#;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixture/certs/live")
-        .join(name)
+    ams_agent::cert::testpki::lineage(name)
 }
 
 /// A lineage's two stores and their password file in a temp dir.

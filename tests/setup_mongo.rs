@@ -94,7 +94,7 @@ impl DbHost {
                  is-active) [ -e {s}/active-$unit ]; exit $?;;\n\
                  is-enabled) [ -e {s}/enabled-$unit ]; exit $?;;\n\
                  enable) touch {s}/enabled-$unit; [ \"$2\" = --now ] && touch {s}/active-$unit;;\n\
-                 start|restart) touch {s}/active-$unit;;\n\
+                 start|restart) [ -e {s}/fail-$unit ] && {{ echo \"Job for $unit failed\" >&2; exit 1; }}; touch {s}/active-$unit;;\n\
                  esac\n\
                  exit 0\n"
             ),
@@ -896,4 +896,37 @@ fn a_mongod_conf_it_cannot_edit_safely_stops_the_run_before_any_change() {
     );
     assert_eq!(h.snapshot(), before);
     assert!(h.log("apt.log").is_empty());
+}
+
+/// A kernel that refuses the huge-page setting (read-only sysfs in a
+/// container) gets a warning; the setup goes on, and a second run plans
+/// nothing.
+#[test]
+fn huge_pages_are_best_effort() {
+    let s = Setup::new(true);
+    let thp = s.host.root().join("sys/kernel/mm/transparent_hugepage");
+    fs::create_dir_all(thp.join("khugepaged")).unwrap();
+    fs::write(thp.join("enabled"), "always [madvise] never\n").unwrap();
+    fs::write(thp.join("defrag"), "[madvise] never\n").unwrap();
+    fs::write(thp.join("khugepaged/max_ptes_none"), "511\n").unwrap();
+    fs::write(s.host.state().join("fail-ams-agent-mongod-thp.service"), "").unwrap();
+    let out = s.run(&["--yes"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("transparent huge pages"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        s.host
+            .log("systemctl.log")
+            .iter()
+            .any(|c| c == "restart ams-agent-mongod-thp.service")
+    );
+    let again = s.run(&[]);
+    assert!(
+        stdout(&again).contains("nothing to do"),
+        "{}",
+        stdout(&again)
+    );
 }

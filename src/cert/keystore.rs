@@ -220,15 +220,9 @@ pub fn truststore_matches(existing: &[u8], password: &str, lineage: &Lineage) ->
 mod tests {
     use super::*;
     use crate::cert::inspect::CertInfo;
-    use std::path::Path;
 
     fn lineage(name: &str) -> Lineage {
-        Lineage::load(
-            &Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/fixture/certs/live")
-                .join(name),
-        )
-        .unwrap()
+        Lineage::load(&crate::cert::testpki::lineage(name)).unwrap()
     }
 
     const PW: &str = "s3cretS3cretS3cretS3cretS3cret12";
@@ -343,8 +337,7 @@ mod tests {
         assert!(!store_matches(b"not a store", PW, &ecdsa));
         assert!(!store_matches(&[], PW, &ecdsa));
         // Same key, another chain (the leaf only).
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixture/certs/live/live.example.test");
+        let dir = crate::cert::testpki::lineage("live.example.test");
         let cert = std::fs::read(dir.join("cert.pem")).unwrap();
         let key = std::fs::read(dir.join("privkey.pem")).unwrap();
         let leaf_only = Lineage::from_pem(&cert, None, None, &key).unwrap();
@@ -362,8 +355,7 @@ mod tests {
 
     #[test]
     fn leaf_only_lineage_trusts_its_leaf() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixture/certs/live/live.example.test");
+        let dir = crate::cert::testpki::lineage("live.example.test");
         let cert = std::fs::read(dir.join("cert.pem")).unwrap();
         let key = std::fs::read(dir.join("privkey.pem")).unwrap();
         let l = Lineage::from_pem(&cert, None, None, &key).unwrap();

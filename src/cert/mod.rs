@@ -5,3 +5,5 @@ pub mod certbot;
 pub mod deploy;
 pub mod inspect;
 pub mod keystore;
+#[cfg(any(test, feature = "test-hooks"))]
+pub mod testpki;
