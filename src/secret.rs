@@ -69,6 +69,30 @@ pub fn redact_loose(url: &str) -> String {
     }
 }
 
+/// 32 characters of [A-Za-z0-9] from /dev/urandom (190 bits): safe in
+/// URIs, files, properties and shells without quoting. Bytes ≥ 248 (= 4 × 62)
+/// are skipped, so every character is equally likely.
+pub fn random_password() -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    use std::io::Read as _;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    const LEN: usize = 32;
+    let mut random = std::fs::File::open("/dev/urandom").context("opening /dev/urandom")?;
+    let mut out = String::with_capacity(LEN);
+    let mut buf = [0u8; 64];
+    while out.len() < LEN {
+        random
+            .read_exact(&mut buf)
+            .context("reading /dev/urandom")?;
+        for b in buf.into_iter().filter(|b| *b < 248) {
+            if out.len() < LEN {
+                out.push(char::from(ALPHABET[usize::from(b % 62)]));
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

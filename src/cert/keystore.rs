@@ -19,8 +19,6 @@
 //! Oracle's trusted-key-usage attribute (2.16.840.1.113894.746875.1.1 =
 //! anyExtendedKeyUsage), without which Java ignores a certificate-only entry.
 
-use std::io::Read;
-
 use anyhow::{Context, Result, anyhow, ensure};
 use p12_keystore::{
     Certificate, EncryptionAlgorithm, KeyStore, KeyStoreEntry, MacAlgorithm, Pkcs12ImportPolicy,
@@ -33,8 +31,6 @@ use crate::cert::inspect::Lineage;
 pub const KEY_ALIAS: &str = "tomcat";
 /// PBKDF2 and MAC iterations: Java's defaults (keystore.pkcs12.*IterationCount).
 const ITERATIONS: u32 = 10_000;
-const PASSWORD_LEN: usize = 32;
-const ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 
 /// `conf/keystore.jks`: the key and the whole chain under alias `tomcat`.
 pub fn keystore_p12(lineage: &Lineage, password: &str) -> Result<Vec<u8>> {
@@ -148,23 +144,9 @@ fn write(store: &KeyStore, password: &str) -> Result<Vec<u8>> {
         .map_err(|e| anyhow!("{e}"))
 }
 
-/// 32 characters of [A-Za-z0-9] from /dev/urandom (≈190 bits), by
-/// rejection sampling (bytes ≥ 248 are dropped so each character is uniform).
+/// A random store password (see [`crate::secret::random_password`]).
 pub fn random_store_password() -> Result<String> {
-    let mut urandom = std::fs::File::open("/dev/urandom").context("opening /dev/urandom")?;
-    let mut password = String::with_capacity(PASSWORD_LEN);
-    let mut buf = [0u8; 64];
-    while password.len() < PASSWORD_LEN {
-        urandom
-            .read_exact(&mut buf)
-            .context("reading /dev/urandom")?;
-        for &b in &buf {
-            if b < 248 && password.len() < PASSWORD_LEN {
-                password.push(char::from(ALPHABET[usize::from(b % 62)]));
-            }
-        }
-    }
-    Ok(password)
+    crate::secret::random_password()
 }
 
 fn open(existing: &[u8], password: &str, policy: Pkcs12ImportPolicy) -> Option<KeyStore> {

@@ -1,12 +1,12 @@
 //! `ams-agent setup mongo`: install and configure mongod for the cluster,
 //! asking on a terminal only for what is missing, never without one.
 
-use std::io::{IsTerminal as _, Read as _};
+use std::io::IsTerminal as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use super::{Context, parse_duration, read_password_file};
@@ -173,7 +173,7 @@ fn setup_mongo(ctx: &Context, args: MongoArgs) -> Result<()> {
     let (password, from) = match password {
         Some(p) => p,
         None if interactive => ask_password(&user)?,
-        None => (generate_password()?, PasswordFrom::Generated),
+        None => (crate::secret::random_password()?, PasswordFrom::Generated),
     };
     let req = Request {
         distro,
@@ -369,7 +369,7 @@ fn ask_password(user: &str) -> Result<(String, PasswordFrom)> {
     for _ in 0..3 {
         let first = tty::read_secret(&format!("Password for {user} (empty: generate one): "))?;
         if first.is_empty() {
-            return Ok((generate_password()?, PasswordFrom::Generated));
+            return Ok((crate::secret::random_password()?, PasswordFrom::Generated));
         }
         if let Err(why) = scram_usable(&first) {
             eprintln!("Not usable: {why}; try again.");
@@ -382,29 +382,6 @@ fn ask_password(user: &str) -> Result<(String, PasswordFrom)> {
         eprintln!("The passwords differ; try again.");
     }
     bail_usage!("the admin password was not confirmed; pass --admin-password-file instead")
-}
-
-/// 32 characters from [A-Za-z0-9] (190 bits): safe in URIs, files and
-/// shells without quoting.
-pub fn generate_password() -> Result<String> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut random = std::fs::File::open("/dev/urandom").context("opening /dev/urandom")?;
-    let mut out = String::with_capacity(32);
-    while out.len() < 32 {
-        let mut buf = [0u8; 64];
-        random
-            .read_exact(&mut buf)
-            .context("reading /dev/urandom")?;
-        // 248 = 4 × 62: larger bytes are skipped so every character is
-        // equally likely.
-        for b in buf.into_iter().filter(|b| *b < 248) {
-            if out.len() == 32 {
-                break;
-            }
-            out.push(ALPHABET[(b % 62) as usize] as char);
-        }
-    }
-    Ok(out)
 }
 
 fn check_user(user: &str) -> std::result::Result<(), String> {
@@ -547,8 +524,8 @@ mod tests {
 
     #[test]
     fn generated_passwords_are_long_and_plain() {
-        let a = generate_password().unwrap();
-        let b = generate_password().unwrap();
+        let a = crate::secret::random_password().unwrap();
+        let b = crate::secret::random_password().unwrap();
         assert_eq!(a.len(), 32);
         assert_ne!(a, b);
         assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
