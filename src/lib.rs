@@ -20,3 +20,4 @@ pub mod node;
 pub mod plan;
 pub mod reporter;
 pub mod secret;
+pub mod uri;

@@ -480,7 +480,7 @@ fn credentials_go_to_the_0600_file_and_never_into_agent_toml() {
         &["--mongo", &uri, "--database", &db],
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    let (stripped, password) = ams_agent::mongo::uri::split_password(&uri);
+    let (stripped, password) = ams_agent::uri::split_password(&uri);
     let cfg = t.read("etc/ams-agent/agent.toml");
     assert!(cfg.contains(&format!("uri = \"{stripped}\"")), "{cfg}");
     if let Some(p) = password {

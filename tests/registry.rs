@@ -411,7 +411,7 @@ fn list_reads_every_node_and_the_server_clock() {
 #[ignore = "needs a real mongod: set AMS_AGENT_TEST_MONGO_URI and run `cargo test -- --ignored`"]
 fn real_mongod_heartbeats_indexes_and_list() {
     let uri = real_mongo_uri().expect("AMS_AGENT_TEST_MONGO_URI is not set");
-    let (base, password) = ams_agent::mongo::uri::split_password(&uri);
+    let (base, password) = ams_agent::uri::split_password(&uri);
     let db = unique_db("registry");
     let t = Target {
         uri: base,

@@ -118,9 +118,9 @@ impl DbUrl {
     }
 }
 
-pub use crate::mongo::uri::redact;
-use crate::mongo::uri::{USERINFO, password_forms};
 pub use crate::secret::redact_loose;
+pub use crate::uri::redact;
+use crate::uri::{USERINFO, password_forms};
 
 const FORMS: &str = "expected an IPv4 or [IPv6] address, a host name, host:port, a comma-separated host list, a mongodb:// or mongodb+srv:// URI, a redis:// or rediss:// URI, or the path of an existing Redis YAML file";
 
@@ -506,7 +506,7 @@ fn valid_host_name_or_ipv4(host: &str) -> bool {
 mod tests {
     use super::*;
     use crate::host::fs::CrashPoints;
-    use crate::mongo::uri::{join_password, mechanism_without_password, split_password};
+    use crate::uri::{join_password, mechanism_without_password, split_password};
 
     fn host() -> Host {
         Host::new("/nonexistent-root", CrashPoints::default())

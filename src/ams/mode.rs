@@ -87,9 +87,7 @@ pub fn current(host: &Host, layout: &AmsLayout) -> Result<CurrentMode> {
     Ok(CurrentMode {
         mode,
         db_type,
-        cluster_db: red5
-            .get("clusterdb.host")
-            .map(|h| crate::mongo::uri::redact(&h)),
+        cluster_db: red5.get("clusterdb.host").map(|h| crate::uri::redact(&h)),
         node_group: red5.get("nodeGroup"),
     })
 }

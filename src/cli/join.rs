@@ -174,7 +174,7 @@ fn validate(ctx: &Context, args: &JoinArgs) -> Result<Request> {
     let db = args
         .auth
         .ask_missing_password(&creds, db, &input, &ctx.host, "--mongo")?;
-    let (uri, password) = crate::mongo::uri::split_password(&db.url);
+    let (uri, password) = crate::uri::split_password(&db.url);
     let config = AgentConfig {
         mongo: MongoSection {
             uri: uri.clone(),

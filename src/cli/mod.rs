@@ -212,7 +212,7 @@ impl MongoAuthArgs {
         };
         if db.kind != DbKind::MongoDb
             || creds.password.is_some()
-            || crate::mongo::uri::mechanism_without_password(&db.url)
+            || crate::uri::mechanism_without_password(&db.url)
         {
             return Ok(db);
         }

@@ -166,7 +166,7 @@ pub fn run(ctx: &Context, args: ModeArgs) -> Result<()> {
 /// not accept the credentials): the shell switched anyway, and AMS then
 /// stopped at start-up.
 fn check_mongodb(db: &DbUrl, timeout: Duration) -> Result<()> {
-    let (uri, password) = crate::mongo::uri::split_password(&db.url);
+    let (uri, password) = crate::uri::split_password(&db.url);
     let target = Target {
         uri,
         password: password.map(crate::secret::Secret::new),

@@ -83,7 +83,7 @@ impl RegistryArgs {
                 let db = self
                     .auth
                     .ask_missing_password(&creds, db, input, host, "--mongo")?;
-                crate::mongo::uri::split_password(&db.url)
+                crate::uri::split_password(&db.url)
             }
             None => {
                 let Some(cfg) = &config else {

@@ -210,7 +210,7 @@ impl AgentConfig {
             .map(|(userinfo, _)| userinfo)
             // An '@' in the query string is no user information.
             .filter(|u| !u.contains('?') || !u.contains('/'));
-        if userinfo.is_some_and(|u| u.contains(':')) || crate::mongo::uri::has_password(uri) {
+        if userinfo.is_some_and(|u| u.contains(':')) || crate::uri::has_password(uri) {
             anyhow::bail!("[mongo] uri holds a password; keep it in {PASSWORD_FILE}");
         }
         let lower = uri.to_ascii_lowercase();

@@ -1,6 +1,6 @@
-//! MongoDB: connection URIs parsed once, and the node registry (register,
-//! heartbeat, leave, list) with clear errors.
+//! MongoDB: the node registry (register, heartbeat, leave, list) with
+//! clear errors. Connection URIs are parsed in [`crate::uri`], below both
+//! this module and [`crate::ams`].
 
 pub mod error;
 pub mod registry;
-pub mod uri;

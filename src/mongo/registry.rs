@@ -47,10 +47,10 @@ impl std::fmt::Debug for Target {
 impl Target {
     /// The URI as printed: the password (kept apart) shows as `****`.
     pub fn shown(&self) -> String {
-        match (super::uri::MongoUri::parse(&self.uri), &self.password) {
+        match (crate::uri::MongoUri::parse(&self.uri), &self.password) {
             (Some(u), Some(p)) if u.user().is_some() => u.with_password(p.clone()).to_string(),
             (Some(u), _) => u.to_string(),
-            (None, _) => super::uri::redact(&self.uri),
+            (None, _) => crate::uri::redact(&self.uri),
         }
     }
 }
@@ -211,7 +211,7 @@ impl Registry {
         // message): some mechanisms (PLAIN) are refused without one at parse
         // time.
         let full = match &target.password {
-            Some(pw) => match super::uri::join_password(&target.uri, pw.expose()) {
+            Some(pw) => match crate::uri::join_password(&target.uri, pw.expose()) {
                 Some(full) => full,
                 None => {
                     return Err(RegistryError::new(
@@ -230,7 +230,7 @@ impl Registry {
                 let forms = target
                     .password
                     .as_ref()
-                    .map(|p| super::uri::password_forms(p.expose()));
+                    .map(|p| crate::uri::password_forms(p.expose()));
                 for secret in forms.iter().flatten() {
                     err.message = err.message.replace(secret.as_str(), "****");
                 }
