@@ -12,3 +12,41 @@ pub fn show_duration(d: Duration) -> String {
     };
     humantime::format_duration(rounded).to_string()
 }
+
+/// Text from outside (another node's registry document, a flag's value, a
+/// file) made safe to print on one line: control characters (newlines,
+/// escape sequences, DEL, C1 controls) and bidirectional overrides are
+/// shown escaped (`\n`, `\u{1b}`), everything else as it is. Use it on
+/// every value echoed in a message or a table.
+pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
+    fn unsafe_char(c: char) -> bool {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    }
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_shows_controls_and_keeps_the_rest() {
+        assert_eq!(escape("ip-10-0-1-5 ünï"), "ip-10-0-1-5 ünï");
+        assert_eq!(escape("a\nerror: forged"), "a\\nerror: forged");
+        assert_eq!(escape("\u{1b}[2Jx\r"), "\\u{1b}[2Jx\\r");
+        assert_eq!(escape("\u{202e}evil"), "\\u{202e}evil");
+        assert_eq!(escape("tab\there\u{7f}"), "tab\\there\\u{7f}");
+    }
+}
