@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod host;
 pub mod human;
+pub mod lb;
 pub mod logging;
 pub mod mongo;
 pub mod mongod;

@@ -15,6 +15,7 @@ use crate::host::{CommandRunner, Host, SystemRunner, tty, txn};
 pub mod cert;
 pub mod generate;
 pub mod join;
+pub mod lb;
 pub mod leave;
 pub mod mode;
 pub mod run;
@@ -83,6 +84,7 @@ pub enum Command {
     Leave(leave::LeaveArgs),
     Setup(setup::SetupArgs),
     Cert(cert::CertArgs),
+    Lb(lb::LbArgs),
     #[command(hide = true)]
     Generate(generate::GenerateArgs),
 }
@@ -144,6 +146,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Status(args) => status::run(&ctx, args),
         Command::Leave(args) => leave::run(&ctx, args),
         Command::Setup(args) => setup::run(&ctx, args),
+        Command::Lb(args) => lb::run(&ctx, args),
         Command::Generate(args) => generate::run(args),
     }
 }

@@ -17,9 +17,7 @@ use super::run::{RegistryArgs, Resolved};
 use crate::host::runtime;
 use crate::mongo::registry::{Deadlines, Registry};
 
-/// A node is alive while its last heartbeat is younger than this many intervals.
-pub const ALIVE_INTERVALS: u32 = 4;
-const DEFAULT_INTERVAL_SECONDS: f64 = 5.0;
+pub use crate::mongo::registry::ALIVE_INTERVALS;
 
 /// Show every node of the cluster and a per-role summary
 #[derive(Debug, Args)]
@@ -98,11 +96,8 @@ pub fn view(docs: &[Document], now: DateTime) -> StatusView {
             .get_datetime("lastSeen")
             .ok()
             .map(|t| (now.timestamp_millis() - t.timestamp_millis()).max(0) as f64 / 1000.0);
-        let interval = num(d, "intervalSeconds")
-            .filter(|v| *v > 0.0)
-            .unwrap_or(DEFAULT_INTERVAL_SECONDS);
         let state = text(d, "state").unwrap_or_else(|| "unknown".into());
-        let alive = state != "left" && age.is_some_and(|a| a < interval * ALIVE_INTERVALS as f64);
+        let alive = crate::mongo::registry::is_alive(&state, age, num(d, "intervalSeconds"));
         nodes.push(NodeRow {
             id,
             role: text(d, "role").unwrap_or_else(|| "unknown".into()),

@@ -95,6 +95,9 @@ pub enum NodeState {
     Joining,
     Ready,
     Degraded,
+    /// Taken out of rotation on purpose (graceful scale-in): the balancer
+    /// drains it (HAProxy `drain`, out of Nginx) while it still reports.
+    Draining,
     Leaving,
     Left,
 }
@@ -105,10 +108,29 @@ impl NodeState {
             NodeState::Joining => "joining",
             NodeState::Ready => "ready",
             NodeState::Degraded => "degraded",
+            NodeState::Draining => "draining",
             NodeState::Leaving => "leaving",
             NodeState::Left => "left",
         }
     }
+}
+
+/// A node is alive while its last heartbeat is younger than this many of
+/// its own heartbeat intervals (AMS's rule for its `clusternode` rows).
+pub const ALIVE_INTERVALS: u32 = 4;
+/// The interval assumed for a document that does not say its own.
+pub const DEFAULT_INTERVAL_SECONDS: f64 = 5.0;
+
+/// The registry's alive rule: not `left`, and `lastSeen` younger than
+/// [`ALIVE_INTERVALS`] of the node's interval, both times by the server's
+/// clock (`now` from `hello.localTime`), so a node's own clock cannot fake
+/// liveness. `age_seconds` is None when the node was never seen.
+pub fn is_alive(state: &str, age_seconds: Option<f64>, interval_seconds: Option<f64>) -> bool {
+    let interval = interval_seconds
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .unwrap_or(DEFAULT_INTERVAL_SECONDS);
+    state != NodeState::Left.name()
+        && age_seconds.is_some_and(|a| a < interval * ALIVE_INTERVALS as f64)
 }
 
 /// Everything a heartbeat says about the node.
