@@ -93,14 +93,11 @@ pub fn splice(text: &[u8], range: Range<usize>, block: &str) -> Vec<u8> {
     out
 }
 
-/// `text` with `block` appended on lines of its own (a missing final LF is
-/// added, then one blank line).
+/// `text` with `block` appended on lines of its own (only a missing final
+/// LF is added).
 pub fn append(text: &[u8], block: &str) -> Vec<u8> {
     let mut out = text.to_vec();
     if !out.is_empty() && !out.ends_with(b"\n") {
-        out.push(b'\n');
-    }
-    if !out.is_empty() {
         out.push(b'\n');
     }
     out.extend_from_slice(block.as_bytes());
@@ -146,7 +143,7 @@ mod tests {
         ] {
             assert!(find(broken, M).is_err(), "{}", String::from_utf8_lossy(broken));
         }
-        assert_eq!(append(b"a", "B\n"), b"a\n\nB\n");
+        assert_eq!(append(b"a", "B\n"), b"a\nB\n");
         assert_eq!(append(b"", "B\n"), b"B\n");
     }
 }

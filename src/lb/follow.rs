@@ -1130,7 +1130,11 @@ impl Follower<'_> {
         self.record = r;
         let a = result?;
         if p.is_noop() {
-            lines.push("nothing to change: the balancer already follows the registry".into());
+            lines.push(if p.decision.holds.is_empty() {
+                "nothing to change: the balancer already follows the registry".into()
+            } else {
+                "nothing changed: the balancer keeps its last good configuration where a guard holds (see above)".into()
+            });
         }
         lines.extend(a.lines);
         Ok(lines)

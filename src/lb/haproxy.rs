@@ -305,7 +305,10 @@ pub fn render(s: &Settings, layout: &Layout) -> String {
                 b.name()
             );
         }
-        o.push_str("    option httpchk GET /\n");
+        // HTTP/1.1 with a Host header: what every HTTP server answers.
+        o.push_str(
+            "    option httpchk\n    http-check send meth GET uri / ver HTTP/1.1 hdr Host ams-agent\n",
+        );
         let check_port = if b == Backend::Rtmp {
             format!(" port {}", s.ports.http)
         } else {

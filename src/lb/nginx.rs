@@ -353,7 +353,6 @@ pub fn install(text: &[u8], main: &str, http: &str) -> Result<Vec<u8>, String> {
             if !text.is_empty() && !text.ends_with(b"\n") {
                 block.push('\n');
             }
-            block.push('\n');
             block.push_str(main);
             edits.push((text.len()..text.len(), block));
         }
