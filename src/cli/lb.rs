@@ -338,8 +338,7 @@ fn nginx_cmd(ctx: &Context, a: NginxArgs) -> Result<()> {
 fn follow_cmd(ctx: &Context, cfg: LbConfig, watch: bool) -> Result<()> {
     // Bad input (the file, its markers, the certificates) is found before
     // the registry is asked anything.
-    follow::read_current(&ctx.host, &cfg)?;
-    follow::resolve_tls(&ctx.host, &cfg)?;
+    follow::precheck(&ctx.host, &cfg)?;
     let record = Record::load(&ctx.host, cfg.kind).unwrap_or_default();
     let mutate = || ctx.mutate();
     let mut f = Follower {

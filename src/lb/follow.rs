@@ -154,6 +154,27 @@ pub fn read_file(host: &Host, kind: Kind, path: &Path) -> Result<Current> {
     })
 }
 
+/// Everything about the balancer's side that is bad input, found before
+/// the registry is asked anything: the file, its markers, where the
+/// sections would go, the certificates.
+pub fn precheck(host: &Host, cfg: &LbConfig) -> Result<()> {
+    let current = read_current(host, cfg)?;
+    let tls = resolve_tls(host, cfg)?;
+    if cfg.kind == Kind::Nginx {
+        let mut s = cfg.settings.clone();
+        s.tls = tls;
+        let empty = Membership::default();
+        if let Err(e) = nginx::install(
+            &current.text,
+            &nginx::render_main(&s, &empty),
+            &nginx::render_http(&s, &empty),
+        ) {
+            bail_usage!("--file {}: {e}", cfg.file.display());
+        }
+    }
+    Ok(())
+}
+
 /// The TLS material, when a certificate is installed: HAProxy serves every
 /// PEM of `certs`; Nginx serves `--cert`, else the only PEM there.
 pub fn resolve_tls(host: &Host, cfg: &LbConfig) -> Result<Option<Tls>> {

@@ -67,8 +67,23 @@ fn listen_line(o: &mut String, indent: &str, b: super::model::Bind, extra: &str)
     let _ = writeln!(o, "{indent}listen {at}{extra};");
 }
 
+/// Only members taking new clients: Nginx has no drain state.
+fn ready(m: &Membership) -> Membership {
+    let keep = |v: &[Member]| -> Vec<Member> {
+        v.iter()
+            .filter(|x| x.state == super::model::MemberState::Ready)
+            .cloned()
+            .collect()
+    };
+    Membership {
+        origin: keep(&m.origin),
+        edge: keep(&m.edge),
+    }
+}
+
 /// The top-level section: the old workers' deadline, RTMP and SRT.
 pub fn render_main(s: &Settings, m: &Membership) -> String {
+    let m = &ready(m);
     let mut o = String::new();
     let _ = writeln!(o, "{}{NOTE}", MAIN.begin);
     if let Some(tls) = &s.tls {
@@ -136,6 +151,7 @@ fn location(o: &mut String, pick: &str, cookie_var: &str, s: &Settings) {
 
 /// The section inside `http {}`: upstreams, persistence maps, servers.
 pub fn render_http(s: &Settings, m: &Membership) -> String {
+    let m = &ready(m);
     let mut o = String::new();
     let _ = writeln!(o, "    {}{NOTE}", HTTP.begin);
     let port = s.ports.http;
