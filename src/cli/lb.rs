@@ -82,7 +82,7 @@ pub struct CommonArgs {
     pub watch: bool,
 
     /// How often the registry is read with --watch
-    #[arg(long, value_name = "DURATION", default_value = "1s", env = "AMS_AGENT_LB_POLL", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "500ms", env = "AMS_AGENT_LB_POLL", value_parser = parse_duration)]
     pub poll: Duration,
 
     /// A node's change (becoming ready, going stale or unready) takes effect
@@ -411,7 +411,7 @@ fn status_cmd(ctx: &Context, a: LbStatusArgs) -> Result<()> {
             let reg = Registry::open(&target, Deadlines::within(a.timeout)).await?;
             let v = follow::read_registry(&reg).await;
             reg.close().await;
-            v
+            v.map(|(view, _)| view)
         })
         .map_err(|e| e.to_string());
     let mut views = BTreeMap::new();

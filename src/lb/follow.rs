@@ -237,9 +237,53 @@ pub fn resolve_tls(host: &Host, cfg: &LbConfig) -> Result<Option<Tls>> {
     }))
 }
 
+/// Where a cycle's time went (logged at debug level; `bench/lb.sh` reads
+/// it): the agent's own work apart from waiting on others.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timing {
+    /// The registry's answer on the wire.
+    pub registry: Duration,
+    /// Checking the documents.
+    pub view: Duration,
+    /// Reading and parsing the balancer's file, finding the certificate.
+    pub file: Duration,
+    /// Hysteresis and guards.
+    pub decide: Duration,
+    /// Asking the running balancer (admin socket, pid file, systemctl).
+    pub balancer: Duration,
+    /// Rendering, splicing, the Runtime API diff.
+    pub render: Duration,
+    /// The balancer's own checker on the candidate.
+    pub check: Duration,
+}
+
+impl Timing {
+    /// The agent's own part: everything but the registry, the running
+    /// balancer and the checker.
+    pub fn own(&self) -> Duration {
+        self.view + self.file + self.decide + self.render
+    }
+
+    pub fn line(&self) -> String {
+        let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0);
+        format!(
+            "timing: own {} (documents {}, file {}, decisions {}, render {}); registry {}, running balancer {}, checker {}",
+            ms(self.own()),
+            ms(self.view),
+            ms(self.file),
+            ms(self.decide),
+            ms(self.render),
+            ms(self.registry),
+            ms(self.balancer),
+            ms(self.check)
+        )
+    }
+}
+
 /// What one cycle would do.
 #[derive(Debug, Clone)]
 pub struct Proposal {
+    pub timing: Timing,
     pub view: RegistryView,
     pub decision: Decision,
     pub current: Current,
@@ -321,16 +365,23 @@ pub fn propose(
     view: RegistryView,
     tracker: &mut Tracker,
 ) -> Result<Proposal> {
+    let mut timing = Timing::default();
+    let t = Instant::now();
     let current = read_current(host, cfg)?;
-    tracker.observe(&view, &current.members);
-    let decision = membership::decide(&view, &current.members, tracker, &cfg.rules);
     let mut settings = cfg.settings.clone();
     settings.tls = resolve_tls(host, cfg)?;
+    timing.file = t.elapsed();
+    let t = Instant::now();
+    tracker.observe(&view, &current.members);
+    let decision = membership::decide(&view, &current.members, tracker, &cfg.rules);
+    timing.decide = t.elapsed();
+    let t_render = Instant::now();
     let owed = host.exists(&pending_marker(cfg.kind));
     let mut notes = Vec::new();
     let (new_text, mut reload, runtime, layout, running) = match cfg.kind {
         Kind::Haproxy => {
             let sock = admin_socket(host, cfg);
+            let t = Instant::now();
             let live = sock.servers();
             let running = match &live {
                 Ok(_) => true,
@@ -349,6 +400,7 @@ pub fn propose(
                     active
                 }
             };
+            timing.balancer = t.elapsed();
             let prev_block = current
                 .region
                 .clone()
@@ -417,7 +469,9 @@ pub fn propose(
             if why.is_none() && owed {
                 why = Some("a reload is owed by an earlier run".into());
             }
+            let t = Instant::now();
             let running = nginx_master(host, cfg).is_some();
+            timing.balancer = t.elapsed();
             if !running {
                 notes.push(format!(
                     "Nginx is not running (no process in {}): the file is written, and used when it starts",
@@ -430,7 +484,9 @@ pub fn propose(
     if !running {
         reload = None;
     }
+    timing.render = t_render.elapsed().saturating_sub(timing.balancer);
     Ok(Proposal {
+        timing,
         view,
         decision,
         current,
@@ -957,13 +1013,44 @@ pub fn apply(
 }
 
 /// The dry run of a proposal: the plan, checked but not applied.
-pub fn dry_run(host: &Host, runner: &dyn CommandRunner, cfg: &LbConfig, p: &Proposal) -> Result<String> {
+/// Returns the text and the time the checker took.
+pub fn dry_run(
+    host: &Host,
+    runner: &dyn CommandRunner,
+    cfg: &LbConfig,
+    p: &Proposal,
+) -> Result<(String, Duration)> {
     let (plan, _) = plan_of(host, cfg, p)?;
+    let t = Instant::now();
     if p.file_changes() {
         check_candidate(host, runner, cfg.kind, &p.current.file, &p.new_text, true)
             .context("the dry run checked the new file")?;
     }
-    Ok(plan.render())
+    let checked = t.elapsed();
+    let mut text = plan.render();
+    // The plan shows no diff of a file that is not UTF-8 (a Latin-1
+    // comment outside the markers): show the changed lines here.
+    if p.file_changes() && std::str::from_utf8(&p.current.text).is_err() {
+        let (old, new) = (
+            String::from_utf8_lossy(&p.current.text),
+            String::from_utf8_lossy(&p.new_text),
+        );
+        let name = p.current.file.display().to_string();
+        text.push_str("   (not UTF-8; its changed lines, other bytes shown as \u{fffd}:)\n");
+        let diff = similar::TextDiff::from_lines(old.as_ref(), new.as_ref());
+        for line in diff
+            .unified_diff()
+            .context_radius(1)
+            .header(&name, &name)
+            .to_string()
+            .lines()
+        {
+            text.push_str("   ");
+            text.push_str(&escape(line));
+            text.push('\n');
+        }
+    }
+    Ok((text, checked))
 }
 
 /// Human lines about the decision: changes, holds, waiting, refused.
@@ -994,10 +1081,20 @@ pub fn decision_lines(p: &Proposal) -> Vec<String> {
 }
 
 /// Reads the registry once (fresh client each time in one-shot mode).
-pub async fn read_registry(reg: &Registry) -> Result<RegistryView, crate::mongo::error::RegistryError> {
+pub async fn read_registry(
+    reg: &Registry,
+) -> Result<(RegistryView, Timing), crate::mongo::error::RegistryError> {
+    let t = Instant::now();
     let (docs, now) = reg.list().await?;
+    let mut timing = Timing {
+        registry: t.elapsed(),
+        ..Default::default()
+    };
     let now = now.unwrap_or_else(mongodb::bson::DateTime::now);
-    Ok(membership::view(&docs, now))
+    let t = Instant::now();
+    let view = membership::view(&docs, now);
+    timing.view = t.elapsed();
+    Ok((view, timing))
 }
 
 /// The follower's memory between cycles.
@@ -1103,7 +1200,7 @@ impl Follower<'_> {
         let rt = crate::host::runtime()?;
         let target = self.cfg.target.clone();
         let deadlines = Deadlines::within(self.cfg.timeout);
-        let view = rt
+        let (view, read_timing) = rt
             .block_on(async {
                 let reg = Registry::open(&target, deadlines).await?;
                 let v = read_registry(&reg).await;
@@ -1118,12 +1215,18 @@ impl Follower<'_> {
                 )
             })?;
         let mut tracker = self.record.tracker.clone();
-        let p = propose(self.host, self.runner, &self.cfg, view, &mut tracker)?;
+        let mut p = propose(self.host, self.runner, &self.cfg, view, &mut tracker)?;
+        p.timing.registry = read_timing.registry;
+        p.timing.view = read_timing.view;
         let mut lines = decision_lines(&p);
         if dry_run {
-            lines.push(dry_run_text(self.host, self.runner, &self.cfg, &p)?);
+            let (text, checked) = dry_run_text(self.host, self.runner, &self.cfg, &p)?;
+            p.timing.check = checked;
+            tracing::debug!("{}", p.timing.line());
+            lines.push(text);
             return Ok(lines);
         }
+        tracing::debug!("{}", p.timing.line());
         let lock = (self.lock)()?;
         // The file may have changed while waiting for the lock.
         let p = if lock.is_some() {
@@ -1222,7 +1325,7 @@ impl Follower<'_> {
                         registry = None;
                     }
                 }
-                Ok(view) => {
+                Ok((view, _)) => {
                     if let Some(since) = down_since.take() {
                         tracing::info!(
                             "the registry answers again after {}; following it",
@@ -1350,10 +1453,15 @@ impl Follower<'_> {
     }
 }
 
-fn dry_run_text(host: &Host, runner: &dyn CommandRunner, cfg: &LbConfig, p: &Proposal) -> Result<String> {
-    let mut text = dry_run(host, runner, cfg, p)?;
+fn dry_run_text(
+    host: &Host,
+    runner: &dyn CommandRunner,
+    cfg: &LbConfig,
+    p: &Proposal,
+) -> Result<(String, Duration)> {
+    let (mut text, checked) = dry_run(host, runner, cfg, p)?;
     if p.is_noop() {
         text = "nothing to change: the balancer already follows the registry (dry run)\n".into();
     }
-    Ok(text.trim_end().to_string())
+    Ok((text.trim_end().to_string(), checked))
 }
