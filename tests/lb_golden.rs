@@ -127,16 +127,20 @@ fn haproxy_goldens_match_and_haproxy_accepts_them() {
         let again = blocks::splice(
             &text,
             r.clone(),
-            &haproxy::render(&settings(tls), &haproxy::parse(&String::from_utf8_lossy(&text[r])).unwrap()),
+            &haproxy::render(
+                &settings(tls),
+                &haproxy::parse(&String::from_utf8_lossy(&text[r])).unwrap(),
+            ),
         );
         assert_eq!(again, text);
         // haproxy -c, with the certificate folder made real.
         let tmp = tempfile::tempdir().unwrap();
         let pem = test_pem(tmp.path());
         let cfg = tmp.path().join(name);
-        let body = String::from_utf8(text)
-            .unwrap()
-            .replace(&format!("{CERTS}/"), &format!("{}/", pem.parent().unwrap().display()));
+        let body = String::from_utf8(text).unwrap().replace(
+            &format!("{CERTS}/"),
+            &format!("{}/", pem.parent().unwrap().display()),
+        );
         std::fs::write(&cfg, body).unwrap();
         check(
             Command::new("haproxy").arg("-c").arg("-f").arg(&cfg),
@@ -159,7 +163,12 @@ fn nginx_goldens_match_and_nginx_accepts_them() {
         }
         assert_eq!(outside, stock("debian-nginx.conf"));
         assert_eq!(
-            nginx::install(&text, &nginx::render_main(&settings(tls), &membership()), &nginx::render_http(&settings(tls), &membership())).unwrap(),
+            nginx::install(
+                &text,
+                &nginx::render_main(&settings(tls), &membership()),
+                &nginx::render_http(&settings(tls), &membership())
+            )
+            .unwrap(),
             text
         );
         // nginx -t -c, with the host's pid file, logs, default site and
@@ -175,12 +184,20 @@ fn nginx_goldens_match_and_nginx_accepts_them() {
         let body = s
             .replace("pid /run/nginx.pid;", &format!("pid {t}/nginx.pid;"))
             .replace("/var/log/nginx/", &format!("{t}/"))
-            .replace("/etc/nginx/sites-enabled/*", &format!("{}/*", sites.display()))
+            .replace(
+                "/etc/nginx/sites-enabled/*",
+                &format!("{}/*", sites.display()),
+            )
             .replace(PEM, &pem.display().to_string());
         let conf = tmp.path().join(name);
         std::fs::write(&conf, body).unwrap();
         check(
-            Command::new("nginx").arg("-t").arg("-p").arg(tmp.path()).arg("-c").arg(&conf),
+            Command::new("nginx")
+                .arg("-t")
+                .arg("-p")
+                .arg(tmp.path())
+                .arg("-c")
+                .arg(&conf),
             &format!("nginx -t -c {name}"),
         );
     }

@@ -39,7 +39,10 @@ fn ok(out: &std::process::Output) -> String {
 
 /// The operator's part of the file: everything outside the markers.
 fn outside(text: &str) -> String {
-    match (text.find("# BEGIN ams-agent lb"), text.find("# END ams-agent lb")) {
+    match (
+        text.find("# BEGIN ams-agent lb"),
+        text.find("# END ams-agent lb"),
+    ) {
         (Some(b), Some(e)) => {
             let end = text[e..].find('\n').map_or(text.len(), |i| e + i + 1);
             format!("{}{}", &text[..b], &text[end..])
@@ -71,9 +74,11 @@ fn haproxy_follows_joins_drains_stale_nodes_and_leaves_without_reloading() {
     assert!(out.contains("reloaded haproxy (worker pid"), "{out}");
     assert_eq!(reloads(&t, "haproxy"), 1);
     let first_worker = Haproxy::worker(&t);
-    eventually("publishing reaches the origin", Duration::from_secs(10), || {
-        get(ports.publish, "/", None).1 == "o1"
-    });
+    eventually(
+        "publishing reaches the origin",
+        Duration::from_secs(10),
+        || get(ports.publish, "/", None).1 == "o1",
+    );
     assert_eq!(get(ports.play, "/", None).1, "e1");
     assert_eq!(get(ports.play, "/?target=origin", None).1, "o1");
     assert_eq!(get(ports.publish, "/LiveApp/?target=edge", None).1, "e1");
@@ -84,7 +89,10 @@ fn haproxy_follows_joins_drains_stale_nodes_and_leaves_without_reloading() {
     assert_eq!(outside(&t.read(HAPROXY_CFG)), original);
 
     // Two viewers' signalling WebSockets on e1.
-    let mut ws = WsClients::open(&format!("ws://127.0.0.1:{}/WebRTCAppEE/websocket", ports.play), 2);
+    let mut ws = WsClients::open(
+        &format!("ws://127.0.0.1:{}/WebRTCAppEE/websocket", ports.play),
+        2,
+    );
     assert_eq!(ws.nodes, ["e1", "e1"]);
 
     // A node joins: through the Runtime API, no reload.
@@ -93,7 +101,10 @@ fn haproxy_follows_joins_drains_stale_nodes_and_leaves_without_reloading() {
     assert!(out.contains("waiting: i-e2 joins the edges in"), "{out}");
     let out = ok(&lb(&t, &peer, &ports, &["--settle", "0s"]));
     assert!(out.contains("+ i-e2 joins the edges"), "{out}");
-    assert!(out.contains("through HAProxy's Runtime API; no reload"), "{out}");
+    assert!(
+        out.contains("through HAProxy's Runtime API; no reload"),
+        "{out}"
+    );
     // leastconn: e1 holds two WebSockets, so new clients go to e2.
     eventually("e2 takes new clients", Duration::from_secs(5), || {
         spread(ports.play, "/", 4).iter().all(|n| n == "e2")
@@ -105,7 +116,11 @@ fn haproxy_follows_joins_drains_stale_nodes_and_leaves_without_reloading() {
     assert!(out.contains("~ i-e1 (edge) is now draining"), "{out}");
     assert!(spread(ports.play, "/", 6).iter().all(|n| n == "e2"));
     assert_eq!(get(ports.play, "/", Some("AMS_EDGE=i-e1")).1, "e1");
-    assert_eq!(ws.check(), (2, 0), "the WebSockets on e1 survive the join and the drain");
+    assert_eq!(
+        ws.check(),
+        (2, 0),
+        "the WebSockets on e1 survive the join and the drain"
+    );
 
     // No reload happened for any of it.
     assert_eq!(Haproxy::worker(&t), first_worker);
@@ -131,8 +146,17 @@ fn haproxy_follows_joins_drains_stale_nodes_and_leaves_without_reloading() {
     ok(&lb(&t, &peer, &ports, &["--settle", "0s"]));
     assert_eq!(get(ports.play, "/", None).1, "e2");
     let text = t.read(HAPROXY_CFG);
-    assert!(text.contains(&format!("server _slot1 127.0.0.13:{} # node i-e2", ports.node)), "{text}");
-    assert!(text.contains("server i-e1 127.0.0.1:1 cookie i-e1 disabled # empty"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "server _slot1 127.0.0.13:{} # node i-e2",
+            ports.node
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("server i-e1 127.0.0.1:1 cookie i-e1 disabled # empty"),
+        "{text}"
+    );
     assert_eq!(outside(&text), original);
 
     // Unchanged registry: nothing written, nothing sent.
@@ -149,7 +173,10 @@ fn haproxy_follows_joins_drains_stale_nodes_and_leaves_without_reloading() {
     assert_eq!(row("i-e2")["balancer"], "ready, up");
     assert_eq!(row("i-e1")["registry"], "left");
     assert_eq!(row("i-e1")["balancer"], "out");
-    assert_eq!(v["haproxy"]["rotation"]["ams_origin"], serde_json::json!(["i-o1"]));
+    assert_eq!(
+        v["haproxy"]["rotation"]["ams_origin"],
+        serde_json::json!(["i-o1"])
+    );
     assert!(v["haproxy"]["lastRuntime"].is_object());
     let text = ok(&t.run(&["lb", "status", "--mongo", &peer.uri()]));
     assert!(text.contains("ams_edge: 1 in rotation: i-e2"), "{text}");
@@ -167,7 +194,13 @@ fn haproxy_follows_joins_drains_stale_nodes_and_leaves_without_reloading() {
     assert_eq!(get(ports.play, "/", None).1, "e2");
     let text = t.read(HAPROXY_CFG);
     assert!(!text.contains("frontend ams_dashboard"), "{text}");
-    assert!(text.contains(&format!("server i-e2 127.0.0.13:{} cookie i-e2 # node i-e2", ports.node)), "{text}");
+    assert!(
+        text.contains(&format!(
+            "server i-e2 127.0.0.13:{} cookie i-e2 # node i-e2",
+            ports.node
+        )),
+        "{text}"
+    );
     assert_eq!(outside(&text), original);
 }
 
@@ -179,12 +212,22 @@ fn guards_keep_the_last_good_configuration_and_recovery_re_renders() {
         .map(|i| (format!("127.0.0.{}", 21 + i), format!("e{i}")))
         .chain([("127.0.0.20".to_string(), "o1".to_string())])
         .collect();
-    let refs: Vec<(&str, &str)> = nodes.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let refs: Vec<(&str, &str)> = nodes
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
     let _b = Backends::start(ports.node, &refs);
     let mut peer = MongoPeer::start(PeerOptions::default());
     put_node(&mut peer, "i-o1", "origin", "127.0.0.20", "ready", 1);
     for i in 0..4 {
-        put_node(&mut peer, &format!("i-e{i}"), "edge", &format!("127.0.0.{}", 21 + i), "ready", 1);
+        put_node(
+            &mut peer,
+            &format!("i-e{i}"),
+            "edge",
+            &format!("127.0.0.{}", 21 + i),
+            "ready",
+            1,
+        );
     }
     let _h = Haproxy::start(&t);
     ok(&lb(&t, &peer, &ports, &[]));
@@ -200,7 +243,11 @@ fn guards_keep_the_last_good_configuration_and_recovery_re_renders() {
     peer.control("stop");
     let out = lb(&t, &peer, &ports, &["--timeout", "1s"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(error_line(&out).contains("the balancer was left as it was"), "{}", stderr(&out));
+    assert!(
+        error_line(&out).contains("the balancer was left as it was"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(t.read(HAPROXY_CFG), good);
     assert_eq!(get(ports.play, "/", None).0, 200);
     peer.control("start");
@@ -211,8 +258,14 @@ fn guards_keep_the_last_good_configuration_and_recovery_re_renders() {
     }
     remove_node(&mut peer, "i-o1");
     let out = ok(&lb(&t, &peer, &ports, &["--settle", "0s"]));
-    assert!(out.contains("held by a guard: the registry would leave no edge in rotation"), "{out}");
-    assert!(out.contains("held by a guard: the registry would leave no origin in rotation"), "{out}");
+    assert!(
+        out.contains("held by a guard: the registry would leave no edge in rotation"),
+        "{out}"
+    );
+    assert!(
+        out.contains("held by a guard: the registry would leave no origin in rotation"),
+        "{out}"
+    );
     assert_eq!(t.read(HAPROXY_CFG), good);
     assert_eq!(get(ports.play, "/", None).0, 200);
     assert_eq!(get(ports.publish, "/", None).1, "o1");
@@ -221,7 +274,14 @@ fn guards_keep_the_last_good_configuration_and_recovery_re_renders() {
     put_node(&mut peer, "i-o1", "origin", "127.0.0.20", "ready", 1);
     put_node(&mut peer, "i-e0", "edge", "127.0.0.21", "ready", 1);
     for i in 1..4 {
-        put_node(&mut peer, &format!("i-e{i}"), "edge", &format!("127.0.0.{}", 21 + i), "ready", 90);
+        put_node(
+            &mut peer,
+            &format!("i-e{i}"),
+            "edge",
+            &format!("127.0.0.{}", 21 + i),
+            "ready",
+            90,
+        );
     }
     let out = ok(&lb(&t, &peer, &ports, &["--settle", "0s"]));
     assert!(out.contains("would take 3 of 4 edges out at once"), "{out}");
@@ -229,13 +289,25 @@ fn guards_keep_the_last_good_configuration_and_recovery_re_renders() {
     let st = ok(&t.run(&["lb", "status", "--mongo", &peer.uri()]));
     assert!(st.contains("held by a guard"), "{st}");
     // With a looser --max-removal the same answer goes through.
-    let out = ok(&lb(&t, &peer, &ports, &["--settle", "0s", "--max-removal", "75%"]));
+    let out = ok(&lb(
+        &t,
+        &peer,
+        &ports,
+        &["--settle", "0s", "--max-removal", "75%"],
+    ));
     assert!(out.contains("- i-e1 leaves the edges"), "{out}");
     assert!(spread(ports.play, "/", 4).iter().all(|n| n == "e0"));
 
     // Recovery: the nodes report again and come back in.
     for i in 1..4 {
-        put_node(&mut peer, &format!("i-e{i}"), "edge", &format!("127.0.0.{}", 21 + i), "ready", 1);
+        put_node(
+            &mut peer,
+            &format!("i-e{i}"),
+            "edge",
+            &format!("127.0.0.{}", 21 + i),
+            "ready",
+            1,
+        );
     }
     let out = ok(&lb(&t, &peer, &ports, &["--settle", "0s"]));
     assert!(out.contains("+ i-e3 joins the edges"), "{out}");
@@ -260,7 +332,12 @@ fn a_file_haproxy_refuses_is_never_installed_and_its_message_is_shown() {
     let out = lb(&t, &peer, &ports, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let line = error_line(&out);
-    assert!(line.contains("`haproxy -c` refused the new /etc/haproxy/haproxy.cfg; nothing was installed"), "{line}");
+    assert!(
+        line.contains(
+            "`haproxy -c` refused the new /etc/haproxy/haproxy.cfg; nothing was installed"
+        ),
+        "{line}"
+    );
     assert!(line.contains("bogus-keyword"), "{line}");
     // HAProxy's message names the live file, never the agent's temp copy.
     assert!(!line.contains("ams-agent-check"), "{line}");
@@ -306,20 +383,40 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     let _h = Haproxy::start(&t);
     let before = t.read(HAPROXY_CFG);
     let out = t.run(&[
-        "--dry-run", "lb", "haproxy", "--mongo", &peer.uri(),
+        "--dry-run",
+        "lb",
+        "haproxy",
+        "--mongo",
+        &peer.uri(),
         &format!("--listen=publish=127.0.0.1:{}", ports.publish),
     ]);
     let text = ok(&out);
-    assert!(text.contains("Plan: haproxy follows the registry (1 origin, 0 edges in rotation)"), "{text}");
-    assert!(text.contains("+    server i-o1 127.0.0.51:5080 cookie i-o1 # node i-o1"), "{text}");
-    assert!(text.contains("reload haproxy (systemctl reload haproxy): the section is new"), "{text}");
+    assert!(
+        text.contains("Plan: haproxy follows the registry (1 origin, 0 edges in rotation)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("+    server i-o1 127.0.0.51:5080 cookie i-o1 # node i-o1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("reload haproxy (systemctl reload haproxy): the section is new"),
+        "{text}"
+    );
     assert_eq!(t.read(HAPROXY_CFG), before);
     assert!(std::fs::read_dir(t.path("etc/haproxy")).unwrap().count() == 1);
     assert!(!t.path("var/lib/haproxy/state").exists());
     assert!(t.systemctl_calls().iter().all(|c| !c.starts_with("reload")));
     assert!(!t.path("var/lib/ams-agent").exists());
     // --watch makes no sense with it.
-    let out = t.run(&["--dry-run", "lb", "haproxy", "--mongo", &peer.uri(), "--watch"]);
+    let out = t.run(&[
+        "--dry-run",
+        "lb",
+        "haproxy",
+        "--mongo",
+        &peer.uri(),
+        "--watch",
+    ]);
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -333,14 +430,80 @@ fn bad_input_is_one_line_exit_2_and_nothing_touched() {
     // (made after the snapshot: reading a FIFO would block it)
     nix::unistd::mkfifo(&t.path("etc/fifo.cfg"), nix::sys::stat::Mode::S_IRWXU).unwrap();
     for (args, needle) in [
-        (vec!["lb", "haproxy", "--mongo", &peer.uri()], "without `# END ams-agent lb` after it"),
-        (vec!["lb", "haproxy", "--mongo", &peer.uri(), "--file", "/etc/fifo.cfg"], "is not a regular file"),
-        (vec!["lb", "haproxy", "--mongo", &peer.uri(), "--file", "/etc/nope.cfg"], "does not exist"),
-        (vec!["lb", "haproxy", "--mongo", &peer.uri(), "--listen", "play=host:80"], "--listen"),
-        (vec!["lb", "haproxy", "--mongo", &peer.uri(), "--listen", "srt=4200"], "HAProxy has no UDP"),
-        (vec!["lb", "haproxy", "--mongo", &peer.uri(), "--listen", "play=80"], "both use port 80"),
-        (vec!["lb", "haproxy", "--mongo", &peer.uri(), "--max-removal", "150%"], "--max-removal"),
-        (vec!["lb", "haproxy", "--mongo", &peer.uri(), "--poll", "0s"], "--poll"),
+        (
+            vec!["lb", "haproxy", "--mongo", &peer.uri()],
+            "without `# END ams-agent lb` after it",
+        ),
+        (
+            vec![
+                "lb",
+                "haproxy",
+                "--mongo",
+                &peer.uri(),
+                "--file",
+                "/etc/fifo.cfg",
+            ],
+            "is not a regular file",
+        ),
+        (
+            vec![
+                "lb",
+                "haproxy",
+                "--mongo",
+                &peer.uri(),
+                "--file",
+                "/etc/nope.cfg",
+            ],
+            "does not exist",
+        ),
+        (
+            vec![
+                "lb",
+                "haproxy",
+                "--mongo",
+                &peer.uri(),
+                "--listen",
+                "play=host:80",
+            ],
+            "--listen",
+        ),
+        (
+            vec![
+                "lb",
+                "haproxy",
+                "--mongo",
+                &peer.uri(),
+                "--listen",
+                "srt=4200",
+            ],
+            "HAProxy has no UDP",
+        ),
+        (
+            vec![
+                "lb",
+                "haproxy",
+                "--mongo",
+                &peer.uri(),
+                "--listen",
+                "play=80",
+            ],
+            "both use port 80",
+        ),
+        (
+            vec![
+                "lb",
+                "haproxy",
+                "--mongo",
+                &peer.uri(),
+                "--max-removal",
+                "150%",
+            ],
+            "--max-removal",
+        ),
+        (
+            vec!["lb", "haproxy", "--mongo", &peer.uri(), "--poll", "0s"],
+            "--poll",
+        ),
         (vec!["lb", "haproxy"], "--mongo is not given"),
     ] {
         let out = t.run(&args);
@@ -350,7 +513,10 @@ fn bad_input_is_one_line_exit_2_and_nothing_touched() {
     }
     std::fs::remove_file(t.path("etc/fifo.cfg")).unwrap();
     assert_eq!(t.snapshot(), before);
-    assert!(peer.named("find").is_empty(), "the registry was asked before the input was checked");
+    assert!(
+        peer.named("find").is_empty(),
+        "the registry was asked before the input was checked"
+    );
 }
 
 #[test]
@@ -362,8 +528,17 @@ fn watch_follows_changes_until_stopped() {
     put_node(&mut peer, "i-o1", "origin", "127.0.0.61", "ready", 1);
     let _h = Haproxy::start(&t);
     let mut args = vec![
-        "lb".to_string(), "haproxy".into(), "--watch".into(), "--poll".into(), "200ms".into(),
-        "--settle".into(), "0s".into(), "--timeout".into(), "1s".into(), "--mongo".into(), peer.uri(),
+        "lb".to_string(),
+        "haproxy".into(),
+        "--watch".into(),
+        "--poll".into(),
+        "200ms".into(),
+        "--settle".into(),
+        "0s".into(),
+        "--timeout".into(),
+        "1s".into(),
+        "--mongo".into(),
+        peer.uri(),
     ];
     args.extend(ports.flags(false));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -382,7 +557,11 @@ fn watch_follows_changes_until_stopped() {
     eventually("traffic shifted to o2", Duration::from_secs(5), || {
         spread(ports.publish, "/", 3).iter().all(|n| n == "o2")
     });
-    assert_eq!(Haproxy::worker(&t), worker, "no reload for a join and a drain");
+    assert_eq!(
+        Haproxy::worker(&t),
+        worker,
+        "no reload for a join and a drain"
+    );
     // The registry goes away: the follower keeps the last good file.
     peer.control("stop");
     std::thread::sleep(Duration::from_secs(3));
@@ -397,6 +576,14 @@ fn watch_follows_changes_until_stopped() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let log = stderr(&out);
-    assert_eq!(log.matches("the registry does not answer").count(), 1, "{log}");
-    assert_eq!(log.matches("the registry answers again").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("the registry does not answer").count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("the registry answers again").count(),
+        1,
+        "{log}"
+    );
 }

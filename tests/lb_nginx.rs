@@ -69,7 +69,11 @@ fn nginx_follows_the_registry_by_role_target_cookie_and_placeholder() {
     let ports = Ports::new();
     let _b = Backends::start(
         ports.node,
-        &[("127.0.0.71", "o1"), ("127.0.0.72", "e1"), ("127.0.0.73", "e2")],
+        &[
+            ("127.0.0.71", "o1"),
+            ("127.0.0.72", "e1"),
+            ("127.0.0.73", "e2"),
+        ],
     );
     udp_echo("127.0.0.71", ports.node, "o1");
     let mut peer = MongoPeer::start(PeerOptions::default());
@@ -79,16 +83,28 @@ fn nginx_follows_the_registry_by_role_target_cookie_and_placeholder() {
 
     // First run: origins in, no edge yet: a deliberate placeholder.
     let out = ok(&lb(&t, &peer, &ports, &[]));
-    assert!(out.contains("reloaded nginx (new workers started): the section is new"), "{out}");
-    eventually("publishing reaches the origin", Duration::from_secs(10), || {
-        get(ports.publish, "/", None).1 == "o1"
-    });
+    assert!(
+        out.contains("reloaded nginx (new workers started): the section is new"),
+        "{out}"
+    );
+    eventually(
+        "publishing reaches the origin",
+        Duration::from_secs(10),
+        || get(ports.publish, "/", None).1 == "o1",
+    );
     let (status, _, _) = get(ports.play, "/", None);
     assert_eq!(status, 502, "an empty group answers 502");
     assert_eq!(get(ports.play, "/?target=origin", None).1, "o1");
     let (_, _, head) = get(ports.publish, "/", None);
-    assert!(head.contains("Set-Cookie: AMS_ORIGIN=i-o1; Path=/; HttpOnly"), "{head}");
-    assert_eq!(srt(ports.srt).as_deref(), Some("o1:srt"), "SRT over UDP to the origin");
+    assert!(
+        head.contains("Set-Cookie: AMS_ORIGIN=i-o1; Path=/; HttpOnly"),
+        "{head}"
+    );
+    assert_eq!(
+        srt(ports.srt).as_deref(),
+        Some("o1:srt"),
+        "SRT over UDP to the origin"
+    );
     assert_eq!(outside(&t.read(NGINX_CONF)), original);
 
     // Edges join (an empty group takes them at once), one reload.
@@ -126,7 +142,10 @@ fn nginx_follows_the_registry_by_role_target_cookie_and_placeholder() {
     // empty the group: held).
     put_node(&mut peer, "i-e2", "edge", "127.0.0.73", "ready", 60);
     let out = ok(&lb(&t, &peer, &ports, &["--settle", "0s"]));
-    assert!(out.contains("the registry would leave no edge in rotation"), "{out}");
+    assert!(
+        out.contains("the registry would leave no edge in rotation"),
+        "{out}"
+    );
     assert_eq!(get(ports.play, "/", None).1, "e2");
 
     // Unchanged: nothing written, no reload.
@@ -147,15 +166,29 @@ fn watch_reloads_once_per_burst_of_changes() {
     let ports = Ports::new();
     let _b = Backends::start(
         ports.node,
-        &[("127.0.0.81", "o1"), ("127.0.0.82", "o2"), ("127.0.0.83", "o3")],
+        &[
+            ("127.0.0.81", "o1"),
+            ("127.0.0.82", "o2"),
+            ("127.0.0.83", "o3"),
+        ],
     );
     let mut peer = MongoPeer::start(PeerOptions::default());
     put_node(&mut peer, "i-o1", "origin", "127.0.0.81", "ready", 1);
     let _n = Nginx::start(&t);
     let mut args = vec![
-        "lb".to_string(), "nginx".into(), "--watch".into(), "--poll".into(), "100ms".into(),
-        "--settle".into(), "0s".into(), "--quiet-period".into(), "1s".into(),
-        "--max-wait".into(), "5s".into(), "--mongo".into(), peer.uri(),
+        "lb".to_string(),
+        "nginx".into(),
+        "--watch".into(),
+        "--poll".into(),
+        "100ms".into(),
+        "--settle".into(),
+        "0s".into(),
+        "--quiet-period".into(),
+        "1s".into(),
+        "--max-wait".into(),
+        "5s".into(),
+        "--mongo".into(),
+        peer.uri(),
     ];
     args.extend(ports.flags(true));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -202,15 +235,24 @@ fn a_file_nginx_refuses_is_never_installed_and_its_message_is_shown() {
     // The operator's own default server on the agent's publish port.
     let broken = nginx_base().replace(
         "\tkeepalive_timeout 65;\n",
-        &format!("\tkeepalive_timeout 65;\n\tserver {{ listen 127.0.0.1:{} default_server; }}\n", ports.publish),
+        &format!(
+            "\tkeepalive_timeout 65;\n\tserver {{ listen 127.0.0.1:{} default_server; }}\n",
+            ports.publish
+        ),
     );
     std::fs::write(t.path(NGINX_CONF), &broken).unwrap();
     let out = lb(&t, &peer, &ports, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let line = error_line(&out);
-    assert!(line.contains("`nginx -t` refused the new /etc/nginx/nginx.conf; nothing was installed"), "{line}");
+    assert!(
+        line.contains("`nginx -t` refused the new /etc/nginx/nginx.conf; nothing was installed"),
+        "{line}"
+    );
     assert!(line.contains("duplicate default server"), "{line}");
-    assert!(line.contains("remove /etc/nginx/sites-enabled/default"), "{line}");
+    assert!(
+        line.contains("remove /etc/nginx/sites-enabled/default"),
+        "{line}"
+    );
     assert!(!line.contains("ams-agent-check"), "{line}");
     assert_eq!(t.read(NGINX_CONF), broken);
     assert_eq!(reloads(&t, "nginx"), 0);
@@ -224,7 +266,11 @@ fn a_config_without_an_http_block_is_bad_input() {
     std::fs::write(t.path(NGINX_CONF), "events {}\n").unwrap();
     let out = t.run(&["lb", "nginx", "--mongo", &peer.uri()]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(error_line(&out).contains("has no `http {` block"), "{}", stderr(&out));
+    assert!(
+        error_line(&out).contains("has no `http {` block"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(t.read(NGINX_CONF), "events {}\n");
     assert!(peer.named("find").is_empty());
 }

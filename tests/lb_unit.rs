@@ -16,12 +16,20 @@ fn the_lb_drop_ins_verify_and_run_real_commands() {
         let tmp = tempfile::tempdir().unwrap();
         let man = tmp.path().join("man/man1");
         assert!(
-            Command::new(BIN).args(["generate", "man"]).arg(&man).status().unwrap().success()
+            Command::new(BIN)
+                .args(["generate", "man"])
+                .arg(&man)
+                .status()
+                .unwrap()
+                .success()
         );
         let units = tmp.path().join("units");
         std::fs::create_dir_all(units.join("ams-agent.service.d")).unwrap();
-        std::fs::write(units.join("ams-agent.service"), unit.replace("/usr/bin/ams-agent", BIN))
-            .unwrap();
+        std::fs::write(
+            units.join("ams-agent.service"),
+            unit.replace("/usr/bin/ams-agent", BIN),
+        )
+        .unwrap();
         let dropin = std::fs::read_to_string(
             repo.join(format!("packaging/examples/ams-agent-lb-{kind}.conf")),
         )
@@ -44,7 +52,10 @@ fn the_lb_drop_ins_verify_and_run_real_commands() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(out.status.success() && report.trim().is_empty(), "{kind}: {report}");
+        assert!(
+            out.status.success() && report.trim().is_empty(),
+            "{kind}: {report}"
+        );
         let exec = dropin
             .lines()
             .find(|l| l.starts_with("ExecStart=/usr/bin/ams-agent"))
@@ -54,7 +65,15 @@ fn the_lb_drop_ins_verify_and_run_real_commands() {
             .map(|a| a.replace("%d", "/run/credentials/ams-agent.service"))
             .collect();
         assert_eq!(&args[..3], ["run", "--lb", kind]);
-        let help = Command::new(BIN).args(&args).arg("--help").output().unwrap();
-        assert!(help.status.success(), "{kind}: {}", String::from_utf8_lossy(&help.stderr));
+        let help = Command::new(BIN)
+            .args(&args)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(
+            help.status.success(),
+            "{kind}: {}",
+            String::from_utf8_lossy(&help.stderr)
+        );
     }
 }

@@ -160,11 +160,21 @@ pub struct HaproxyArgs {
     pub file: PathBuf,
 
     /// HAProxy's admin socket (`stats socket … level admin`)
-    #[arg(long, value_name = "SOCKET", default_value = "/run/haproxy/admin.sock", env = "AMS_AGENT_LB_SOCKET")]
+    #[arg(
+        long,
+        value_name = "SOCKET",
+        default_value = "/run/haproxy/admin.sock",
+        env = "AMS_AGENT_LB_SOCKET"
+    )]
     pub socket: PathBuf,
 
     /// The server-state file the agent writes before a reload
-    #[arg(long, value_name = "FILE", default_value = "/var/lib/haproxy/ams-agent-server-state", env = "AMS_AGENT_LB_STATE_FILE")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/var/lib/haproxy/ams-agent-server-state",
+        env = "AMS_AGENT_LB_STATE_FILE"
+    )]
     pub state_file: PathBuf,
 
     /// Spare server slots per backend (more are added at a reload when a
@@ -185,7 +195,12 @@ pub struct NginxArgs {
 
     /// Nginx's main configuration file: one section goes at its top level,
     /// one inside `http {}`
-    #[arg(long, value_name = "FILE", default_value = "/etc/nginx/nginx.conf", env = "AMS_AGENT_LB_FILE")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/etc/nginx/nginx.conf",
+        env = "AMS_AGENT_LB_FILE"
+    )]
     pub file: PathBuf,
 
     /// The PEM (chain and key) Nginx serves (default: the only *.pem in
@@ -194,7 +209,12 @@ pub struct NginxArgs {
     pub cert: Option<PathBuf>,
 
     /// Nginx's pid file (to see that a reload took)
-    #[arg(long, value_name = "FILE", default_value = "/run/nginx.pid", env = "AMS_AGENT_LB_PID_FILE")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/run/nginx.pid",
+        env = "AMS_AGENT_LB_PID_FILE"
+    )]
     pub pid_file: PathBuf,
 }
 
@@ -232,7 +252,9 @@ impl CommonArgs {
         }
         if kind == Kind::Haproxy {
             if let Some((_, Some(_))) = self.listen.iter().find(|(l, _)| *l == Listener::Srt) {
-                bail_usage!("--listen srt=…: HAProxy has no UDP; balance SRT with `ams-agent lb nginx`");
+                bail_usage!(
+                    "--listen srt=…: HAProxy has no UDP; balance SRT with `ams-agent lb nginx`"
+                );
             }
         }
         let mut seen: BTreeMap<u16, Listener> = BTreeMap::new();

@@ -179,7 +179,11 @@ pub struct RunArgs {
 
 pub fn run(ctx: &Context, args: RunArgs) -> Result<()> {
     if let Some(kind) = args.lb.as_deref() {
-        let kind = if kind == "nginx" { crate::lb::Kind::Nginx } else { crate::lb::Kind::Haproxy };
+        let kind = if kind == "nginx" {
+            crate::lb::Kind::Nginx
+        } else {
+            crate::lb::Kind::Haproxy
+        };
         return super::lb::run_follower(ctx, kind, args.registry);
     }
     let Resolved { target, config } = args.registry.resolve(&ctx.host)?;

@@ -141,7 +141,11 @@ mod tests {
             b"# BEGIN x\n# END x\n# END x\n",
             b"# BEGIN x\n# END x\n# BEGIN x\n# END x\n",
         ] {
-            assert!(find(broken, M).is_err(), "{}", String::from_utf8_lossy(broken));
+            assert!(
+                find(broken, M).is_err(),
+                "{}",
+                String::from_utf8_lossy(broken)
+            );
         }
         assert_eq!(append(b"a", "B\n"), b"a\nB\n");
         assert_eq!(append(b"", "B\n"), b"B\n");

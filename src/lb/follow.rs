@@ -319,7 +319,12 @@ impl Proposal {
             );
             for m in new {
                 match cur.iter().find(|c| c.id == m.id) {
-                    None => out.push(format!("+ {} joins the {}s at {}", m.id, role.name(), m.addr)),
+                    None => out.push(format!(
+                        "+ {} joins the {}s at {}",
+                        m.id,
+                        role.name(),
+                        m.addr
+                    )),
                     Some(c) if c.state != m.state || c.addr != m.addr => out.push(format!(
                         "~ {} ({}) is now {} at {}",
                         m.id,
@@ -579,7 +584,10 @@ fn check_candidate(
         .map(str::trim)
         .filter(|l| {
             !l.is_empty()
-                && (l.contains("ALERT") || l.contains("[emerg]") || l.contains("error") || l.contains("failed"))
+                && (l.contains("ALERT")
+                    || l.contains("[emerg]")
+                    || l.contains("error")
+                    || l.contains("failed"))
         })
         .map(|l| escape(l).into_owned())
         .collect();
@@ -663,7 +671,9 @@ impl Action for Check {
     }
 
     fn apply(&self, ctx: &ApplyCtx) -> Result<()> {
-        check_candidate(ctx.host, ctx.runner, self.kind, &self.file, &self.text, false)
+        check_candidate(
+            ctx.host, ctx.runner, self.kind, &self.file, &self.text, false,
+        )
     }
 }
 
@@ -712,11 +722,7 @@ impl Action for Runtime {
     }
 }
 
-fn write_state_file(
-    socket: &AdminSocket,
-    layout: &Layout,
-    settings: &Settings,
-) -> Result<()> {
+fn write_state_file(socket: &AdminSocket, layout: &Layout, settings: &Settings) -> Result<()> {
     let dump = socket.servers().ok().map(|(raw, _)| raw);
     let text = haproxy::state_file(dump.as_deref(), layout, &settings.ports);
     let real = &settings.state_file;
@@ -827,8 +833,10 @@ impl Action for Reload {
                 let before = master.map(children).unwrap_or_default();
                 systemd::act(ctx.runner, &self.service, ServiceAction::Reload)?;
                 let Some(master) = master else {
-                    *self.done.lock().unwrap() =
-                        Some(format!("reloaded {} (not verified: no pid file)", self.service));
+                    *self.done.lock().unwrap() = Some(format!(
+                        "reloaded {} (not verified: no pid file)",
+                        self.service
+                    ));
                     return Ok(());
                 };
                 loop {
@@ -859,9 +867,17 @@ fn plan_of(host: &Host, cfg: &LbConfig, p: &Proposal) -> Result<(Plan, Option<Ar
         "{} follows the registry ({} origin{}, {} edge{} in rotation)",
         cfg.kind.name(),
         p.decision.desired.origin.len(),
-        if p.decision.desired.origin.len() == 1 { "" } else { "s" },
+        if p.decision.desired.origin.len() == 1 {
+            ""
+        } else {
+            "s"
+        },
         p.decision.desired.edge.len(),
-        if p.decision.desired.edge.len() == 1 { "" } else { "s" },
+        if p.decision.desired.edge.len() == 1 {
+            ""
+        } else {
+            "s"
+        },
     ));
     let marker = pending_marker(cfg.kind);
     let socket = (cfg.kind == Kind::Haproxy).then(|| admin_socket(host, cfg));
@@ -1007,7 +1023,8 @@ pub fn apply(
         out.lines.push(format!("{done}: {}", r.why));
         out.reloaded = Some(r.why.clone());
     } else if p.file_changes() && p.runtime.is_empty() && p.running {
-        out.lines.push("nothing to reload: the running balancer already matches".into());
+        out.lines
+            .push("nothing to reload: the running balancer already matches".into());
     }
     Ok(out)
 }
@@ -1060,7 +1077,11 @@ pub fn decision_lines(p: &Proposal) -> Vec<String> {
         out.push(format!(
             "held by a guard: {}; kept: {}",
             h.reason,
-            h.kept.iter().map(|i| i.as_str()).collect::<Vec<_>>().join(", ")
+            h.kept
+                .iter()
+                .map(|i| i.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     for w in &p.decision.waiting {
@@ -1178,7 +1199,11 @@ impl Follower<'_> {
                     "guard: {}; keeping the last good {}s in rotation ({}) and retrying",
                     h.reason,
                     h.role.name(),
-                    h.kept.iter().map(|i| i.as_str()).collect::<Vec<_>>().join(", ")
+                    h.kept
+                        .iter()
+                        .map(|i| i.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
             }
         }
@@ -1268,13 +1293,14 @@ impl Follower<'_> {
     pub fn watch(&mut self) -> Result<()> {
         use tokio::signal::unix::{SignalKind, signal};
         let rt = crate::host::runtime()?;
-        let (mut term, mut int) = rt.block_on(async {
-            Ok::<_, std::io::Error>((
-                signal(SignalKind::terminate())?,
-                signal(SignalKind::interrupt())?,
-            ))
-        })
-        .context("listening for SIGTERM")?;
+        let (mut term, mut int) = rt
+            .block_on(async {
+                Ok::<_, std::io::Error>((
+                    signal(SignalKind::terminate())?,
+                    signal(SignalKind::interrupt())?,
+                ))
+            })
+            .context("listening for SIGTERM")?;
         let target = self.cfg.target.clone();
         let deadlines = Deadlines::within(self.cfg.timeout);
         let mut registry: Option<Registry> = None;
@@ -1332,7 +1358,8 @@ impl Follower<'_> {
                             show_duration(since.elapsed())
                         );
                     }
-                    let outcome = self.watch_cycle(view, &mut tracker, &mut pending, first, &mut retry_at);
+                    let outcome =
+                        self.watch_cycle(view, &mut tracker, &mut pending, first, &mut retry_at);
                     first = false;
                     match outcome {
                         Ok(()) => {

@@ -178,10 +178,7 @@ pub fn update(prev: &Layout, desired: &Membership) -> Option<Layout> {
             .map(|m| (m.id.clone(), m))
             .collect();
         for s in &mut slots {
-            s.occupant = s
-                .occupant
-                .take()
-                .and_then(|occ| want.remove(&occ.id));
+            s.occupant = s.occupant.take().and_then(|occ| want.remove(&occ.id));
         }
         for (id, m) in want {
             let free: Vec<usize> = (0..slots.len())
@@ -240,7 +237,12 @@ pub fn render(s: &Settings, layout: &Layout) -> String {
     let crt = s
         .tls
         .as_ref()
-        .map(|t| format!(" ssl crt {}/", t.dir.display().to_string().trim_end_matches('/')))
+        .map(|t| {
+            format!(
+                " ssl crt {}/",
+                t.dir.display().to_string().trim_end_matches('/')
+            )
+        })
         .unwrap_or_default();
     let http_frontends = [
         (
@@ -595,7 +597,11 @@ pub fn runtime_commands(
             if admin == Admin::Ready && live.uweight == 0 {
                 cmds.push(format!("set weight {key} 1"));
             }
-            let target = if admin == Admin::Ready { "ready" } else { "drain" };
+            let target = if admin == Admin::Ready {
+                "ready"
+            } else {
+                "drain"
+            };
             let needs = moved
                 || match admin {
                     Admin::Ready => live.admin_state & (ADMF_MAINT | ADMF_DRAIN) != 0,
@@ -711,9 +717,20 @@ mod tests {
     fn render_parses_back() {
         let layout = fresh(&two(), 2);
         let text = render(&settings(), &layout);
-        assert!(text.contains("    server i-e2 [fd00::7]:5080 cookie i-e2 weight 0 # node i-e2 draining\n"), "{text}");
-        assert!(text.contains("    server _slot1 127.0.0.1:1 disabled # empty\n"), "{text}");
-        assert!(text.contains("    server i-o1 10.0.1.5:1935 # node i-o1\n"), "{text}");
+        assert!(
+            text.contains(
+                "    server i-e2 [fd00::7]:5080 cookie i-e2 weight 0 # node i-e2 draining\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("    server _slot1 127.0.0.1:1 disabled # empty\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("    server i-o1 10.0.1.5:1935 # node i-o1\n"),
+            "{text}"
+        );
         assert_eq!(parse(&text).unwrap(), layout);
         assert_eq!(membership(&layout), two());
         assert_eq!(layout[&Backend::Edge].len(), 4);
@@ -744,19 +761,35 @@ mod tests {
         // The same names: the Runtime API can do it. The node that left
         // and comes back takes its own slot again.
         let mut back = m.clone();
-        back.edge.push(member("i-e1", "10.0.1.6", MemberState::Ready));
+        back.edge
+            .push(member("i-e1", "10.0.1.6", MemberState::Ready));
         back.sort();
         let again = update(&next, &back).unwrap();
-        assert_eq!(again[&Backend::Edge][0].occupant.as_ref().unwrap().id.as_str(), "i-e1");
+        assert_eq!(
+            again[&Backend::Edge][0]
+                .occupant
+                .as_ref()
+                .unwrap()
+                .id
+                .as_str(),
+            "i-e1"
+        );
         // Out of slots: a reload.
         let mut many = two();
         for i in 0..5 {
-            many.edge.push(member(&format!("i-x{i}"), &format!("10.0.3.{i}"), MemberState::Ready));
+            many.edge.push(member(
+                &format!("i-x{i}"),
+                &format!("10.0.3.{i}"),
+                MemberState::Ready,
+            ));
         }
         assert!(update(&layout, &many).is_none());
         // A slot filled at run time is rendered without a cookie (dynamic).
         let text = render(&settings(), &next);
-        assert!(text.contains("    server _slot1 10.0.1.8:5080 # node i-e3\n"), "{text}");
+        assert!(
+            text.contains("    server _slot1 10.0.1.8:5080 # node i-e3\n"),
+            "{text}"
+        );
         assert_eq!(parse(&text).unwrap(), next);
     }
 
@@ -805,7 +838,11 @@ mod tests {
                 s.admin_state = 4 | 8;
             }
         }
-        assert!(runtime_commands(&layout, &running, &NodePorts::default()).unwrap().is_empty());
+        assert!(
+            runtime_commands(&layout, &running, &NodePorts::default())
+                .unwrap()
+                .is_empty()
+        );
         // Other names in the process: only a reload can.
         running[0].name = "other".into();
         assert!(runtime_commands(&layout, &running, &NodePorts::default()).is_err());
@@ -861,7 +898,13 @@ mod tests {
             digest: "d".into(),
         });
         let text = render(&s, &fresh(&two(), 1));
-        assert!(text.contains("    bind :443 ssl crt /etc/haproxy/certs/\n"), "{text}");
-        assert!(text.contains("    bind :5443 ssl crt /etc/haproxy/certs/\n"), "{text}");
+        assert!(
+            text.contains("    bind :443 ssl crt /etc/haproxy/certs/\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("    bind :5443 ssl crt /etc/haproxy/certs/\n"),
+            "{text}"
+        );
     }
 }

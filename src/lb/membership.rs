@@ -239,11 +239,9 @@ impl Tracker {
 
     /// How long the node's current eligibility has lasted.
     fn held_for(&self, id: &NodeId, now_ms: i64) -> Duration {
-        self.seen
-            .get(id)
-            .map_or(Duration::ZERO, |o| {
-                Duration::from_millis((now_ms - o.since_ms).max(0) as u64)
-            })
+        self.seen.get(id).map_or(Duration::ZERO, |o| {
+            Duration::from_millis((now_ms - o.since_ms).max(0) as u64)
+        })
     }
 }
 
@@ -427,7 +425,13 @@ fn summarize(whys: &[String]) -> String {
     }
     counts
         .into_iter()
-        .map(|(k, n)| if n == 1 { k.to_string() } else { format!("{k} ×{n}") })
+        .map(|(k, n)| {
+            if n == 1 {
+                k.to_string()
+            } else {
+                format!("{k} ×{n}")
+            }
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -476,7 +480,13 @@ mod tests {
     fn hostile_documents_are_refused_not_rendered() {
         let docs = vec![
             node("i-ok", "origin", "10.0.1.5", "ready", 1),
-            node("i-x\nserver evil 1.2.3.4:80", "origin", "10.0.1.6", "ready", 1),
+            node(
+                "i-x\nserver evil 1.2.3.4:80",
+                "origin",
+                "10.0.1.6",
+                "ready",
+                1,
+            ),
             node("i-y", "origin", "10.0.1.7;evil", "ready", 1),
             node("i-z", "boss", "10.0.1.8", "ready", 1),
             node("i-w", "edge", "10.0.1.9", "ready", 1),
@@ -487,9 +497,16 @@ mod tests {
         let ok: Vec<&str> = v.candidates.iter().map(|c| c.id.as_str()).collect();
         assert_eq!(ok, ["i-ok", "i-v"]);
         let refused: Vec<&str> = v.refused.iter().map(|r| r.id.as_str()).collect();
-        assert!(refused.contains(&"i-x\\nserver evil 1.2.3.4:80"), "{refused:?}");
+        assert!(
+            refused.contains(&"i-x\\nserver evil 1.2.3.4:80"),
+            "{refused:?}"
+        );
         assert_eq!(v.refused.len(), 5, "{:?}", v.refused);
-        assert!(v.refused.iter().any(|r| r.id == "i-w" && r.why.contains("i-v")));
+        assert!(
+            v.refused
+                .iter()
+                .any(|r| r.id == "i-w" && r.why.contains("i-v"))
+        );
     }
 
     #[test]
@@ -517,10 +534,16 @@ mod tests {
         // Back after 5 s: the period starts again.
         let v = at(35_000, &ready(1));
         t.observe(&v, &cur);
-        assert_eq!(ids(&decide(&v, &cur, &t, &RULES).desired.origin), ["a", "b"]);
+        assert_eq!(
+            ids(&decide(&v, &cur, &t, &RULES).desired.origin),
+            ["a", "b"]
+        );
         let v = at(40_000, &ready(25));
         t.observe(&v, &cur);
-        assert_eq!(ids(&decide(&v, &cur, &t, &RULES).desired.origin), ["a", "b"]);
+        assert_eq!(
+            ids(&decide(&v, &cur, &t, &RULES).desired.origin),
+            ["a", "b"]
+        );
         // Stale for 10 s without interruption: out (1 of 2 is not more than half).
         let v = at(50_000, &ready(35));
         t.observe(&v, &cur);
@@ -536,7 +559,10 @@ mod tests {
         assert!(d.waiting[0].joins);
         let v = at(61_000, &ready(1));
         t.observe(&v, &cur);
-        assert_eq!(ids(&decide(&v, &cur, &t, &RULES).desired.origin), ["a", "b"]);
+        assert_eq!(
+            ids(&decide(&v, &cur, &t, &RULES).desired.origin),
+            ["a", "b"]
+        );
     }
 
     #[test]
@@ -576,7 +602,15 @@ mod tests {
     fn guards_hold_implicit_removals() {
         let four = |ago: [i64; 4]| {
             (0..4)
-                .map(|i| node(&format!("e{i}"), "edge", &format!("10.0.2.{i}"), "ready", ago[i]))
+                .map(|i| {
+                    node(
+                        &format!("e{i}"),
+                        "edge",
+                        &format!("10.0.2.{i}"),
+                        "ready",
+                        ago[i],
+                    )
+                })
                 .collect::<Vec<_>>()
         };
         let mut t = Tracker::default();
@@ -594,7 +628,11 @@ mod tests {
         let v = at(111_000, &four([1, 99, 99, 99]));
         let d = decide(&v, &cur, &t, &RULES);
         assert_eq!(d.holds.len(), 1);
-        assert!(d.holds[0].reason.contains("3 of 4 edges"), "{}", d.holds[0].reason);
+        assert!(
+            d.holds[0].reason.contains("3 of 4 edges"),
+            "{}",
+            d.holds[0].reason
+        );
         // The registry answers no node at all: never emptied.
         let v = at(200_000, &[]);
         t.observe(&v, &cur);
@@ -602,7 +640,11 @@ mod tests {
         t.observe(&v, &cur);
         let d = decide(&v, &cur, &t, &RULES);
         assert_eq!(d.desired.edge.len(), 4);
-        assert!(d.holds[0].reason.contains("no edge in rotation"), "{:?}", d.holds);
+        assert!(
+            d.holds[0].reason.contains("no edge in rotation"),
+            "{:?}",
+            d.holds
+        );
         // Two of four is not more than half.
         let v = at(300_000, &four([1, 1, 99, 99]));
         t.observe(&v, &cur);

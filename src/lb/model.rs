@@ -403,7 +403,11 @@ mod tests {
         );
         assert_eq!(parse_listen("srt=off").unwrap(), (Listener::Srt, None));
         assert_eq!(
-            parse_listen("dashboard=[::1]:4445").unwrap().1.unwrap().port,
+            parse_listen("dashboard=[::1]:4445")
+                .unwrap()
+                .1
+                .unwrap()
+                .port,
             4445
         );
         for bad in ["x=80", "play", "play=0", "play=host:80", "play=80;"] {

@@ -95,16 +95,19 @@ pub fn render_main(s: &Settings, m: &Membership) -> String {
             crate::human::escape(&tls.digest)
         );
     }
-    let _ = writeln!(
-        o,
-        "worker_shutdown_timeout {};",
-        secs(s.hard_stop_after)
-    );
+    let _ = writeln!(o, "worker_shutdown_timeout {};", secs(s.hard_stop_after));
     let (rtmp, srt) = (s.bind(Listener::Rtmp), s.bind(Listener::Srt));
     if rtmp.is_some() || srt.is_some() {
         o.push_str("stream {\n");
         if let Some(b) = rtmp {
-            upstream(&mut o, "    ", "ams_rtmp", &m.origin, s.ports.rtmp, "origin");
+            upstream(
+                &mut o,
+                "    ",
+                "ams_rtmp",
+                &m.origin,
+                s.ports.rtmp,
+                "origin",
+            );
             o.push_str("    server {\n");
             listen_line(&mut o, "        ", b, "");
             let _ = write!(
@@ -125,8 +128,18 @@ pub fn render_main(s: &Settings, m: &Membership) -> String {
     o
 }
 
-fn sticky_map(o: &mut String, cookie: &str, var: &str, upstream: &str, members: &[Member], port: u16) {
-    let _ = writeln!(o, "    map $cookie_{cookie} ${var} {{\n        default {upstream};");
+fn sticky_map(
+    o: &mut String,
+    cookie: &str,
+    var: &str,
+    upstream: &str,
+    members: &[Member],
+    port: u16,
+) {
+    let _ = writeln!(
+        o,
+        "    map $cookie_{cookie} ${var} {{\n        default {upstream};"
+    );
     for m in members {
         let _ = writeln!(o, "        \"{}\" {};", m.id, socket(m.addr, port));
     }
@@ -161,16 +174,41 @@ pub fn render_http(s: &Settings, m: &Membership) -> String {
     upstream(&mut o, "    ", "ams_edge", &m.edge, port, "edge");
     upstream(&mut o, "    ", "ams_dashboard", &all, port, "node");
     o.push_str("    map $http_upgrade $ams_connection_upgrade {\n        default upgrade;\n        \"\" close;\n    }\n");
-    sticky_map(&mut o, "AMS_ORIGIN", "ams_origin_pick", "ams_origin", &m.origin, port);
-    sticky_map(&mut o, "AMS_EDGE", "ams_edge_pick", "ams_edge", &m.edge, port);
-    sticky_map(&mut o, "AMS_DASHBOARD", "ams_dashboard_pick", "ams_dashboard", &all, port);
+    sticky_map(
+        &mut o,
+        "AMS_ORIGIN",
+        "ams_origin_pick",
+        "ams_origin",
+        &m.origin,
+        port,
+    );
+    sticky_map(
+        &mut o,
+        "AMS_EDGE",
+        "ams_edge_pick",
+        "ams_edge",
+        &m.edge,
+        port,
+    );
+    sticky_map(
+        &mut o,
+        "AMS_DASHBOARD",
+        "ams_dashboard_pick",
+        "ams_dashboard",
+        &all,
+        port,
+    );
     // `?target=` only ever picks one of the two groups: never an address
     // from the request.
     o.push_str("    map $arg_target $ams_publish_pick {\n        default $ams_origin_pick;\n        edge $ams_edge_pick;\n    }\n");
     o.push_str("    map $arg_target $ams_play_pick {\n        default $ams_edge_pick;\n        origin $ams_origin_pick;\n    }\n");
     o.push_str("    map $upstream_addr $ams_node_cookie {\n        default \"\";\n");
     for (role, list) in [(Role::Origin, &m.origin), (Role::Edge, &m.edge)] {
-        let cookie = if role == Role::Origin { "AMS_ORIGIN" } else { "AMS_EDGE" };
+        let cookie = if role == Role::Origin {
+            "AMS_ORIGIN"
+        } else {
+            "AMS_EDGE"
+        };
         for n in list {
             let _ = writeln!(
                 o,
@@ -197,11 +235,26 @@ pub fn render_http(s: &Settings, m: &Membership) -> String {
         )
     });
     let servers = [
-        (Listener::Publish, "ams_publish_pick", "ams_node_cookie", false),
-        (Listener::PublishTls, "ams_publish_pick", "ams_node_cookie", true),
+        (
+            Listener::Publish,
+            "ams_publish_pick",
+            "ams_node_cookie",
+            false,
+        ),
+        (
+            Listener::PublishTls,
+            "ams_publish_pick",
+            "ams_node_cookie",
+            true,
+        ),
         (Listener::Play, "ams_play_pick", "ams_node_cookie", false),
         (Listener::PlayTls, "ams_play_pick", "ams_node_cookie", true),
-        (Listener::Dashboard, "ams_dashboard_pick", "ams_dashboard_cookie", tls.is_some()),
+        (
+            Listener::Dashboard,
+            "ams_dashboard_pick",
+            "ams_dashboard_cookie",
+            tls.is_some(),
+        ),
     ];
     for (l, pick, cookie, ssl) in servers {
         let Some(b) = s.bind(l) else { continue };
@@ -210,7 +263,11 @@ pub fn render_http(s: &Settings, m: &Membership) -> String {
             &mut o,
             "        ",
             b,
-            if ssl { " ssl default_server" } else { " default_server" },
+            if ssl {
+                " ssl default_server"
+            } else {
+                " default_server"
+            },
         );
         o.push_str("        server_name _;\n");
         if ssl {
@@ -320,7 +377,11 @@ fn depth_at(s: &Scan, pos: usize) -> usize {
 /// before the closing brace of `http {`.
 pub fn install(text: &[u8], main: &str, http: &str) -> Result<Vec<u8>, String> {
     let sc = scan(text)?;
-    let http_open = sc.blocks.iter().filter(|(w, _)| w == "http").collect::<Vec<_>>();
+    let http_open = sc
+        .blocks
+        .iter()
+        .filter(|(w, _)| w == "http")
+        .collect::<Vec<_>>();
     let [(_, open)] = http_open.as_slice() else {
         return Err(if http_open.is_empty() {
             "it has no `http {` block (the agent's servers go inside it)".into()
@@ -338,15 +399,15 @@ pub fn install(text: &[u8], main: &str, http: &str) -> Result<Vec<u8>, String> {
     let http_at = blocks::find(text, HTTP)?;
     if let Some(r) = &main_at {
         if depth_at(&sc, r.start) != 0 {
-            return Err(format!("`{}` is inside a block: it belongs at the top level", MAIN.begin));
+            return Err(format!(
+                "`{}` is inside a block: it belongs at the top level",
+                MAIN.begin
+            ));
         }
     }
     if let Some(r) = &http_at {
         if !(r.start > *open && r.end <= close) || depth_at(&sc, r.start) != 1 {
-            return Err(format!(
-                "`{}` is not directly inside `http {{`",
-                HTTP.begin
-            ));
+            return Err(format!("`{}` is not directly inside `http {{`", HTTP.begin));
         }
     }
     // Edit from the end of the file backwards, so earlier offsets hold.
@@ -354,7 +415,10 @@ pub fn install(text: &[u8], main: &str, http: &str) -> Result<Vec<u8>, String> {
     match http_at {
         Some(r) => edits.push((r, http.to_string())),
         None => {
-            let line_start = text[..close].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            let line_start = text[..close]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i + 1);
             if text[line_start..close].iter().all(u8::is_ascii_whitespace) {
                 edits.push((line_start..line_start, http.to_string()));
             } else {
@@ -428,13 +492,21 @@ pub fn members(text: &[u8]) -> Option<Membership> {
 /// A hint for Nginx's most common refusals of the rendered file.
 pub fn hint(message: &str) -> Option<&'static str> {
     if message.contains("unknown directive \"stream\"") {
-        Some("RTMP and SRT need Nginx's stream module: apt install libnginx-mod-stream (or --listen rtmp=off --listen srt=off)")
+        Some(
+            "RTMP and SRT need Nginx's stream module: apt install libnginx-mod-stream (or --listen rtmp=off --listen srt=off)",
+        )
     } else if message.contains("duplicate default server") {
-        Some("another server is the default on that port; Debian's default site listens on 80 default_server: remove /etc/nginx/sites-enabled/default (or move the listener with --listen)")
+        Some(
+            "another server is the default on that port; Debian's default site listens on 80 default_server: remove /etc/nginx/sites-enabled/default (or move the listener with --listen)",
+        )
     } else if message.contains("\"stream\" directive is duplicate") {
-        Some("the file has a stream {} block of its own: Nginx allows one; move its servers into it by hand or turn RTMP and SRT off (--listen rtmp=off --listen srt=off)")
+        Some(
+            "the file has a stream {} block of its own: Nginx allows one; move its servers into it by hand or turn RTMP and SRT off (--listen rtmp=off --listen srt=off)",
+        )
     } else if message.contains("\"worker_shutdown_timeout\" directive is duplicate") {
-        Some("the file sets worker_shutdown_timeout itself: remove that line (the agent sets it from --hard-stop-after)")
+        Some(
+            "the file sets worker_shutdown_timeout itself: remove that line (the agent sets it from --hard-stop-after)",
+        )
     } else {
         None
     }
@@ -478,16 +550,33 @@ mod tests {
         let (main, http) = (render_main(&s, &m()), render_http(&s, &m()));
         let out = install(conf, &main, &http).unwrap();
         let text = String::from_utf8_lossy(&out);
-        assert!(text.starts_with("user www-data;\n# a \u{fffd} comment"), "{text}");
-        assert!(text.contains("    log_format x '{';\n    # BEGIN ams-agent lb (http)"), "{text}");
+        assert!(
+            text.starts_with("user www-data;\n# a \u{fffd} comment"),
+            "{text}"
+        );
+        assert!(
+            text.contains("    log_format x '{';\n    # BEGIN ams-agent lb (http)"),
+            "{text}"
+        );
         assert!(text.ends_with("}\n\n# BEGIN ams-agent lb (main): rendered by `ams-agent lb nginx` from the node registry; edits inside are overwritten\nworker_shutdown_timeout 3600s;\nstream {\n") || text.contains("# END ams-agent lb (main)\n"), "{text}");
-        assert!(text.contains("    # END ams-agent lb (http)\n}\n"), "{text}");
+        assert!(
+            text.contains("    # END ams-agent lb (http)\n}\n"),
+            "{text}"
+        );
         assert_eq!(members(&out).unwrap(), m());
         // Again, with another membership: replaced in place, the rest kept.
-        let again = install(&out, &render_main(&s, &Membership::default()), &render_http(&s, &Membership::default())).unwrap();
+        let again = install(
+            &out,
+            &render_main(&s, &Membership::default()),
+            &render_http(&s, &Membership::default()),
+        )
+        .unwrap();
         assert!(again.starts_with(&conf[..40]));
         assert_eq!(members(&again).unwrap(), Membership::default());
-        assert!(String::from_utf8_lossy(&again).contains("server 127.0.0.1:1 down; # empty: no origin in rotation"));
+        assert!(
+            String::from_utf8_lossy(&again)
+                .contains("server 127.0.0.1:1 down; # empty: no origin in rotation")
+        );
         assert_eq!(install(&again, &main, &http).unwrap(), out);
         // Refused: no http block, markers in the wrong place.
         assert!(install(b"events {}\n", &main, &http).is_err());
@@ -498,10 +587,18 @@ mod tests {
     #[test]
     fn target_and_cookies_are_allowlists() {
         let text = render_http(&settings(), &m());
-        assert!(text.contains("proxy_pass http://$ams_publish_pick;"), "{text}");
+        assert!(
+            text.contains("proxy_pass http://$ams_publish_pick;"),
+            "{text}"
+        );
         assert!(!text.contains("$arg_target;"), "{text}");
         assert!(text.contains("        \"i-o1\" 10.0.1.5:5080;\n"), "{text}");
-        assert!(text.contains("\"10.0.1.5:5080\" \"AMS_ORIGIN=i-o1; Path=/; HttpOnly\";"), "{text}");
-        assert!(text.contains("server 127.0.0.1:1 down; # empty: no edge in rotation (answers 502)"));
+        assert!(
+            text.contains("\"10.0.1.5:5080\" \"AMS_ORIGIN=i-o1; Path=/; HttpOnly\";"),
+            "{text}"
+        );
+        assert!(
+            text.contains("server 127.0.0.1:1 down; # empty: no edge in rotation (answers 502)")
+        );
     }
 }

@@ -111,18 +111,18 @@ impl AdminSocket {
                 .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix(": ")))
                 .map(str::trim)
         };
-        let pid = field("Pid")
-            .and_then(|p| p.parse().ok())
-            .ok_or_else(|| {
-                anyhow!(
-                    "HAProxy's `show info` on {} has no Pid: {}",
-                    self.shown.display(),
-                    escape(text.lines().next().unwrap_or(""))
-                )
-            })?;
+        let pid = field("Pid").and_then(|p| p.parse().ok()).ok_or_else(|| {
+            anyhow!(
+                "HAProxy's `show info` on {} has no Pid: {}",
+                self.shown.display(),
+                escape(text.lines().next().unwrap_or(""))
+            )
+        })?;
         Ok(Info {
             pid,
-            uptime_sec: field("Uptime_sec").and_then(|u| u.parse().ok()).unwrap_or(0),
+            uptime_sec: field("Uptime_sec")
+                .and_then(|u| u.parse().ok())
+                .unwrap_or(0),
             version: field("Version").unwrap_or("").to_string(),
         })
     }
@@ -130,7 +130,8 @@ impl AdminSocket {
     /// `show servers state`, raw (for the state file) and parsed.
     pub fn servers(&self) -> Result<(String, Vec<LiveServer>)> {
         let raw = self.send("show servers state")?;
-        let parsed = parse_state(&raw).map_err(|e| anyhow!("{e} (from {})", self.shown.display()))?;
+        let parsed =
+            parse_state(&raw).map_err(|e| anyhow!("{e} (from {})", self.shown.display()))?;
         Ok((raw, parsed))
     }
 

@@ -114,9 +114,15 @@ pub fn view(i: Inputs) -> StatusView {
                         None => (format!("{} in the file", m.state.name()), false),
                     };
                     if word.starts_with("ready") {
-                        rotation.entry(b.name().into()).or_default().push(m.id.to_string());
+                        rotation
+                            .entry(b.name().into())
+                            .or_default()
+                            .push(m.id.to_string());
                     } else if word.starts_with("drain") {
-                        draining.entry(b.name().into()).or_default().push(m.id.to_string());
+                        draining
+                            .entry(b.name().into())
+                            .or_default()
+                            .push(m.id.to_string());
                     }
                     balancer_of.insert((*b, m.id.to_string()), (word, inr));
                 }
@@ -173,7 +179,9 @@ pub fn view(i: Inputs) -> StatusView {
                     format!(
                         "{} in {} (--settle)",
                         if w.joins { "joins" } else { "leaves" },
-                        crate::human::show_duration(std::time::Duration::from_millis(w.remaining_ms))
+                        crate::human::show_duration(std::time::Duration::from_millis(
+                            w.remaining_ms
+                        ))
                     )
                 })
                 .or_else(|| {
@@ -261,8 +269,9 @@ pub fn render(v: &StatusView) -> String {
         let _ = writeln!(o, "  the balancer's state could not be read: {e}");
     }
     let event = |e: &Option<super::record::Event>| {
-        e.as_ref()
-            .map_or("never".to_string(), |e| format!("{} ({})", ago(e.at), e.what))
+        e.as_ref().map_or("never".to_string(), |e| {
+            format!("{} ({})", ago(e.at), e.what)
+        })
     };
     let _ = writeln!(o, "last reload: {}", event(&v.last_reload));
     if v.kind == Kind::Haproxy {

@@ -15,7 +15,9 @@ use crate::common::{MongoPeer, PYTHON, free_port};
 use crate::fixture::Tree;
 
 pub fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/peers")
+        .join(name)
 }
 
 /// Puts (or replaces) a node document in the peer's registry; `ago` is
@@ -93,7 +95,11 @@ impl WsClients {
             let mut line = String::new();
             stdout.read_line(&mut line).unwrap();
             let words: Vec<&str> = line.split_whitespace().collect();
-            assert_eq!(words.first(), Some(&"OPEN"), "a WebSocket did not open: {line}");
+            assert_eq!(
+                words.first(),
+                Some(&"OPEN"),
+                "a WebSocket did not open: {line}"
+            );
             nodes.push(words[2].to_string());
         }
         WsClients {
@@ -131,7 +137,9 @@ pub fn get(port: u16, path: &str, cookie: Option<&str>) -> (u16, String, String)
         return (0, String::new(), String::new());
     };
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let cookie = cookie.map(|c| format!("Cookie: {c}\r\n")).unwrap_or_default();
+    let cookie = cookie
+        .map(|c| format!("Cookie: {c}\r\n"))
+        .unwrap_or_default();
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: lb.test\r\n{cookie}Connection: close\r\n\r\n"
