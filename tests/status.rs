@@ -256,3 +256,71 @@ fn leave_marks_the_stored_node_id_and_completes_an_interrupted_change() {
     assert_eq!(t.read("etc/hosts"), "10.0.1.31 ip-10-0-1-20\n");
     assert!(!t.path("var/lib/ams-agent/journal.json").exists());
 }
+
+/// agent.toml names a user, but no password is there (the password file is
+/// missing or empty, the credential too): `status`, `run` and `leave` exit 2
+/// at once naming the password file, and `leave` stops nothing.
+#[test]
+fn a_configured_user_without_a_password_is_bad_input_naming_the_password_file() {
+    let t = Tree::new();
+    let peer = MongoPeer::start(PeerOptions::default());
+    std::fs::create_dir_all(t.path("etc/ams-agent")).unwrap();
+    std::fs::write(
+        t.path("etc/ams-agent/agent.toml"),
+        format!(
+            "[mongo]\nuri = \"mongodb://ams@127.0.0.1:{}/?authSource=admin\"\n[node]\nid = \"i-0aaaaaaaaaaaaaa31\"\nrole = \"edge\"\n",
+            peer.port
+        ),
+    )
+    .unwrap();
+    let creds = t.dir.path().join("creds");
+    std::fs::create_dir_all(&creds).unwrap();
+    for (password_file, credentials) in [(None, false), (Some(""), false), (None, true)] {
+        let pw = t.path("etc/ams-agent/mongo-password");
+        match password_file {
+            Some(content) => std::fs::write(&pw, content).unwrap(),
+            None => {
+                let _ = std::fs::remove_file(&pw);
+            }
+        }
+        for args in [&["status"][..], &["run"], &["leave"]] {
+            let mut cmd = t.command(args);
+            cmd.env(
+                "AMS_AGENT_IMDS_ENDPOINT",
+                format!("http://127.0.0.1:{}", free_port()),
+            );
+            if credentials {
+                cmd.env("CREDENTIALS_DIRECTORY", &creds);
+            } else {
+                cmd.env_remove("CREDENTIALS_DIRECTORY");
+            }
+            let start = Instant::now();
+            let out = cmd.output().unwrap();
+            let case = format!("{args:?} file {password_file:?} credentials {credentials}");
+            assert_eq!(out.status.code(), Some(2), "{case}: {}", stderr(&out));
+            assert!(start.elapsed() < Duration::from_secs(5), "{case}");
+            let err = error_line(&out);
+            let named = if credentials {
+                format!("{}/mongo-password", creds.display())
+            } else {
+                "/etc/ams-agent/mongo-password".to_string()
+            };
+            assert!(err.contains(&named), "{case}: {err}");
+            assert!(err.contains("ams"), "{case}: the user is named: {err}");
+            assert!(t.systemctl_calls().is_empty(), "{case}: something was stopped");
+        }
+    }
+    // The same user in a --mongo URI, with no password anywhere.
+    let uri = format!("mongodb://ams@127.0.0.1:{}/", peer.port);
+    for args in [&["status", "--mongo", &uri][..], &["leave", "--mongo", &uri]] {
+        let out = t.command(args).env_remove("CREDENTIALS_DIRECTORY").output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(error_line(&out).contains("--mongo-password-file"), "{}", stderr(&out));
+        assert!(t.systemctl_calls().is_empty());
+    }
+    assert!(
+        peer.commands().is_empty(),
+        "MongoDB was contacted: {:?}",
+        peer.commands()
+    );
+}

@@ -83,7 +83,16 @@ impl RegistryArgs {
                 let db = self
                     .auth
                     .ask_missing_password(&creds, db, input, host, "--mongo")?;
-                crate::uri::split_password(&db.url)
+                let (uri, password) = crate::uri::split_password(&db.url);
+                if password.is_none() {
+                    if let Some(user) = user_needing_password(&uri) {
+                        bail_usage!(
+                            "--mongo names the user `{user}` without a password: pass --mongo-password-file <FILE> or set {}",
+                            config::PASSWORD_ENV
+                        );
+                    }
+                }
+                (uri, password)
             }
             None => {
                 let Some(cfg) = &config else {
@@ -99,6 +108,16 @@ impl RegistryArgs {
                     Some(p) => Some(p),
                     None => config::runtime_password(host)?,
                 };
+                if password.is_none() {
+                    if let Some(user) = user_needing_password(&cfg.mongo.uri) {
+                        bail_usage!(
+                            "[mongo] uri of {} names the user `{user}`, but there is no password: {} is missing or empty; run `ams-agent join` again with --mongo-password-file, or set {}",
+                            self.config.display(),
+                            password_source(),
+                            config::PASSWORD_ENV
+                        );
+                    }
+                }
                 (cfg.mongo.uri.clone(), password)
             }
         };
@@ -124,6 +143,28 @@ impl RegistryArgs {
             },
             config,
         })
+    }
+}
+
+/// The user a URI names when its mechanism needs a password (SCRAM, PLAIN),
+/// for the check that one is there before anything is stopped or sent.
+fn user_needing_password(uri: &str) -> Option<String> {
+    let user = crate::uri::MongoUri::parse(uri)?.user()?.to_string();
+    (!user.is_empty() && !crate::uri::mechanism_without_password(uri))
+        .then(|| crate::human::escape(&user).into_owned())
+}
+
+/// Where the reporter's password comes from, as a message names it.
+fn password_source() -> String {
+    match std::env::var_os("CREDENTIALS_DIRECTORY") {
+        Some(dir) => format!(
+            "{} (systemd's copy of {})",
+            std::path::Path::new(&dir)
+                .join(config::CREDENTIAL_NAME)
+                .display(),
+            config::PASSWORD_FILE
+        ),
+        None => config::PASSWORD_FILE.to_string(),
     }
 }
 
