@@ -12,6 +12,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use common::apt::AptPeer;
 use common::pty::OnTerminal;
@@ -929,4 +930,71 @@ fn huge_pages_are_best_effort() {
         "{}",
         stdout(&again)
     );
+}
+
+/// A dry run on a host whose mongod runs asks that mongod (over loopback)
+/// whether the admin user is in place, to show the plan the real run would
+/// make: the check is announced, and bounded by --mongo-wait (a mongod that
+/// stalls does not hold the dry run for a fixed 5 s, or more); nothing is
+/// written to it.
+#[test]
+fn a_dry_run_asks_the_running_mongod_within_mongo_wait_and_says_so() {
+    let mut s = Setup::new(true);
+    let pw_file = s.host.write_password("Adm1n-pw");
+    let pw = pw_file.to_str().unwrap().to_string();
+    let out = s.run(&["--admin-password-file", &pw]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let key_url = s.apt.key_url();
+    let repo_url = format!("{}/apt/ubuntu", s.apt.repo_url());
+    let dry = |s: &Setup, wait: &str| {
+        let start = Instant::now();
+        let out = s
+            .host
+            .command(&[
+                "--dry-run",
+                "setup",
+                "mongo",
+                "--bind-ip",
+                "10.0.1.5",
+                "--key-url",
+                &key_url,
+                "--repo-url",
+                &repo_url,
+                "--admin-password-file",
+                &pw,
+                "--mongo-wait",
+                wait,
+            ])
+            .env("SSL_CERT_FILE", s.apt.ca_file())
+            .output()
+            .unwrap();
+        (out, start.elapsed())
+    };
+    let port = s.peer.port;
+
+    // mongod answers: the check is announced and finds nothing to do.
+    let (out, _) = dry(&s, "10s");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("asking the running mongod at 127.0.0.1:{port}")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("nothing to do"), "{}", stdout(&out));
+
+    // mongod stalls: the dry run ends within --mongo-wait and says why it
+    // plans the admin steps.
+    s.peer.control("fault listDatabases stall");
+    s.peer.control("fault usersInfo stall");
+    let (out, took) = dry(&s, "2s");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(took < Duration::from_millis(4500), "took {took:?}");
+    assert!(stderr(&out).contains("up to 2s"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("did not answer within 2s"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("admin"), "{}", stdout(&out));
+    assert_eq!(s.peer.named("createUser").len(), 1, "the dry run wrote");
 }
