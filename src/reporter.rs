@@ -166,6 +166,59 @@ pub fn jitter(max: Duration) -> Duration {
     Duration::from_millis(x % ms)
 }
 
+/// Why a heartbeat failed, as far as the log and the backoff care: a change
+/// is a new log line (the outage's first line may no longer be true).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    /// Nothing answers, or not in time.
+    Network,
+    Dns,
+    Authentication,
+    Tls,
+    /// The server answered with an error.
+    Server,
+    Configuration,
+}
+
+impl Cause {
+    fn of(e: &crate::mongo::error::RegistryError) -> Cause {
+        use crate::mongo::error::Failure;
+        match e.failure {
+            Failure::Unreachable | Failure::Timeout | Failure::Other => Cause::Network,
+            Failure::Dns => Cause::Dns,
+            Failure::Auth => Cause::Authentication,
+            Failure::Tls => Cause::Tls,
+            Failure::Server => Cause::Server,
+            Failure::Config => Cause::Configuration,
+        }
+    }
+}
+
+/// The pause before the next attempt after a failure (before jitter:
+/// the attempt comes between half of it and all of it). Exponential in
+/// both cases. A failure waiting can fix (nothing answers yet) starts at
+/// 250 ms and is capped at half an interval, so the node is back in MongoDB
+/// within about an interval of the server's return. One waiting cannot fix
+/// (the credentials or TLS refused) starts at 1 s and is capped at 30 s
+/// (or the interval, if longer): a server that refuses logins is not asked
+/// several times a second, and a fix on the server is still noticed within
+/// half a minute (a new `join` restarts the reporter at once).
+pub fn next_backoff(previous: Duration, transient: bool, interval: Duration) -> Duration {
+    let (first, cap) = if transient {
+        (
+            Duration::from_millis(250),
+            (interval / 2).max(Duration::from_millis(250)),
+        )
+    } else {
+        (Duration::from_secs(1), interval.max(Duration::from_secs(30)))
+    };
+    if previous.is_zero() {
+        first.min(cap)
+    } else {
+        (previous * 2).min(cap)
+    }
+}
+
 /// The reporter loop, until SIGTERM/SIGINT.
 pub async fn reporter_loop(
     host: &Host,
@@ -206,6 +259,8 @@ pub async fn reporter_loop(
     let mut link: Option<bool> = None;
     let mut down_since = Instant::now();
     let mut backoff = Duration::ZERO;
+    // Why the last attempt failed, as logged: a new cause is a new line.
+    let mut cause: Option<Cause> = None;
     let mut next = tokio::time::Instant::now();
     let ttl = s.ttl;
 
@@ -257,12 +312,14 @@ pub async fn reporter_loop(
                 }
                 link = Some(true);
                 backoff = Duration::ZERO;
+                cause = None;
                 next = started + interval;
             }
             Err(e) => {
+                let now_cause = Cause::of(&e);
                 if link != Some(false) {
                     tracing::warn!(
-                        "{} MongoDB: {e}; retrying with backoff (quiet until it is back)",
+                        "{} MongoDB: {e}; retrying with backoff (quiet until it is back or the cause changes)",
                         if link.is_none() {
                             "no connection yet to"
                         } else {
@@ -272,22 +329,22 @@ pub async fn reporter_loop(
                     // From the start of the first failed heartbeat, not
                     // from when its deadline ran out.
                     down_since = Instant::now() - started.elapsed();
+                } else if cause != Some(now_cause) {
+                    tracing::warn!(
+                        "MongoDB is still unavailable, for another reason now: {e}; retrying with backoff"
+                    );
                 } else {
                     tracing::debug!("MongoDB still unavailable: {e}");
                 }
+                if cause != Some(now_cause) {
+                    backoff = Duration::ZERO;
+                }
+                cause = Some(now_cause);
                 link = Some(false);
                 if e.failure == crate::mongo::error::Failure::Config {
                     registry = None;
                 }
-                // Exponential, capped at half an interval, so the state is
-                // back in MongoDB within about one interval of its return.
-                let cap = (interval / 2).max(Duration::from_millis(250));
-                backoff = if backoff.is_zero() {
-                    Duration::from_millis(250)
-                } else {
-                    backoff * 2
-                }
-                .min(cap);
+                backoff = next_backoff(backoff, e.transient(), interval);
                 next = tokio::time::Instant::now() + backoff / 2 + jitter(backoff / 2);
             }
         }
@@ -314,4 +371,45 @@ pub async fn reporter_loop(
         ),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The attempts the backoff allows in `span` of failures (each attempt
+    /// at the shortest jittered pause, half the backoff).
+    fn attempts_in(span: Duration, transient: bool, interval: Duration) -> u32 {
+        let (mut at, mut backoff, mut n) = (Duration::ZERO, Duration::ZERO, 0);
+        while at < span {
+            n += 1;
+            backoff = next_backoff(backoff, transient, interval);
+            at += backoff / 2;
+        }
+        n
+    }
+
+    #[test]
+    fn refused_logins_are_paced_and_unreachable_servers_retried_quickly() {
+        let second = Duration::from_secs(1);
+        // Credentials refused at a 1 s interval: at most 10 attempts in the
+        // first minute, then one every 15 to 30 s.
+        assert!(attempts_in(60 * second, false, second) <= 10);
+        assert_eq!(
+            next_backoff(Duration::from_secs(30), false, second),
+            Duration::from_secs(30)
+        );
+        // Nothing answers: retried within half an interval, to be back
+        // within about an interval of the server's return.
+        assert_eq!(
+            next_backoff(Duration::from_secs(10), true, 2 * second),
+            second
+        );
+        assert!(attempts_in(10 * second, true, 2 * second) >= 10);
+        // A long interval keeps its own pace.
+        assert_eq!(
+            next_backoff(Duration::from_secs(60), false, Duration::from_secs(300)),
+            Duration::from_secs(120)
+        );
+    }
 }

@@ -416,3 +416,71 @@ fn the_reporter_keeps_the_node_id_and_private_ip_join_stored() {
         json!({ "_id": "i-0aaaaaaaaaaaaaa21" })
     );
 }
+
+/// During an outage the cause can change: nothing listens, then the server
+/// is back but refuses the credentials, then it accepts them. Each change of
+/// cause is one new log line, and logins against a server that refuses
+/// them are paced (backoff), not retried several times a second.
+#[test]
+fn a_change_of_cause_is_logged_and_refused_logins_are_paced() {
+    let t = Tree::new();
+    let port = free_port();
+    let mut r = Reporter::start(
+        &t,
+        &[
+            "--mongo",
+            &format!("127.0.0.1:{port}"),
+            "--mongo-user",
+            "ams",
+            "--role",
+            "edge",
+            "--interval",
+            "1s",
+        ],
+        &[("AMS_AGENT_MONGO_PASSWORD", "the-new-one")],
+    );
+    wait_for("the first failure line", Duration::from_secs(10), || {
+        r.log().contains("no connection yet to MongoDB")
+    });
+    // MongoDB comes back, but the user still has the old password.
+    let mut peer = MongoPeer::start(PeerOptions {
+        port: Some(port),
+        auth: true,
+        ..Default::default()
+    });
+    peer.add_user("ams", "the-old-one", &["SCRAM-SHA-256"]);
+    wait_for("a refused login", Duration::from_secs(10), || {
+        !peer.named("saslStart").is_empty()
+    });
+    let first = Instant::now();
+    let before = peer.named("saslStart").len();
+    std::thread::sleep(Duration::from_secs(8));
+    let logins = peer.named("saslStart").len() - before;
+    let rate = logins as f64 / first.elapsed().as_secs_f64();
+    eprintln!("refused logins: {logins} in {:?} ({rate:.2}/s)", first.elapsed());
+    assert!(rate <= 0.8, "{logins} logins in 8s ({rate:.2}/s): {}", r.log());
+    let log = r.log();
+    assert!(
+        log.lines().any(|l| l.contains("refused the credentials")),
+        "the new cause is not logged: {log}"
+    );
+    assert_eq!(
+        log.matches("refused the credentials").count(),
+        1,
+        "one line per cause: {log}"
+    );
+    // The password is fixed on the server: the reporter logs in again
+    // within the backoff's cap.
+    peer.add_user("ams", "the-new-one", &["SCRAM-SHA-256"]);
+    let fixed = Instant::now();
+    let n = beats(&peer).len();
+    wait_for("a heartbeat after the fix", Duration::from_secs(40), || {
+        beats(&peer).len() > n
+    });
+    eprintln!("back {:?} after the fix", fixed.elapsed());
+    let log = r.log();
+    assert_eq!(log.matches("is back after").count(), 1, "{log}");
+    assert!(r.alive());
+    let (code, _) = r.signal(Signal::SIGTERM);
+    assert_eq!(code, Some(0));
+}

@@ -185,8 +185,9 @@ pub fn validate_timeout(d: Duration, flag: &str) -> Result<()> {
 #[command(
     long_about = "Run the reporter daemon (what ams-agent.service runs): every interval, \
     upsert this node's document (health, AMS state) into the registry. MongoDB outages \
-    never stop it: it backs off and logs one line when the connection is lost and one \
-    when it is back. On SIGTERM/SIGINT it marks the node `left` and exits 0.\n\n\
+    never stop it: it backs off and logs one line when the connection is lost, one when \
+    the cause changes (unreachable, credentials refused, …) and one when it is back. \
+    On SIGTERM/SIGINT it marks the node `left` and exits 0.\n\n\
     Settings come from /etc/ams-agent/agent.toml, the password from \
     $CREDENTIALS_DIRECTORY/mongo-password or /etc/ams-agent/mongo-password, then the \
     environment, then flags."
