@@ -1,7 +1,8 @@
 //! The reporter (`ams-agent run`, `ams-agent.service`): heartbeats the
 //! node's health and AMS state to MongoDB every interval, survives MongoDB
-//! outages (backs off, one log line when the link is lost and one when it
-//! is back), and marks the node `left` on SIGTERM/SIGINT. `join` uses its
+//! outages (backs off, one log line when the link is lost, one when the
+//! cause changes and one when it is back), and marks the node `left` on
+//! SIGTERM/SIGINT. `join` uses its
 //! [`Gatherer`] for the first reports.
 
 use std::net::Ipv4Addr;
