@@ -211,7 +211,10 @@ pub fn next_backoff(previous: Duration, transient: bool, interval: Duration) -> 
             (interval / 2).max(Duration::from_millis(250)),
         )
     } else {
-        (Duration::from_secs(1), interval.max(Duration::from_secs(30)))
+        (
+            Duration::from_secs(1),
+            interval.max(Duration::from_secs(30)),
+        )
     };
     if previous.is_zero() {
         first.min(cap)

@@ -192,7 +192,10 @@ fn an_edit_made_after_the_crash_is_never_overwritten_by_the_roll_forward() {
     let out = run_with_crash(&t, SWITCH_WITHOUT_RESTART, &url, None);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = fixture::error_line(&out);
-    assert!(err.contains("/usr/local/antmedia/conf/red5.properties"), "{err}");
+    assert!(
+        err.contains("/usr/local/antmedia/conf/red5.properties"),
+        "{err}"
+    );
     assert!(err.contains("changed since"), "{err}");
     assert!(
         err.contains("var/lib/ams-agent/backup/usr/local/antmedia/conf/red5.properties"),

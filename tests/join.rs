@@ -714,3 +714,161 @@ fn wait_is_a_deadline_even_when_mongodb_stalls() {
     assert!(!has_duration_noise(&stderr(&out)), "{}", stderr(&out));
     assert!(peer.named("update").is_empty());
 }
+
+/// `systemctl` emulating what systemd does with `ams-agent.service`
+/// (LoadCredential= at start, no capabilities, drop-ins at daemon-reload).
+fn emulated_systemd(t: &Tree) -> common::systemd::Systemd {
+    common::systemd::Systemd::install(
+        &t.bin,
+        &t.root(),
+        &t.dir.path().join("systemctl.log"),
+        &t.dir.path().join("systemd"),
+    )
+}
+
+/// A second `join` with a new password (or interval) restarts the running
+/// reporter: `LoadCredential=` copies the password only at start, and
+/// `enable --now` leaves a running unit alone. Then MongoDB restarts (every
+/// connection opened before the rotation is gone) and the reporter logs in
+/// with the new password.
+#[test]
+fn a_new_join_restarts_the_reporter_with_the_new_password() {
+    if !fixture::needs_root("running the reporter without capabilities (setpriv)") {
+        return;
+    }
+    let t = Tree::new();
+    let sd = emulated_systemd(&t);
+    let imds = Imds::start("i-0aaaaaaaaaaaaaa40", IP);
+    let ams = fake_ams_http();
+    let mut peer = MongoPeer::start(PeerOptions {
+        auth: true,
+        ..Default::default()
+    });
+    peer.add_user("ams", "first-Pw", &["SCRAM-SHA-256"]);
+    let mongo = format!("127.0.0.1:{}", peer.port);
+    let pw = |name: &str, content: &str| {
+        let p = t.dir.path().join(name);
+        std::fs::write(&p, format!("{content}\n")).unwrap();
+        p.display().to_string()
+    };
+    let (pw1, pw2) = (pw("pw1", "first-Pw"), pw("pw2", "second-Pw"));
+    let join = |pw: &str, interval: &str| {
+        let out = run(
+            &t,
+            &imds,
+            &ams,
+            &[
+                "--mongo",
+                &mongo,
+                "--mongo-user",
+                "ams",
+                "--mongo-password-file",
+                pw,
+                "--interval",
+                interval,
+            ],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        out
+    };
+    let heartbeats_resume = |peer: &MongoPeer, what: &str| {
+        let n = peer.updates().len();
+        common::wait_for(what, Duration::from_secs(20), || peer.updates().len() > n);
+    };
+
+    join(&pw1, "1s");
+    let first = sd.reporter_pid().expect("the reporter runs after join");
+    assert_eq!(sd.credential(), "first-Pw\n");
+    heartbeats_resume(&peer, "the reporter's heartbeats");
+
+    // The password is rotated on the server, and join runs again with it.
+    peer.add_user("ams", "second-Pw", &["SCRAM-SHA-256"]);
+    let calls_before = t.systemctl_calls().len();
+    let out = join(&pw2, "1s");
+    assert!(!stdout(&out).contains("already joined"), "{}", stdout(&out));
+    let calls = t.systemctl_calls()[calls_before..].to_vec();
+    let second = sd.reporter_pid().expect("the reporter runs");
+    assert_ne!(first, second, "the reporter was not restarted: {calls:?}");
+    assert_eq!(sd.credential(), "second-Pw\n", "{calls:?}");
+    assert!(
+        calls.contains(&"restart ams-agent.service".to_string()),
+        "{calls:?}"
+    );
+    assert!(
+        !calls.contains(&"daemon-reload".to_string()),
+        "no unit file changed: {calls:?}"
+    );
+    assert!(
+        !t.path("var/lib/ams-agent/reporter-restart-pending")
+            .exists()
+    );
+    peer.control("stop");
+    peer.control("start");
+    heartbeats_resume(&peer, "a heartbeat logged in with the new password");
+    assert!(
+        sd.reporter_log().contains("i-0aaaaaaaaaaaaaa40"),
+        "{}",
+        sd.reporter_log()
+    );
+
+    // The same settings: nothing is restarted.
+    let out = join(&pw2, "1s");
+    assert!(stdout(&out).contains("already joined"), "{}", stdout(&out));
+    assert_eq!(sd.reporter_pid(), Some(second));
+
+    // Another interval: agent.toml changes, the reporter restarts.
+    join(&pw2, "2s");
+    let third = sd.reporter_pid().expect("the reporter runs");
+    assert_ne!(third, second, "{:?}", sd.events());
+    heartbeats_resume(&peer, "heartbeats at the new interval");
+
+    // A restart that fails is owed to the next run, although the files
+    // are in place by then.
+    sd.fail_restarts(true);
+    peer.add_user("ams", "first-Pw", &["SCRAM-SHA-256"]);
+    let out = run(
+        &t,
+        &imds,
+        &ams,
+        &[
+            "--mongo",
+            &mongo,
+            "--mongo-user",
+            "ams",
+            "--mongo-password-file",
+            &pw1,
+            "--interval",
+            "2s",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        error_line(&out).contains("restart ams-agent.service"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        sd.reporter_pid(),
+        Some(third),
+        "restarted although it failed"
+    );
+    assert!(
+        t.path("var/lib/ams-agent/reporter-restart-pending")
+            .exists()
+    );
+    sd.fail_restarts(false);
+    let out = join(&pw1, "2s");
+    assert!(!stdout(&out).contains("already joined"), "{}", stdout(&out));
+    let fourth = sd.reporter_pid().expect("the reporter runs");
+    assert_ne!(
+        fourth,
+        third,
+        "the owed restart did not happen: {:?}",
+        sd.events()
+    );
+    assert_eq!(sd.credential(), "first-Pw\n");
+    assert!(
+        !t.path("var/lib/ams-agent/reporter-restart-pending")
+            .exists()
+    );
+}

@@ -457,8 +457,15 @@ fn a_change_of_cause_is_logged_and_refused_logins_are_paced() {
     std::thread::sleep(Duration::from_secs(8));
     let logins = peer.named("saslStart").len() - before;
     let rate = logins as f64 / first.elapsed().as_secs_f64();
-    eprintln!("refused logins: {logins} in {:?} ({rate:.2}/s)", first.elapsed());
-    assert!(rate <= 0.8, "{logins} logins in 8s ({rate:.2}/s): {}", r.log());
+    eprintln!(
+        "refused logins: {logins} in {:?} ({rate:.2}/s)",
+        first.elapsed()
+    );
+    assert!(
+        rate <= 0.8,
+        "{logins} logins in 8s ({rate:.2}/s): {}",
+        r.log()
+    );
     let log = r.log();
     assert!(
         log.lines().any(|l| l.contains("refused the credentials")),

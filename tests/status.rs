@@ -307,15 +307,29 @@ fn a_configured_user_without_a_password_is_bad_input_naming_the_password_file() 
             };
             assert!(err.contains(&named), "{case}: {err}");
             assert!(err.contains("ams"), "{case}: the user is named: {err}");
-            assert!(t.systemctl_calls().is_empty(), "{case}: something was stopped");
+            assert!(
+                t.systemctl_calls().is_empty(),
+                "{case}: something was stopped"
+            );
         }
     }
     // The same user in a --mongo URI, with no password anywhere.
     let uri = format!("mongodb://ams@127.0.0.1:{}/", peer.port);
-    for args in [&["status", "--mongo", &uri][..], &["leave", "--mongo", &uri]] {
-        let out = t.command(args).env_remove("CREDENTIALS_DIRECTORY").output().unwrap();
+    for args in [
+        &["status", "--mongo", &uri][..],
+        &["leave", "--mongo", &uri],
+    ] {
+        let out = t
+            .command(args)
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
-        assert!(error_line(&out).contains("--mongo-password-file"), "{}", stderr(&out));
+        assert!(
+            error_line(&out).contains("--mongo-password-file"),
+            "{}",
+            stderr(&out)
+        );
         assert!(t.systemctl_calls().is_empty());
     }
     assert!(
@@ -400,7 +414,10 @@ fn status_escapes_forged_documents_and_flags_impossible_values() {
     };
     let future = node("i-future");
     assert_eq!(future["alive"], false, "{future}");
-    assert!(future["warnings"].to_string().contains("clock skew"), "{future}");
+    assert!(
+        future["warnings"].to_string().contains("clock skew"),
+        "{future}"
+    );
     let hot = node("i-hot");
     assert_eq!(hot["alive"], true, "{hot}");
     assert_eq!(hot["cpu"], Value::Null, "{hot}");
@@ -408,7 +425,10 @@ fn status_escapes_forged_documents_and_flags_impossible_values() {
     assert_eq!(hot["warnings"].as_array().unwrap().len(), 2, "{hot}");
     let forever = node("i-forever");
     assert_eq!(forever["alive"], false, "{forever}");
-    assert!(forever["warnings"].to_string().contains("intervalSeconds"), "{forever}");
+    assert!(
+        forever["warnings"].to_string().contains("intervalSeconds"),
+        "{forever}"
+    );
     assert_eq!(node("i-honest")["warnings"], json!([]));
     assert_eq!(v["roles"]["origin"]["averageCpu"], 50.0, "{v}");
     assert_eq!(v["roles"]["origin"]["alive"], 2, "{v}");

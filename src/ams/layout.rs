@@ -85,10 +85,7 @@ impl AmsLayout {
                     .probe(&folder)
                     .and_then(|m| {
                         m.map(|m| m.is_dir()).ok_or_else(|| {
-                            anyhow::anyhow!(
-                                "{} is a symlink that leads nowhere",
-                                folder.display()
-                            )
+                            anyhow::anyhow!("{} is a symlink that leads nowhere", folder.display())
                         })
                     })
                     .with_context(|| unexaminable(&name))?,

@@ -163,7 +163,9 @@ fn prepare(
         journal.held.insert(w.path.clone(), held);
     }
     for w in removals {
-        journal.held.insert(w.path.clone(), held_now(host, &w.path)?);
+        journal
+            .held
+            .insert(w.path.clone(), held_now(host, &w.path)?);
     }
     Ok(())
 }
@@ -461,7 +463,10 @@ mod tests {
         write_journal();
         std::fs::write(host.path(target), "edited").unwrap();
         let err = format!("{:#}", recover(&host).unwrap_err());
-        assert!(err.contains("/a/gone") && err.contains("would remove it"), "{err}");
+        assert!(
+            err.contains("/a/gone") && err.contains("would remove it"),
+            "{err}"
+        );
         assert_eq!(host.read(target).unwrap(), b"edited");
         assert!(host.exists(&journal_path()));
 
