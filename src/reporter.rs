@@ -6,7 +6,7 @@
 //! [`Gatherer`] for the first reports.
 
 use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result};
 use tokio::signal::unix::{SignalKind, signal};
@@ -16,7 +16,7 @@ use crate::ams::layout::SERVICE;
 use crate::config::{self, ReporterSection, Role};
 use crate::host::{CommandRunner, Host};
 use crate::mongo::registry::{Deadlines, NodeReport, NodeState, Registry, Target};
-use crate::node::health::{self, AmsState, CpuSampler};
+use crate::node::health::{self, AmsConfig, AmsState, CpuSampler, Fallback};
 use crate::node::identity::{self, NodeIdentity};
 
 /// Everything the reporter needs, resolved and validated.
@@ -58,12 +58,14 @@ pub struct Gatherer<'a> {
     settings: &'a ReporterSettings,
     cpu: CpuSampler,
     memory: sysinfo::System,
-    ams_config: Option<(Instant, Option<AmsConfig>)>,
+    /// AMS's files as last read: when, their stamp, what they said.
+    ams_config: Option<(Instant, Stamp, AmsConfig)>,
     service: Option<(Instant, String)>,
+    /// Since when values come from agent.toml (None: from AMS's files).
+    fallback_since: Option<SystemTime>,
 }
 
-/// AMS's mode and node group, as read from its files.
-type AmsConfig = (String, Option<String>);
+type Stamp = Vec<Option<[i64; 6]>>;
 
 const SLOW_REFRESH: Duration = Duration::from_secs(60);
 const SERVICE_REFRESH: Duration = Duration::from_secs(30);
@@ -83,6 +85,7 @@ impl<'a> Gatherer<'a> {
             memory: sysinfo::System::new(),
             ams_config: None,
             service: None,
+            fallback_since: None,
         }
     }
 
@@ -112,27 +115,7 @@ impl<'a> Gatherer<'a> {
                 }
             }
         };
-        let conf = match &self.ams_config {
-            Some((at, c)) if at.elapsed() < SLOW_REFRESH => c.clone(),
-            _ => {
-                let c = health::ams_config(self.host, &self.settings.layout);
-                self.ams_config = Some((Instant::now(), c.clone()));
-                c
-            }
-        };
-        let (mode, node_group) = match conf {
-            Some((m, g)) => (Some(m), g),
-            None => (
-                self.settings.fallback_mode.clone(),
-                self.settings.fallback_group.clone(),
-            ),
-        };
-        let ams = AmsState {
-            service,
-            http_status,
-            mode,
-            node_group,
-        };
+        let ams = self.ams_state(service, http_status);
         let health = health::snapshot(
             &self.cpu,
             &mut self.memory,
@@ -150,6 +133,73 @@ impl<'a> Gatherer<'a> {
             ams,
             health,
             interval: self.settings.reporter.interval,
+        }
+    }
+}
+
+impl Gatherer<'_> {
+    /// AMS's mode and node group: from its files (re-read every minute, and
+    /// at once when one of them changed), else what agent.toml recorded,
+    /// marked as such. Falling back is warned about once, and its end said
+    /// once.
+    fn ams_state(&mut self, service: String, http_status: Option<u16>) -> AmsState {
+        let layout = &self.settings.layout;
+        let stamp = health::ams_config_stamp(self.host, layout);
+        let fresh = matches!(&self.ams_config, Some((at, s, _)) if at.elapsed() < SLOW_REFRESH && *s == stamp);
+        if !fresh {
+            let c = health::ams_config(self.host, layout);
+            self.ams_config = Some((Instant::now(), stamp, c));
+        }
+        let AmsConfig { mode, node_group } = &self.ams_config.as_ref().expect("read above").2;
+        let mut values = Vec::new();
+        let mut errors: Vec<&str> = Vec::new();
+        let mode = match mode {
+            Ok(m) => Some(m.clone()),
+            Err(e) => {
+                values.push("mode");
+                errors.push(e);
+                self.settings.fallback_mode.clone()
+            }
+        };
+        let node_group = match node_group {
+            Ok(g) => g.clone(),
+            Err(e) => {
+                values.push("nodeGroup");
+                if !errors.contains(&e.as_str()) {
+                    errors.push(e);
+                }
+                self.settings.fallback_group.clone()
+            }
+        };
+        let fallback = if values.is_empty() {
+            if self.fallback_since.take().is_some() {
+                tracing::info!(
+                    "AMS's configuration is readable again: its mode and node group are reported from its files"
+                );
+            }
+            None
+        } else {
+            let error = errors.join("; ");
+            let since = *self.fallback_since.get_or_insert_with(|| {
+                tracing::warn!(
+                    "cannot read AMS's configuration ({error}); reporting {} as agent.toml recorded it (marked `ams.fallback` in the node document) until it can be read; the reporter reads the AMS files through the group that `ams-agent join` names in {}",
+                    values.join(" and "),
+                    crate::agent_service::GROUP_DROP_IN
+                );
+                SystemTime::now()
+            });
+            Some(Fallback {
+                values,
+                error,
+                since,
+            })
+        };
+        AmsState {
+            service,
+            http_status,
+            mode,
+            node_group,
+            fallback,
         }
     }
 }

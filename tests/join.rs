@@ -872,3 +872,141 @@ fn a_new_join_restarts_the_reporter_with_the_new_password() {
             .exists()
     );
 }
+
+/// The heartbeats (`$set` of every update with `$inc`) recorded so far.
+fn heartbeat_sets(peer: &MongoPeer) -> Vec<serde_json::Value> {
+    peer.updates()
+        .into_iter()
+        .filter(|(_, u, _)| u.get("$inc").is_some())
+        .map(|(_, u, _)| u["$set"].clone())
+        .collect()
+}
+
+/// A password join on an install owned by `antmedia` (as AMS's installer
+/// leaves it) makes the AMS files 0640: the reporter, root without
+/// capabilities, reads them through the group `join` puts in the unit's
+/// drop-in. An edited `nodeGroup` and a later `mode standalone` are reported
+/// from the files; `mode` also keeps agent.toml's recorded mode in step and
+/// restarts the running reporter.
+#[test]
+fn the_reporter_reads_the_ams_files_a_password_join_protects() {
+    if !fixture::needs_root("running the reporter without capabilities (setpriv)") {
+        return;
+    }
+    let t = Tree::new();
+    let status = std::process::Command::new("chown")
+        .args(["-R", "1001:1001"])
+        .arg(t.path(AMS))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let sd = emulated_systemd(&t);
+    let imds = Imds::start("i-0aaaaaaaaaaaaaa41", IP);
+    let mut peer = MongoPeer::start(PeerOptions {
+        auth: true,
+        ..Default::default()
+    });
+    peer.add_user("ams", "Pw-1", &["SCRAM-SHA-256"]);
+    let pw = t.dir.path().join("pw");
+    std::fs::write(&pw, "Pw-1\n").unwrap();
+    let out = run(
+        &t,
+        &imds,
+        &fake_ams_http(),
+        &[
+            "--mongo",
+            &format!("127.0.0.1:{}", peer.port),
+            "--mongo-user",
+            "ams",
+            "--mongo-password-file",
+            pw.to_str().unwrap(),
+            "--interval",
+            "1s",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let red5 = t.path(&format!("{AMS}/conf/red5.properties"));
+    let meta = std::fs::metadata(&red5).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        (meta.mode() & 0o777, meta.uid(), meta.gid()),
+        (0o640, 1001, 1001),
+        "the switch protects the password"
+    );
+    let drop_in = t.read("etc/systemd/system/ams-agent.service.d/10-ams-group.conf");
+    assert!(
+        drop_in.contains("\n[Service]\nSupplementaryGroups=antmedia\n"),
+        "{drop_in}"
+    );
+    let calls = t.systemctl_calls();
+    let reload = calls.iter().position(|c| c == "daemon-reload");
+    let start = calls
+        .iter()
+        .position(|c| c == "enable --now ams-agent.service");
+    assert!(
+        reload.is_some() && reload < start,
+        "daemon-reload before the start: {calls:?}"
+    );
+    assert!(
+        sd.events().iter().any(|e| e.ends_with("groups=1001")),
+        "{:?}",
+        sd.events()
+    );
+
+    // Edited by hand (as antmedia, mode and owner kept): reported.
+    let text = std::fs::read_to_string(&red5)
+        .unwrap()
+        .replace("nodeGroup=default", "nodeGroup=eu-west");
+    std::fs::write(&red5, text).unwrap();
+    common::wait_for(
+        "a heartbeat with the edited nodeGroup",
+        Duration::from_secs(15),
+        || {
+            heartbeat_sets(&peer)
+                .iter()
+                .any(|s| s["nodeGroup"] == "eu-west")
+        },
+    );
+    let last = heartbeat_sets(&peer).last().unwrap().clone();
+    assert_eq!(last["ams"]["mode"], "cluster", "{last}");
+    assert_eq!(last["ams"]["fallback"], serde_json::Value::Null, "{last}");
+    assert!(
+        !sd.reporter_log().contains("cannot read"),
+        "{}",
+        sd.reporter_log()
+    );
+
+    // `mode standalone` later: agent.toml follows, the reporter restarts
+    // and reports it.
+    let before = sd.reporter_pid().unwrap();
+    let out = t
+        .command(&["mode", "standalone", "--no-restart", "--ip", IP])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cfg = t.read("etc/ams-agent/agent.toml");
+    assert!(cfg.contains("ams_mode = \"standalone\""), "{cfg}");
+    assert!(cfg.contains("node_group = \"eu-west\""), "{cfg}");
+    assert!(
+        t.systemctl_calls()
+            .contains(&"try-restart ams-agent.service".to_string())
+    );
+    assert_ne!(sd.reporter_pid(), Some(before), "{:?}", sd.events());
+    common::wait_for(
+        "a heartbeat in standalone mode",
+        Duration::from_secs(15),
+        || {
+            heartbeat_sets(&peer)
+                .last()
+                .is_some_and(|s| s["ams"]["mode"] == "standalone")
+        },
+    );
+    // Again: nothing to record, nothing to restart.
+    let calls = t.systemctl_calls().len();
+    let out = t
+        .command(&["mode", "standalone", "--no-restart", "--ip", IP])
+        .output()
+        .unwrap();
+    assert!(stdout(&out).contains("nothing to do"), "{}", stdout(&out));
+    assert_eq!(t.systemctl_calls().len(), calls);
+}

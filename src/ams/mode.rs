@@ -50,6 +50,10 @@ pub struct ModeSwitch {
     /// The node's private IPv4 for /etc/hosts; None = the default route's.
     pub ip: Option<Ipv4Addr>,
     pub restart: Option<Restart>,
+    /// Files of the caller's that land in the same transaction as AMS's
+    /// (`mode` keeps agent.toml's recorded mode in step); they never cause
+    /// an AMS restart.
+    pub also: Vec<FileChange>,
 }
 
 /// Set while switched files wait for their AMS restart, so a run that was
@@ -90,6 +94,21 @@ pub fn current(host: &Host, layout: &AmsLayout) -> Result<CurrentMode> {
         cluster_db: red5.get("clusterdb.host").map(|h| crate::uri::redact(&h)),
         node_group: red5.get("nodeGroup"),
     })
+}
+
+/// The mode AMS is in, from `conf/jee-container.xml` alone (what the
+/// reporter reads every minute, or when the file changes).
+pub fn read_mode(host: &Host, layout: &AmsLayout) -> Result<Mode> {
+    let xml = read_text(host, &layout.jee_container())?;
+    Ok(match jee::state(&xml)? {
+        jee::BlockState::Enabled => Mode::Cluster,
+        _ => Mode::Standalone,
+    })
+}
+
+/// `nodeGroup` of `conf/red5.properties` (None when it has none).
+pub fn read_node_group(host: &Host, layout: &AmsLayout) -> Result<Option<String>> {
+    Ok(Properties::parse(&read_text(host, &layout.red5_properties())?).get("nodeGroup"))
 }
 
 /// Computes the plan of a mode switch. Reads only; changes nothing.
@@ -216,6 +235,7 @@ pub fn plan(host: &Host, sw: &ModeSwitch) -> Result<Plan> {
         changes.extend(strays);
     }
     let marker_set = host.exists(&restart_marker());
+    changes.extend(sw.also.iter().cloned());
     if let Some(restart) = &sw.restart {
         if files_change && !marker_set {
             changes.push(FileChange {

@@ -454,6 +454,8 @@ pub fn run(ctx: &Context, args: JoinArgs) -> Result<()> {
             url: args.ams_url.clone(),
             ..mode::default_restart(args.ams_wait)
         }),
+        // The agent's own files are this plan's later step.
+        also: Vec::new(),
     };
 
     if already_joined(&ctx.host, &node, &req, switch.restart.is_some()) {
@@ -668,8 +670,9 @@ impl Joiner<'_> {
         // The reporter's settings as AMS will stand after the switch.
         let mut cfg = req.config.clone();
         cfg.node.ams_mode = Some(Mode::Cluster.name().to_string());
-        cfg.node.node_group =
-            crate::node::health::ams_config(host, &req.layout).and_then(|(_, g)| g);
+        cfg.node.node_group = crate::ams::mode::read_node_group(host, &req.layout)
+            .ok()
+            .flatten();
         let agent_req = Request {
             db: req.db.clone(),
             target: req.target.clone(),
