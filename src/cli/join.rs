@@ -47,10 +47,13 @@ pub const AGENT_UNIT: &str = crate::agent_service::UNIT;
     long_about = "Join this node to the AMS cluster: the EC2 user-data entry point.\n\n\
     Waits for MongoDB (with backoff, up to --wait), registers the node as `joining`, \
     switches AMS to cluster mode (the instance's private IPv4 goes into /etc/hosts), \
-    restarts AMS and waits for it, writes /etc/ams-agent/agent.toml and the 0600 password \
-    file, enables and starts ams-agent.service, marks the node `ready`.\n\n\
-    Running it again on the same instance changes nothing. Without a terminal it never \
-    asks: a missing value is an error naming the flag (exit code 2)."
+    restarts AMS and waits for it, writes /etc/ams-agent/agent.toml, the 0600 password \
+    file and the reporter's drop-in (/etc/systemd/system/ams-agent.service.d/10-ams-group.conf: \
+    the AMS install's group, so the reporter reads the files that hold the password), \
+    enables and starts ams-agent.service, marks the node `ready`.\n\n\
+    Running it again on the same instance changes nothing; with new settings (password, \
+    --mongo, user, interval) it restarts the running reporter so they take effect. Without \
+    a terminal it never asks: a missing value is an error naming the flag (exit code 2)."
 )]
 pub struct JoinArgs {
     /// MongoDB: 10.0.1.5, host[:port], h1,h2:27018, mongodb://…, mongodb+srv://…

@@ -26,8 +26,9 @@ use crate::plan::{ApplyCtx, FileChange, Plan, Step};
     long_about = "Switch Ant Media Server between standalone and cluster mode.\n\n\
     Updates conf/red5.properties, the cluster blocks of conf/jee-container.xml, every \
     application's WEB-INF/red5-web.properties and /etc/hosts together (a crash leaves \
-    them all old or all new), then restarts AMS and waits until it answers. Running it \
-    again changes nothing.\n\n\
+    them all old or all new), then restarts AMS and waits until it answers. On a joined \
+    node, agent.toml's recorded mode and node group change with them and a running \
+    reporter is restarted. Running it again changes nothing.\n\n\
     DB forms: 10.0.1.5, 10.0.1.5:27018, [fd00::5]:27017, mongo.internal, h1,h2:27018, \
     mongodb://…, mongodb+srv://…, redis://…, rediss://…, /path/to/redis.yaml"
 )]
