@@ -1244,7 +1244,8 @@ fn switch_as_ams(t: &Tree, db: &str, password: &str) -> std::process::Output {
 fn an_application_that_cannot_be_examined_fails_the_switch_naming_it() {
     use std::os::unix::fs::symlink;
     let props = |app: &str| format!("{AMS}/webapps/{app}/WEB-INF/red5-web.properties");
-    let cases: [(&str, fn(&Tree, &str)); 3] = [
+    type Breaker = fn(&Tree, &str);
+    let cases: [(&str, Breaker); 3] = [
         ("dangling", |t, p| {
             fs::remove_file(t.path(p)).unwrap();
             symlink("/nonexistent/red5-web.properties", t.path(p)).unwrap();

@@ -50,10 +50,6 @@ pub struct ModeSwitch {
     /// The node's private IPv4 for /etc/hosts; None = the default route's.
     pub ip: Option<Ipv4Addr>,
     pub restart: Option<Restart>,
-    /// Files of the caller's that land in the same transaction as AMS's
-    /// (`mode` keeps agent.toml's recorded mode in step); they never cause
-    /// an AMS restart.
-    pub also: Vec<FileChange>,
 }
 
 /// Set while switched files wait for their AMS restart, so a run that was
@@ -113,6 +109,13 @@ pub fn read_node_group(host: &Host, layout: &AmsLayout) -> Result<Option<String>
 
 /// Computes the plan of a mode switch. Reads only; changes nothing.
 pub fn plan(host: &Host, sw: &ModeSwitch) -> Result<Plan> {
+    plan_with(host, sw, Vec::new())
+}
+
+/// [`plan`], with files of the caller's that land in the same transaction
+/// as AMS's (`mode` keeps agent.toml's recorded mode in step); they never
+/// cause an AMS restart.
+pub fn plan_with(host: &Host, sw: &ModeSwitch, also: Vec<FileChange>) -> Result<Plan> {
     if sw.mode == Mode::Cluster && sw.db.kind == DbKind::MapDb {
         bail_usage!("cluster mode needs a MongoDB or Redis database");
     }
@@ -235,7 +238,7 @@ pub fn plan(host: &Host, sw: &ModeSwitch) -> Result<Plan> {
         changes.extend(strays);
     }
     let marker_set = host.exists(&restart_marker());
-    changes.extend(sw.also.iter().cloned());
+    changes.extend(also);
     if let Some(restart) = &sw.restart {
         if files_change && !marker_set {
             changes.push(FileChange {

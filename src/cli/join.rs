@@ -457,8 +457,6 @@ pub fn run(ctx: &Context, args: JoinArgs) -> Result<()> {
             url: args.ams_url.clone(),
             ..mode::default_restart(args.ams_wait)
         }),
-        // The agent's own files are this plan's later step.
-        also: Vec::new(),
     };
 
     if already_joined(&ctx.host, &node, &req, switch.restart.is_some()) {

@@ -107,7 +107,6 @@ impl SwitchOpts {
                 url: self.ams_url.clone(),
                 ..mode::default_restart(self.ams_wait)
             }),
-            also: Vec::new(),
         }
     }
 }
@@ -190,14 +189,13 @@ pub fn run(ctx: &Context, args: ModeArgs) -> Result<()> {
     };
     let check = db.kind == DbKind::MongoDb && !opts.skip_db_check;
     let timeout = opts.mongo_wait;
-    let mut switch = opts.switch(mode, db);
+    let switch = opts.switch(mode, db);
     // The plan (every local check) first, so bad input is reported at once
     // with exit code 2; the network check only when there is work to do.
     // Held until the switch (restart and wait included) is done.
     let _lock = ctx.mutate()?;
     let (also, reporter) = agent_record(&ctx.host, &switch)?;
-    switch.also = also;
-    switch_mode_checked(ctx, &switch, reporter, |plan| {
+    switch_mode_checked(ctx, &switch, (also, reporter), |plan| {
         if check && !plan.is_empty() {
             check_mongodb(&switch.db, timeout)?;
         }
@@ -234,19 +232,19 @@ fn check_mongodb(db: &DbUrl, timeout: Duration) -> Result<()> {
 /// Plans and applies (or prints) a mode switch; shared with `join`. The
 /// caller holds the host lock ([`Context::mutate`]).
 pub fn switch_mode(ctx: &Context, switch: &ModeSwitch) -> Result<()> {
-    switch_mode_checked(ctx, switch, Vec::new(), |_| Ok(()))
+    switch_mode_checked(ctx, switch, (Vec::new(), Vec::new()), |_| Ok(()))
 }
 
-/// [`switch_mode`], with `after` steps added to the plan, and
-/// `before_apply` run on the plan before anything is changed (not in
-/// `--dry-run`).
+/// [`switch_mode`], with files that land with AMS's and steps after them
+/// (the agent's own, see [`agent_record`]), and `before_apply` run on the
+/// plan before anything is changed (not in `--dry-run`).
 fn switch_mode_checked(
     ctx: &Context,
     switch: &ModeSwitch,
-    after: Vec<Step>,
+    (also, after): (Vec<FileChange>, Vec<Step>),
     before_apply: impl FnOnce(&Plan) -> Result<()>,
 ) -> Result<()> {
-    let mut plan = mode::plan(&ctx.host, switch)?;
+    let mut plan = mode::plan_with(&ctx.host, switch, also)?;
     plan.steps.extend(after);
     if !ctx.dry_run {
         before_apply(&plan)?;
