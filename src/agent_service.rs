@@ -217,14 +217,7 @@ pub fn steps(owed: Owed, start: Start) -> Vec<Step> {
     if owed.restart {
         steps.push(Step::Files {
             label: "record that the reporter runs the new configuration".into(),
-            changes: vec![FileChange {
-                path: restart_marker(),
-                before: Some(Vec::new()),
-                after: None,
-                meta_before: None,
-                meta: private_meta(0o600),
-                internal: true,
-            }],
+            changes: vec![FileChange::remove_marker(restart_marker())],
         });
     }
     steps

@@ -752,22 +752,21 @@ fn a_new_join_restarts_the_reporter_with_the_new_password() {
         p.display().to_string()
     };
     let (pw1, pw2) = (pw("pw1", "first-Pw"), pw("pw2", "second-Pw"));
+    let run_join = |pw: &str, interval: &str| {
+        let args = [
+            "--mongo",
+            &mongo,
+            "--mongo-user",
+            "ams",
+            "--mongo-password-file",
+            pw,
+            "--interval",
+            interval,
+        ];
+        run(&t, &imds, &ams, &args)
+    };
     let join = |pw: &str, interval: &str| {
-        let out = run(
-            &t,
-            &imds,
-            &ams,
-            &[
-                "--mongo",
-                &mongo,
-                "--mongo-user",
-                "ams",
-                "--mongo-password-file",
-                pw,
-                "--interval",
-                interval,
-            ],
-        );
+        let out = run_join(pw, interval);
         assert!(out.status.success(), "{}", stderr(&out));
         out
     };
@@ -826,21 +825,7 @@ fn a_new_join_restarts_the_reporter_with_the_new_password() {
     // are in place by then.
     sd.fail_restarts(true);
     peer.add_user("ams", "first-Pw", &["SCRAM-SHA-256"]);
-    let out = run(
-        &t,
-        &imds,
-        &ams,
-        &[
-            "--mongo",
-            &mongo,
-            "--mongo-user",
-            "ams",
-            "--mongo-password-file",
-            &pw1,
-            "--interval",
-            "2s",
-        ],
-    );
+    let out = run_join(&pw1, "2s");
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         error_line(&out).contains("restart ams-agent.service"),

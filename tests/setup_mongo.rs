@@ -370,6 +370,11 @@ impl Setup {
     }
 
     fn run(&self, extra: &[&str]) -> Output {
+        self.run_waiting("20s", extra)
+    }
+
+    /// [`Setup::run`] with `--mongo-wait wait`.
+    fn run_waiting(&self, wait: &str, extra: &[&str]) -> Output {
         let key_url = self.apt.key_url();
         let repo_url = format!("{}/apt/ubuntu", self.apt.repo_url());
         let mut args = vec![
@@ -381,8 +386,8 @@ impl Setup {
             &key_url,
             "--repo-url",
             &repo_url,
-            "--wait",
-            "20s",
+            "--mongo-wait",
+            wait,
         ];
         args.extend_from_slice(extra);
         self.host
@@ -944,30 +949,9 @@ fn a_dry_run_asks_the_running_mongod_within_mongo_wait_and_says_so() {
     let pw = pw_file.to_str().unwrap().to_string();
     let out = s.run(&["--admin-password-file", &pw]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let key_url = s.apt.key_url();
-    let repo_url = format!("{}/apt/ubuntu", s.apt.repo_url());
     let dry = |s: &Setup, wait: &str| {
         let start = Instant::now();
-        let out = s
-            .host
-            .command(&[
-                "--dry-run",
-                "setup",
-                "mongo",
-                "--bind-ip",
-                "10.0.1.5",
-                "--key-url",
-                &key_url,
-                "--repo-url",
-                &repo_url,
-                "--admin-password-file",
-                &pw,
-                "--mongo-wait",
-                wait,
-            ])
-            .env("SSL_CERT_FILE", s.apt.ca_file())
-            .output()
-            .unwrap();
+        let out = s.run_waiting(wait, &["--dry-run", "--admin-password-file", &pw]);
         (out, start.elapsed())
     };
     let port = s.peer.port;

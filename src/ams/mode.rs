@@ -226,14 +226,7 @@ pub fn plan_with(host: &Host, sw: &ModeSwitch, also: Vec<FileChange>) -> Result<
             .iter()
             .map(|c| temp_path_for(&c.path))
             .filter(|t| host.exists(t))
-            .map(|t| FileChange {
-                path: t,
-                before: Some(Vec::new()),
-                after: None,
-                meta_before: None,
-                meta: private_meta(0o600),
-                internal: true,
-            })
+            .map(FileChange::remove_marker)
             .collect();
         changes.extend(strays);
     }
@@ -263,14 +256,7 @@ pub fn plan_with(host: &Host, sw: &ModeSwitch, also: Vec<FileChange>) -> Result<
             });
             plan.files(
                 "record that AMS runs the new configuration",
-                vec![FileChange {
-                    path: restart_marker(),
-                    before: Some(Vec::new()),
-                    after: None,
-                    meta_before: None,
-                    meta: private_meta(0o600),
-                    internal: true,
-                }],
+                vec![FileChange::remove_marker(restart_marker())],
             );
         }
     } else {
