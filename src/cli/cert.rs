@@ -392,6 +392,9 @@ fn issue(ctx: &Context, args: IssueArgs) -> Result<()> {
         );
         return Ok(());
     }
+    // Every host write happens under the host lock; certbot itself runs
+    // without it, because its deploy hook (`cert deploy`) takes it.
+    let lock = ctx.mutate()?;
     // An earlier run that died with the redirect lifted: put it back.
     if ctx.host.exists(Path::new(certbot::REDIRECT_MARKER)) {
         certbot::restore_redirect(&ctx.host, ctx.runner.as_ref())?;
@@ -404,15 +407,19 @@ fn issue(ctx: &Context, args: IssueArgs) -> Result<()> {
         Authenticator::Standalone { .. } => certbot::lift_redirect(&ctx.host, ctx.runner.as_ref())?,
         Authenticator::Webroot(_) => None,
     };
+    drop(lock);
     tracing::info!(
         "asking for a certificate for {}: {}",
         domains.join(", "),
         spec.display()
     );
     let result = crate::plan::run_checked(ctx.runner.as_ref(), "getting the certificate", &spec);
+    // The redirect comes back even when the lock cannot be had.
+    let lock = ctx.mutate();
     if let Some(lifted) = lifted {
         lifted.restore()?;
     }
+    let _lock = lock?;
     result?;
 
     // Inside certbot, the hook installed what certbot issued; when certbot
@@ -479,6 +486,8 @@ fn deploy_cmd(ctx: &Context, args: DeployArgs) -> Result<()> {
         );
     }
     args.install.check(&ctx.host)?;
+    // The install and its record, under the host lock.
+    let _lock = ctx.mutate()?;
     let result = deploy_lineage(ctx, &lineage, &args.install);
     if !ctx.dry_run {
         let record = DeployRecord {
@@ -505,11 +514,10 @@ fn deploy_cmd(ctx: &Context, args: DeployArgs) -> Result<()> {
 }
 
 /// Reads and checks the lineage, then plans and applies (or prints) the
-/// install, under the host lock.
+/// install. The caller holds the host lock (`ctx.mutate()`).
 fn deploy_lineage(ctx: &Context, dir: &Path, install: &InstallArgs) -> Result<()> {
     let lineage = Material::load(dir)
         .with_context(|| format!("reading the certbot lineage {}", dir.display()))?;
-    let _lock = ctx.mutate()?;
     let plans = install.plans(ctx, &lineage)?;
     for plan in &plans {
         if ctx.dry_run || plan.is_empty() {

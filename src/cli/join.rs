@@ -45,7 +45,7 @@ pub const AGENT_UNIT: &str = "ams-agent.service";
 #[derive(Debug, Args)]
 #[command(
     long_about = "Join this node to the AMS cluster: the EC2 user-data entry point.\n\n\
-    Waits for MongoDB (with backoff, up to --wait), registers the node as `joining`, \
+    Waits for MongoDB (with backoff, up to --mongo-wait), registers the node as `joining`, \
     switches AMS to cluster mode (the instance's private IPv4 goes into /etc/hosts), \
     restarts AMS and waits for it, writes /etc/ams-agent/agent.toml and the 0600 password \
     file, enables and starts ams-agent.service, marks the node `ready`.\n\n\

@@ -242,14 +242,18 @@ impl MongoAuthArgs {
 /// Reads a secret from a file named by `flag`: one trailing newline is
 /// dropped; an empty or unreadable file is bad input.
 pub fn read_password_file(file: &Path, flag: &str) -> Result<String> {
-    let bytes = match std::fs::read(file) {
-        Ok(b) => b,
-        Err(e) => bail_usage!("{flag} {}: {e}", file.display()),
-    };
-    match crate::config::password_from_bytes(bytes) {
+    let shown = format!("{flag} {}", crate::human::escape(&file.to_string_lossy()));
+    let bytes =
+        match crate::host::fs::read_capped_real(file, &shown, crate::host::fs::Cap::PASSWORD) {
+            Ok(Some((b, _))) => b,
+            Ok(None) => bail_usage!("{shown}: no such file"),
+            Err(e) if crate::error::exit_code(&e) == 2 => return Err(e),
+            Err(e) => bail_usage!("{}", crate::human::escape(&format!("{e:#}"))),
+        };
+    match crate::config::password_from_bytes(bytes, &shown) {
         Ok(Some(text)) => Ok(text),
-        Ok(None) => bail_usage!("{flag} {}: the file is empty", file.display()),
-        Err(why) => bail_usage!("{flag} {}: {why}", file.display()),
+        Ok(None) => bail_usage!("{shown}: the file is empty"),
+        Err(why) => bail_usage!("{shown}: {why}"),
     }
 }
 

@@ -342,8 +342,8 @@ fn scram_usable(password: &str) -> std::result::Result<(), &'static str> {
 /// (Or the pending one, when a run died right after creating the user.)
 fn saved_password(host: &crate::host::Host) -> Result<Option<String>> {
     for file in [ADMIN_PASSWORD_FILE, setup::ADMIN_PASSWORD_PENDING] {
-        if let Some(bytes) = host.read_optional(Path::new(file))? {
-            return crate::config::password_from_bytes(bytes)
+        if let Some(bytes) = host.read_capped(Path::new(file), crate::host::fs::Cap::PASSWORD)? {
+            return crate::config::password_from_bytes(bytes, file)
                 .map_err(|why| anyhow::anyhow!("reading {file}: {why}"));
         }
     }

@@ -217,7 +217,7 @@ pub fn plan_configure(
     }
 
     let conf_path = Path::new(MONGOD_CONF);
-    let (conf_text, meta) = match host.read_with_meta(conf_path)? {
+    let (conf_text, meta) = match host.read_with_meta(conf_path, crate::host::fs::Cap::CONFIG)? {
         Some((bytes, meta)) => (
             String::from_utf8(bytes)
                 .map_err(|_| anyhow::anyhow!("{MONGOD_CONF} is not UTF-8 text"))?,

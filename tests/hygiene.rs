@@ -1,0 +1,236 @@
+//! Input, secrets and message hygiene of the real binary (issue 13):
+//! bounded reads that never follow a FIFO or a device, one escaped line per
+//! refusal, no secret in a child's environment, every host write under the
+//! host lock.
+
+mod common;
+mod fixture;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Child, Output};
+use std::time::{Duration, Instant};
+
+use fixture::{AMS, Tree, error_line, fake_ams_http, stderr, stdout};
+
+const NO_RESTART: &[&str] = &["--ip", "10.0.1.20", "--no-restart", "--skip-db-check"];
+
+fn with<'a>(head: &[&'a str], tail: &[&'a str]) -> Vec<&'a str> {
+    head.iter().chain(tail).copied().collect()
+}
+
+/// Waits for a child up to `limit`; kills it and fails the test after that.
+fn finish(mut child: Child, limit: Duration, what: &str) -> Output {
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{what} still ran after {limit:?} (killed): {}",
+                stderr(&out)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn spawn(t: &Tree, args: &[&str]) -> Child {
+    t.command(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn join_help_does_not_mention_the_hidden_wait_alias() {
+    let t = Tree::new();
+    let out = t.run(&["join", "--help"]);
+    assert!(out.status.success());
+    let help = stdout(&out)
+        .replace("--mongo-wait", "")
+        .replace("--ams-wait", "");
+    assert!(!help.contains("--wait"), "{}", stdout(&out));
+}
+
+#[test]
+fn an_endless_password_file_is_refused_at_once() {
+    let t = Tree::new();
+    let child = spawn(
+        &t,
+        &with(
+            &[
+                "--dry-run",
+                "mode",
+                "cluster",
+                "10.0.1.5",
+                "--mongo-user",
+                "ams",
+                "--mongo-password-file",
+                "/dev/zero",
+            ],
+            NO_RESTART,
+        ),
+    );
+    let out = finish(child, Duration::from_secs(5), "reading /dev/zero");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = error_line(&out);
+    assert!(
+        err.contains("--mongo-password-file /dev/zero") && err.contains("not a regular file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_huge_password_file_is_refused_naming_its_size_limit() {
+    let t = Tree::new();
+    let pw = t.dir.path().join("pw");
+    fs::write(&pw, "x".repeat(1 << 20)).unwrap();
+    let before = t.snapshot();
+    let out = t.run(&with(
+        &[
+            "mode",
+            "cluster",
+            "10.0.1.5",
+            "--mongo-user",
+            "ams",
+            "--mongo-password-file",
+            pw.to_str().unwrap(),
+        ],
+        NO_RESTART,
+    ));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = error_line(&out);
+    assert!(
+        err.contains("--mongo-password-file") && err.contains("larger than"),
+        "{err}"
+    );
+    assert_eq!(t.snapshot(), before);
+}
+
+#[test]
+fn a_fifo_in_place_of_red5_properties_hangs_nothing() {
+    for dry_run in [true, false] {
+        let t = Tree::new();
+        let red5 = t.path(&format!("{AMS}/conf/red5.properties"));
+        fs::remove_file(&red5).unwrap();
+        nix::unistd::mkfifo(&red5, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let mut args = vec![];
+        if dry_run {
+            args.push("--dry-run");
+        }
+        args.extend(["mode", "cluster", "10.0.1.5"]);
+        args.extend(NO_RESTART);
+        let out = finish(
+            spawn(&t, &args),
+            Duration::from_secs(10),
+            "mode with a FIFO",
+        );
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        let err = error_line(&out);
+        assert!(
+            err.contains("red5.properties") && err.contains("FIFO"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn children_never_see_the_agents_secret_variables() {
+    let t = Tree::new();
+    let env_log = t.dir.path().join("systemctl.env");
+    let script = format!(
+        "#!/bin/sh\nenv >> '{}'\necho \"$*\" >> '{}'\n",
+        env_log.display(),
+        t.dir.path().join("systemctl.log").display()
+    );
+    let p = t.bin.join("systemctl");
+    fs::write(&p, script).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+    let url = fake_ams_http();
+    let out = t
+        .command(&[
+            "mode",
+            "cluster",
+            "10.0.1.5",
+            "--mongo-user",
+            "ams",
+            "--ip",
+            "10.0.1.20",
+            "--skip-db-check",
+            "--ams-url",
+            &url,
+        ])
+        .env("AMS_AGENT_MONGO_PASSWORD", "Child-Must-Not-See-1")
+        .env("AMS_AGENT_MONGO_ADMIN_PASSWORD", "Child-Must-Not-See-2")
+        .env("AMS_AGENT_KEEP_ME", "visible")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let env = fs::read_to_string(&env_log).unwrap();
+    assert!(env.contains("AMS_AGENT_KEEP_ME=visible"), "{env}");
+    assert!(!env.contains("Child-Must-Not-See"), "{env}");
+    assert!(!env.contains("AMS_AGENT_MONGO_PASSWORD"), "{env}");
+    assert!(!env.contains("AMS_AGENT_MONGO_ADMIN_PASSWORD"), "{env}");
+}
+
+/// `cert deploy` records its outcome under the host lock: while another
+/// run holds the lock, nothing is written.
+#[test]
+fn cert_deploy_writes_its_record_under_the_host_lock() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let t = Tree::new();
+    fs::create_dir_all(t.path("etc/haproxy")).unwrap();
+    fs::write(t.path("etc/haproxy/haproxy.cfg"), "global\n").unwrap();
+    let state = t.path("var/lib/ams-agent");
+    fs::create_dir_all(&state).unwrap();
+    let lock = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(state.join("lock"))
+        .unwrap();
+    let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    // An empty folder: not a lineage, so the deploy fails and records it.
+    let lineage = t.dir.path().join("not-a-lineage");
+    fs::create_dir_all(&lineage).unwrap();
+    let child = spawn(
+        &t,
+        &[
+            "cert",
+            "deploy",
+            "--for",
+            "haproxy",
+            "--lineage",
+            lineage.to_str().unwrap(),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let record = state.join("cert-deploy.json");
+    assert!(
+        !record.exists(),
+        "the record was written while another run held the lock"
+    );
+    drop(held);
+    let out = finish(child, Duration::from_secs(20), "cert deploy");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = fs::read_to_string(&record).unwrap();
+    assert!(text.contains("not-a-lineage"), "{text}");
+}
+
+#[test]
+fn every_secret_variable_the_agent_reads_is_kept_from_children() {
+    use ams_agent::host::runner::SECRET_ENV;
+    for var in [
+        ams_agent::config::PASSWORD_ENV,
+        ams_agent::cli::setup::ADMIN_PASSWORD_ENV,
+        "CREDENTIALS_DIRECTORY",
+    ] {
+        assert!(SECRET_ENV.contains(&var), "{var}");
+    }
+}
