@@ -234,3 +234,81 @@ fn every_secret_variable_the_agent_reads_is_kept_from_children() {
         assert!(SECRET_ENV.contains(&var), "{var}");
     }
 }
+
+/// `red5.properties` in ISO-8859-1 (what `java.util.Properties.load`
+/// reads): switched, every byte outside the edited keys as it was, and Java
+/// reads both the edited and the untouched values back.
+#[test]
+fn latin1_properties_are_edited_byte_for_byte_and_java_reads_them() {
+    let t = Tree::new();
+    let red5 = t.path(&format!("{AMS}/conf/red5.properties"));
+    let mut before = fs::read(&red5).unwrap();
+    before.extend_from_slice(b"# R\xe9glages du n\x9cud\nnodeGroup=caf\xe9 \\\n  cr\xe8me\n");
+    fs::write(&red5, &before).unwrap();
+    let dry = t.run(&with(
+        &["--dry-run", "mode", "cluster", "10.0.1.5"],
+        NO_RESTART,
+    ));
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    let out = t.run(&with(&["mode", "cluster", "10.0.1.5"], NO_RESTART));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let after = fs::read(&red5).unwrap();
+    let edited = [
+        "clusterdb.host=",
+        "clusterdb.user=",
+        "clusterdb.password=",
+        "useGlobalIp=",
+    ];
+    let kept = |b: &[u8]| -> Vec<Vec<u8>> {
+        b.split(|&c| c == b'\n')
+            .filter(|l| !edited.iter().any(|k| l.starts_with(k.as_bytes())))
+            .map(<[u8]>::to_vec)
+            .collect()
+    };
+    assert_eq!(kept(&before), kept(&after));
+    let java_src = t.dir.path().join("Read.java");
+    fs::write(
+        &java_src,
+        "import java.io.*; import java.util.*;\n\
+         public class Read { public static void main(String[] a) throws Exception {\n\
+           Properties p = new Properties(); try (InputStream in = new FileInputStream(a[0])) { p.load(in); }\n\
+           StringBuilder s = new StringBuilder();\n\
+           for (char c : p.getProperty(a[1]).toCharArray()) s.append((int) c).append(' ');\n\
+           System.out.print(s.toString().trim()); } }\n",
+    )
+    .unwrap();
+    let java = |key: &str| {
+        let out = std::process::Command::new("java")
+            .arg(&java_src)
+            .arg(&red5)
+            .arg(key)
+            .output()
+            .expect("java is needed for this test (.ci/run installs default-jdk-headless)");
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+            .split(' ')
+            .map(|n| char::from_u32(n.parse().unwrap()).unwrap())
+            .collect::<String>()
+    };
+    assert_eq!(java("nodeGroup"), "café crème");
+    assert!(java("clusterdb.host").starts_with("mongodb://10.0.1.5"));
+}
+
+#[test]
+fn latin1_etc_hosts_is_edited_byte_for_byte() {
+    let t = Tree::new();
+    let hosts = t.path("etc/hosts");
+    let mut before = fs::read(&hosts).unwrap();
+    before.extend_from_slice(b"10.9.9.9 caf\xe9-server # \xe0 garder\n");
+    fs::write(&hosts, &before).unwrap();
+    let out = t.run(&with(&["mode", "cluster", "10.0.1.5"], NO_RESTART));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let after = fs::read(&hosts).unwrap();
+    let line: &[u8] = b"10.9.9.9 caf\xe9-server # \xe0 garder\n";
+    assert!(
+        after.windows(line.len()).any(|w| w == line),
+        "{}",
+        String::from_utf8_lossy(&after)
+    );
+    assert!(String::from_utf8_lossy(&after).contains("10.0.1.20\tip-10-0-1-20"));
+}
