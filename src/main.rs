@@ -9,8 +9,10 @@ fn main() -> ExitCode {
     match ams_agent::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            // One line: the step, then its causes, joined by ": ".
-            eprintln!("error: {err:#}");
+            // One line: the step, then its causes, joined by ": ". Values
+            // from outside in it (a flag, a file, a server's answer) are
+            // escaped, so none can start a line of its own.
+            eprintln!("error: {}", ams_agent::human::escape(&format!("{err:#}")));
             ExitCode::from(ams_agent::error::exit_code(&err))
         }
     }

@@ -312,3 +312,187 @@ fn latin1_etc_hosts_is_edited_byte_for_byte() {
     );
     assert!(String::from_utf8_lossy(&after).contains("10.0.1.20\tip-10-0-1-20"));
 }
+
+/// Each bad value: exit 2, one `error:` line that says what is wrong, no
+/// file changed.
+fn refused(t: &Tree, args: &[&str], expect: &[&str]) {
+    let before = t.snapshot();
+    let out = t.run(args);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+    let err = error_line(&out);
+    assert_eq!(err.lines().count(), 1, "{args:?}: {}", stderr(&out));
+    for e in expect {
+        assert!(err.contains(e), "{args:?}: expected {e:?} in: {err}");
+    }
+    assert_eq!(t.snapshot(), before, "{args:?}");
+}
+
+#[test]
+fn mongodb_hosts_that_cannot_work_are_refused() {
+    let t = Tree::new();
+    for (db, expect) in [
+        ("h:+27017", &["`+27017` is not a port number"][..]),
+        ("0.0.0.0", &["0.0.0.0", "unspecified"][..]),
+        ("mongodb://[::]:27017", &["unspecified"][..]),
+        ("h1,h1", &["h1", "twice"][..]),
+        ("h1:27017,h1", &["twice"][..]),
+        ("mongodb://a,b:1,A", &["twice"][..]),
+        ("[fe80::1%25eth0]", &["zone", "not supported"][..]),
+        (
+            "mongodb://[fe80::1%25eth0]:27017",
+            &["zone", "not supported"][..],
+        ),
+    ] {
+        refused(&t, &with(&["mode", "cluster", db], NO_RESTART), expect);
+    }
+    for user in [" ", "\t", " ams", "ams "] {
+        refused(
+            &t,
+            &with(
+                &["mode", "cluster", "10.0.1.5", "--mongo-user", user],
+                NO_RESTART,
+            ),
+            &["--mongo-user"],
+        );
+    }
+}
+
+#[test]
+fn a_redis_file_must_be_a_redis_configuration() {
+    let t = Tree::new();
+    refused(
+        &t,
+        &with(&["mode", "cluster", "/etc/passwd"], NO_RESTART),
+        &["/etc/passwd", "Redis"],
+    );
+    fs::write(t.path("etc/not-redis.yaml"), "just: [a, list]\n").unwrap();
+    refused(
+        &t,
+        &with(&["mode", "cluster", "/etc/not-redis.yaml"], NO_RESTART),
+        &["/etc/not-redis.yaml", "singleServerConfig"],
+    );
+    fs::write(
+        t.path("etc/redis.yaml"),
+        "singleServerConfig:\n  address: \"redis://10.0.1.7:6379\"\n",
+    )
+    .unwrap();
+    let out = t.run(&with(&["mode", "cluster", "/etc/redis.yaml"], NO_RESTART));
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn waits_are_capped() {
+    let t = Tree::new();
+    for (flag, cmd) in [
+        ("--mongo-wait", &["mode", "cluster", "10.0.1.5"][..]),
+        ("--ams-wait", &["mode", "cluster", "10.0.1.5"][..]),
+        ("--mongo-wait", &["join", "--mongo", "10.0.1.5"][..]),
+    ] {
+        let mut args = cmd.to_vec();
+        args.extend([flag, "584000000000years", "--ip", "10.0.1.20"]);
+        let out = t.run(&args);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(stderr(&out).contains("24h"), "{flag}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn durations_are_shown_as_given_when_they_are_out_of_range() {
+    let t = Tree::new();
+    let out = t.run(&[
+        "run",
+        "--mongo",
+        "10.0.1.5",
+        "--role",
+        "edge",
+        "--interval",
+        "1ns",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = error_line(&out);
+    assert!(err.contains("1ns") && !err.contains(" 0s "), "{err}");
+}
+
+#[test]
+fn echoed_values_are_escaped_so_no_line_can_be_forged() {
+    let t = Tree::new();
+    for args in [
+        vec!["cert", "--domain", "*.x\nerror: forged"],
+        vec!["cert", "--domain", "a.example.test\nerror: forged"],
+        vec![
+            "cert",
+            "--domain",
+            "live.example.test",
+            "--email",
+            "a@b.c\nerror: forged",
+        ],
+        vec!["mode", "cluster", "h\nerror: forged"],
+        vec!["setup", "mongo", "--yes", "--bind-ip", "x\nerror: forged"],
+    ] {
+        let out = t.run(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let text = stderr(&out);
+        assert!(
+            !text.lines().any(|l| l.starts_with("error: forged")),
+            "{args:?}: {text}"
+        );
+        assert_eq!(error_line(&out).lines().count(), 1, "{args:?}: {text}");
+    }
+}
+
+#[test]
+fn an_acme_server_with_credentials_is_refused_with_its_own_reason() {
+    let t = Tree::new();
+    let out = t.run(&[
+        "cert",
+        "--domain",
+        "live.example.test",
+        "--acme-server",
+        "https://u:p4ss@acme.example.test/dir",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = error_line(&out);
+    assert!(err.contains("--acme-server"), "{err}");
+    assert!(!err.contains("apt") && !err.contains("sources"), "{err}");
+    assert!(!err.contains("p4ss"), "{err}");
+}
+
+/// `setup mongo --bind-ip` takes this host's own addresses only (read from
+/// /proc/net under the root), names, loopback and "every interface".
+#[test]
+fn setup_mongo_refuses_a_bind_address_this_host_does_not_have() {
+    let t = Tree::new();
+    let net = t.path("proc/net");
+    fs::create_dir_all(&net).unwrap();
+    fs::write(
+        net.join("fib_trie"),
+        "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 10.0.1.5\n        /32 host LOCAL\nLocal:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 10.0.1.5\n        /32 host LOCAL\n     |-- 10.0.1.255\n        /32 link BROADCAST\n     |-- 127.0.0.1\n        /32 host LOCAL\n",
+    )
+    .unwrap();
+    fs::write(
+        net.join("if_inet6"),
+        "00000000000000000000000000000001 01 80 10 80       lo\nfd000000000000000000000000000005 02 40 00 80     eth0\n",
+    )
+    .unwrap();
+    for ip in ["8.8.8.8", "10.0.1.255", "fd00::6"] {
+        refused(
+            &t,
+            &["--dry-run", "setup", "mongo", "--yes", "--bind-ip", ip],
+            &["--bind-ip", ip, "not an address of this host"],
+        );
+    }
+    for ip in [
+        "10.0.1.5",
+        "fd00::5",
+        "0.0.0.0",
+        "127.0.0.1",
+        "mongo.internal",
+    ] {
+        let out = t.run(&["--dry-run", "setup", "mongo", "--yes", "--bind-ip", ip]);
+        assert!(
+            !error_line(&out).contains("not an address of this host"),
+            "{ip}: {}",
+            stderr(&out)
+        );
+    }
+}

@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use super::{Context, parse_duration};
+use super::Context;
 use crate::ams::AmsLayout;
 use crate::ams::layout::{DEFAULT_AMS_HOME, DEFAULT_HTTP_URL};
 use crate::bail_usage;
@@ -95,7 +95,7 @@ pub struct InstallArgs {
     pub no_restart: bool,
 
     /// How long to wait for AMS to answer after the restart
-    #[arg(long, alias = "wait", value_name = "DURATION", default_value = "3m", value_parser = parse_duration)]
+    #[arg(long, alias = "wait", value_name = "DURATION", default_value = "3m", value_parser = super::parse_wait)]
     pub ams_wait: Duration,
 
     /// URL that answers once AMS is up
@@ -292,6 +292,8 @@ fn check_hook_path(flag: &str, p: &Path) -> Result<()> {
 
 /// A domain certbot can get with HTTP-01: a DNS name, no wildcard.
 fn check_domain(d: &str) -> Result<String> {
+    let shown = crate::human::escape(d);
+    let d = shown.as_ref();
     let lower = d.trim_end_matches('.').to_ascii_lowercase();
     if lower.starts_with("*.") {
         bail_usage!(
@@ -312,6 +314,26 @@ fn check_domain(d: &str) -> Result<String> {
     Ok(lower)
 }
 
+/// `--acme-server`: an https:// directory URL without credentials (an ACME
+/// account is a key pair certbot keeps, never a password in the URL).
+fn check_acme_server(url: &str) -> Result<()> {
+    let shown = crate::human::escape(url);
+    let shown = crate::secret::redact_loose(&shown);
+    if let Ok(parsed) = reqwest::Url::parse(url) {
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            bail_usage!(
+                "--acme-server {shown}: credentials in the URL are not accepted (an ACME server knows the account by its key, which certbot keeps); give the directory URL alone"
+            );
+        }
+    }
+    crate::mongod::repo::check_url(url, "--acme-server", true).map_err(|_| {
+        crate::error::UsageError::new(format!(
+            "--acme-server {shown} is not an https:// URL of an ACME directory (e.g. https://acme-v02.api.letsencrypt.org/directory)"
+        ))
+    })?;
+    Ok(())
+}
+
 fn check_email(e: &str) -> Result<()> {
     // A leading '-' would be read by certbot as an option.
     let ok = e.len() <= 254
@@ -323,7 +345,10 @@ fn check_email(e: &str) -> Result<()> {
         && e.split_once('@')
             .is_some_and(|(user, host)| !user.is_empty() && host.contains('.'));
     if !ok {
-        bail_usage!("--email {e:?} is not an email address");
+        bail_usage!(
+            "--email {:?} is not an email address",
+            crate::human::escape(e)
+        );
     }
     Ok(())
 }
@@ -340,8 +365,7 @@ fn issue(ctx: &Context, args: IssueArgs) -> Result<()> {
         check_email(e)?;
     }
     if let Some(url) = &args.acme_server {
-        crate::mongod::repo::check_url(url, "--acme-server", true)
-            .map_err(crate::error::UsageError::new)?;
+        check_acme_server(url)?;
     }
     args.install.check(&ctx.host)?;
     if args.http_01_port == 0 {

@@ -69,11 +69,11 @@ pub struct JoinArgs {
     pub ams_home: PathBuf,
 
     /// How long to wait for MongoDB to accept us (it may still be booting)
-    #[arg(long, alias = "wait", value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, alias = "wait", value_name = "DURATION", default_value = "10m", value_parser = super::parse_wait)]
     pub mongo_wait: Duration,
 
     /// How long to wait for AMS to answer after its restart
-    #[arg(long, alias = "ams-timeout", value_name = "DURATION", default_value = "3m", value_parser = parse_duration)]
+    #[arg(long, alias = "ams-timeout", value_name = "DURATION", default_value = "3m", value_parser = super::parse_wait)]
     pub ams_wait: Duration,
 
     /// Switch AMS's files only; do not restart it

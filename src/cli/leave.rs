@@ -28,7 +28,7 @@ pub struct LeaveArgs {
     pub registry: RegistryArgs,
 
     /// How long to wait for MongoDB
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::parse_wait)]
     pub timeout: Duration,
 
     /// Instance-metadata endpoint

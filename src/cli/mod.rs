@@ -184,6 +184,14 @@ impl MongoAuthArgs {
             if user.chars().any(char::is_control) {
                 bail_usage!("--mongo-user contains a newline or control character");
             }
+            if user.trim().is_empty() {
+                bail_usage!("--mongo-user is only white space; give the MongoDB user's name");
+            }
+            if user.trim() != user {
+                bail_usage!(
+                    "--mongo-user `{user}` begins or ends with white space, which would be part of the name; remove it"
+                );
+            }
         }
         Ok(Credentials {
             user: self.mongo_user.clone(),
@@ -292,6 +300,19 @@ pub fn parse_ams_url(s: &str) -> std::result::Result<String, String> {
 /// Parses durations like `90s`, `10m`, `1h30m`.
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 90s, 10m, 1h)"))
+}
+
+/// The longest wait any flag accepts (`--mongo-wait`, `--ams-wait`,
+/// `--timeout`, ...): a day. Longer is a typo, and would hang a boot.
+pub const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+/// Parses a wait ([`parse_duration`]), at most [`MAX_WAIT`].
+pub fn parse_wait(s: &str) -> std::result::Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d > MAX_WAIT {
+        return Err(format!("{s} is longer than 24h, the longest wait accepted"));
+    }
+    Ok(d)
 }
 
 #[cfg(test)]
