@@ -496,3 +496,33 @@ fn setup_mongo_refuses_a_bind_address_this_host_does_not_have() {
         );
     }
 }
+
+/// A one-letter password: a dry run masks the URI's password field and
+/// nothing else (masking by substring showed where `p` occurs in words).
+#[test]
+fn a_dry_run_masks_the_password_field_not_its_letters() {
+    let t = Tree::new();
+    let pw = t.dir.path().join("pw");
+    fs::write(&pw, "p\n").unwrap();
+    let out = t.run(&with(
+        &[
+            "--dry-run",
+            "mode",
+            "cluster",
+            "10.0.1.5",
+            "--mongo-user",
+            "ams",
+            "--mongo-password-file",
+            pw.to_str().unwrap(),
+        ],
+        NO_RESTART,
+    ));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("mongodb://ams:****@10.0.1.5:27017"), "{text}");
+    for line in text.lines().filter(|l| l.contains("****")) {
+        let rest = line.replace("ams:****@", "").replace("=****", "");
+        assert!(!rest.contains("****"), "masked by substring: {line}");
+    }
+    assert!(!text.contains("ams:p@"), "{text}");
+}

@@ -432,10 +432,8 @@ fn mongo_uri(input: &str, creds: &Credentials, flag: &str) -> Result<DbUrl> {
             mongodb::error::ErrorKind::InvalidArgument { message, .. } => message.clone(),
             other => other.to_string(),
         };
-        let mut why = why;
-        for secret in &secrets {
-            why = why.replace(secret.as_str(), "****");
-        }
+        // By position: a URI the message quotes loses its password field.
+        let why = crate::secret::redact_uris(&why);
         bail_usage!("{flag} `{shown}` is not a valid MongoDB URI: {why}");
     }
     Ok(DbUrl {
@@ -799,5 +797,13 @@ mod tests {
         );
         assert_eq!(redact("mongodb://h:1"), "mongodb://h:1");
         assert_eq!(redact("redis://:pw@h"), "redis://:****@h");
+    }
+
+    #[test]
+    fn the_drivers_message_keeps_its_words_whatever_the_password() {
+        // The password `p`: the driver's reason is quoted as it is.
+        let e = err("mongodb://u:p@h/?authMechanism=MONGODB-X509");
+        assert!(e.contains("A password cannot be specified"), "{e}");
+        assert!(!e.contains("u:p@"), "{e}");
     }
 }

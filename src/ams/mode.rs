@@ -202,7 +202,6 @@ pub fn plan(host: &Host, sw: &ModeSwitch) -> Result<Plan> {
         sw.db.kind.db_type(),
         sw.db.redacted()
     ));
-    plan.secrets = sw.db.secrets.clone();
     let files_change = changes.iter().any(|c| !c.is_noop());
     // Temp files left by a run that crashed before its commit point (they
     // may hold a password): removed with this change.

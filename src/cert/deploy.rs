@@ -175,7 +175,6 @@ pub fn plan_ams(host: &Host, m: &Material, target: &AmsTarget) -> Result<Plan> {
         Some(p) => p.clone(),
         None => keystore::random_store_password()?,
     };
-    plan.secrets.push(password.clone());
     // A store that already holds exactly this key and chain is kept as is
     // (PKCS#12 output is salted, so rebuilding would always differ).
     let keep =

@@ -274,10 +274,6 @@ fn join_record(req: &Request, node: &NodeIdentity) -> JoinRecord {
 /// The agent's own files and the reporter service, as a plan.
 fn agent_plan(host: &Host, req: &Request, node: &NodeIdentity) -> Result<Plan> {
     let mut plan = Plan::new(format!("configure the reporter of node {}", node.id));
-    plan.secrets = req.db.secrets.clone();
-    if let Some(p) = &req.target.password {
-        plan.secrets.push(p.expose().to_string());
-    }
     plan.files(
         "write the agent configuration",
         vec![
@@ -647,7 +643,6 @@ impl Joiner<'_> {
         let mut stages = Vec::new();
         let mut add = |plan: &mut Plan, stage: &'static str, part: Plan| {
             stages.extend(std::iter::repeat_n(stage, part.steps.len()));
-            plan.secrets.extend(part.secrets);
             plan.steps.extend(part.steps);
         };
         let single = |step: Step| Plan {

@@ -61,8 +61,6 @@ pub fn run(ctx: &Context, args: LeaveArgs) -> Result<()> {
         node.id,
         target.shown()
     ));
-    plan.secrets
-        .extend(target.password.iter().map(|p| p.expose().to_string()));
     // 1. The reporter would otherwise report the node alive again.
     plan.push(Step::Action(Arc::new(StopReporter)));
     // 2. The registry.

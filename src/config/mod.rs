@@ -177,7 +177,7 @@ impl AgentConfig {
                 bail_usage!(
                     "{}{line}: {}",
                     path.display(),
-                    mask_uris(&e.message().lines().collect::<Vec<_>>().join(" "))
+                    crate::secret::redact_uris(&e.message().lines().collect::<Vec<_>>().join(" "))
                 )
             }
         };
@@ -316,21 +316,6 @@ pub fn validate_interval(d: Duration, what: &str) -> Result<()> {
         anyhow::bail!("{what} {} is out of range (500ms to 1h)", show_duration(d));
     }
     Ok(())
-}
-
-/// Masks the password of every URI-like word of a message.
-fn mask_uris(message: &str) -> String {
-    message
-        .split(' ')
-        .map(|word| {
-            if word.contains('@') {
-                crate::secret::redact_loose(word)
-            } else {
-                word.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 #[cfg(test)]

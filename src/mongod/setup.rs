@@ -163,9 +163,6 @@ pub fn plan_configure(
     installed: bool,
 ) -> Result<Plan> {
     let mut plan = Plan::new(format!("configure mongod {}", req.series()));
-    plan.secrets.push(req.login.password.expose().to_string());
-    plan.secrets
-        .extend(crate::uri::password_forms(req.login.password.expose()));
 
     let units_before = plan.steps.len();
     plan.files(
