@@ -5,7 +5,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     ams_agent::host::nss::use_builtin_lookups_only();
     let cli = ams_agent::cli::Cli::parse();
-    ams_agent::logging::init(cli.global.verbosity());
+    ams_agent::logging::init(cli.global.verbosity(), cli.runs_as_certbot_hook());
     match ams_agent::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -53,7 +53,7 @@ impl Kind {
             Kind::Xml => Ok(text.into_bytes()),
             Kind::Properties | Kind::Hosts => text
                 .chars()
-                .map(|c| u8::try_from(c))
+                .map(u8::try_from)
                 .collect::<std::result::Result<Vec<u8>, _>>()
                 .map_err(|_| {
                     anyhow::anyhow!(

@@ -167,6 +167,12 @@ pub struct StatusArgs {
     pub haproxy_certs: PathBuf,
 }
 
+impl CertArgs {
+    pub fn is_deploy(&self) -> bool {
+        matches!(self.command, Some(CertCommand::Deploy(_)))
+    }
+}
+
 pub fn run(ctx: &Context, args: CertArgs) -> Result<()> {
     match args.command {
         Some(CertCommand::Deploy(d)) => deploy_cmd(ctx, d),
@@ -466,22 +472,34 @@ fn issue(ctx: &Context, args: IssueArgs) -> Result<()> {
             ),
         };
     }
-    let lineages = certbot::lineages_for(&ctx.host, ctx.runner.as_ref(), &domains)?;
-    let lineage = match lineages.as_slice() {
-        [one] => one.clone(),
+    let listed = certbot::certificates_for(&ctx.host, ctx.runner.as_ref(), &domains)?;
+    let lineage = match listed.as_slice() {
+        [one] => one.dir.clone(),
         [] => bail!(
             "certbot succeeded but lists no certificate for {}; see `certbot certificates`",
             domains.join(", ")
         ),
-        many => bail!(
-            "certbot lists {} certificates for {}: {}; install one with `ams-agent cert deploy --lineage DIR`",
-            many.len(),
-            domains.join(", "),
-            many.iter()
-                .map(|p| p.display().to_string())
+        many => {
+            let all = many
+                .iter()
+                .map(|l| l.dir.display().to_string())
                 .collect::<Vec<_>>()
-                .join(", ")
-        ),
+                .join(", ");
+            let Some((chosen, why)) = certbot::choose_lineage(many, &domains) else {
+                bail!(
+                    "certbot lists {} certificates for {}, none of them valid: {all}; see `certbot certificates`",
+                    many.len(),
+                    domains.join(", ")
+                );
+            };
+            println!(
+                "certbot lists {} certificates for {} ({all}); installing {}: {why}.",
+                many.len(),
+                domains.join(", "),
+                chosen.dir.display()
+            );
+            chosen.dir.clone()
+        }
     };
     tracing::info!(
         "certbot had nothing to renew; installing its lineage {}",

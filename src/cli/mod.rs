@@ -64,6 +64,16 @@ pub struct GlobalArgs {
     pub root: PathBuf,
 }
 
+impl Cli {
+    /// `cert deploy` run by certbot as its deploy hook (certbot sets
+    /// RENEWED_LINEAGE): progress goes to stdout, since certbot reports
+    /// anything on a hook's stderr as "ran with error output".
+    pub fn runs_as_certbot_hook(&self) -> bool {
+        matches!(&self.command, Command::Cert(c) if c.is_deploy())
+            && std::env::var_os("RENEWED_LINEAGE").is_some()
+    }
+}
+
 impl GlobalArgs {
     pub fn verbosity(&self) -> i8 {
         if self.quiet {
@@ -157,7 +167,8 @@ pub struct MongoAuthArgs {
     #[arg(long, value_name = "USER")]
     pub mongo_user: Option<String>,
 
-    /// File holding the MongoDB password (one trailing newline is ignored);
+    /// File holding the MongoDB password (one trailing newline is ignored;
+    /// a byte-order mark or a lone trailing CR is removed with a warning);
     /// or set AMS_AGENT_MONGO_PASSWORD. Without either, it is asked for on
     /// a terminal
     #[arg(long, value_name = "FILE")]

@@ -46,8 +46,10 @@ pub fn default_route_interface(route_table: &str) -> Option<String> {
 
 /// The IPv4 address of the default route's interface.
 pub fn default_route_ipv4(host: &Host) -> Result<Ipv4Addr> {
-    let table = std::fs::read_to_string(host.path(Path::new("/proc/net/route")))
-        .context("reading /proc/net/route")?;
+    let table = host
+        .read_capped(Path::new("/proc/net/route"), super::fs::Cap::FILE)?
+        .context("reading /proc/net/route: no such file")?;
+    let table = String::from_utf8_lossy(&table);
     let iface = default_route_interface(&table)
         .context("this host has no default route, so its address is unknown; pass --ip")?;
     let addrs = nix::ifaddrs::getifaddrs().context("listing network interfaces")?;
