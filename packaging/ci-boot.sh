@@ -202,6 +202,13 @@ gone() {
 	done
 	! alive "$1"
 }
+# kill_tree PID: SIGKILL to a process of ours and its descendants (by id).
+kill_tree() {
+	local c
+	for c in $(cat /proc/"$1"/task/*/children 2>/dev/null); do kill_tree "$c"; done
+	kill -KILL "$1" 2>/dev/null
+	kill -CONT "$1" 2>/dev/null
+}
 teardown() {
 	local rc=$? p
 	set +e
@@ -213,12 +220,14 @@ teardown() {
 	if [ -n "${PEER[1]:-}" ]; then eval "exec ${PEER[1]}>&-"; fi
 	if [ -n "$peer_pid" ] && ! gone "$peer_pid" 5; then
 		echo "ci-boot: the MongoDB peer did not quit within 5s: killing it" >&2
-		for p in $(cat /proc/"$peer_pid"/task/*/children 2>/dev/null) "$peer_pid"; do
-			kill -KILL "$p" 2>/dev/null
-		done
-		kill -CONT "$peer_pid" 2>/dev/null
+		kill_tree "$peer_pid"
 		gone "$peer_pid" 5
 	fi
+	# Commands still running inside (a trap in the middle of one): ended
+	# before the poweroff, for the same reason.
+	for p in $(cat /proc/$$/task/*/children 2>/dev/null); do
+		[ "$p" = "$nspawn_pid" ] || kill_tree "$p"
+	done
 	if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
 		# SIGRTMIN+4 asks systemd for a clean poweroff.
 		[ -z "$leader" ] || kill -s RTMIN+4 "$leader" 2>/dev/null
@@ -249,7 +258,8 @@ teardown() {
 	exit "$rc"
 }
 trap teardown EXIT
-trap 'exit 130' INT TERM
+trap 'echo "ci-boot: interrupted (SIGINT): tearing the container down" >&2; exit 130' INT
+trap 'echo "ci-boot: terminated (SIGTERM): tearing the container down" >&2; exit 143' TERM
 # A command that fails outside a check: name it, count it, then the EXIT trap.
 # (In the main shell only: a failing $(…) is reported where it is used.)
 on_err() {
@@ -342,10 +352,13 @@ ct() {
 		secs=$2
 		shift 2
 	fi
+	# In the background and waited for: `wait` returns at once on SIGINT or
+	# SIGTERM (a foreground child would delay the trap until it ends).
 	nsenter -t "$leader" -a -- env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
 		LANG=C.UTF-8 HOME=/root SYSTEMD_PAGER= SYSTEMD_COLORS=0 \
 		BOOT_CHECK_PASSWORD_FILE=$tdir/check-password \
-		timeout -k 5 "$secs" "$@"
+		timeout -k 5 "$secs" "$@" &
+	wait "$!"
 }
 unit_journal_tail() {
 	[ -n "$leader" ] && kill -0 "$leader" 2>/dev/null || return 0
@@ -445,7 +458,11 @@ fi
 
 reg() { ct -t 30 python3 "$tdir/registry.py" "$@"; }
 # doc_wait SECONDS WHAT EXPR: the node document once EXPR holds of `d`.
-doc_wait() { reg wait "$1" "$2" "$3"; }
+doc_wait() {
+	local secs=$1
+	[ "$secs" -ge 1 ] || secs=1
+	ct -t $((secs + 15)) python3 "$tdir/registry.py" wait "$secs" "$2" "$3"
+}
 field() { reg wait 5 "$1" "d is not None" | python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 pid_of_reporter() { prop ams-agent.service MainPID; }
 cred_is() { # cred_is PWFILE: the reporter's credential holds that password
