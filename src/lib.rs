@@ -6,6 +6,7 @@
 //! ([`ams`], [`mongo`]) for a [`plan::Plan`], prints it (`--dry-run`) or
 //! applies it.
 
+pub mod agent_service;
 pub mod ams;
 pub mod cert;
 pub mod cli;

@@ -48,6 +48,19 @@ impl FileChange {
         })
     }
 
+    /// The removal of one of the agent's own files (a marker, a stray temp
+    /// file) that may or may not exist by the time the step runs.
+    pub fn remove_marker(path: PathBuf) -> Self {
+        FileChange {
+            path,
+            before: Some(Vec::new()),
+            after: None,
+            meta_before: None,
+            meta: crate::host::fs::private_meta(0o600),
+            internal: true,
+        }
+    }
+
     pub fn is_noop(&self) -> bool {
         self.before == self.after && (self.after.is_none() || self.meta_before == Some(self.meta))
     }

@@ -800,3 +800,45 @@ fn a_missing_certbot_is_named_before_anything_changes() {
     );
     assert!(h.iptables_calls().is_empty(), "{:?}", h.iptables_calls());
 }
+
+/// `--no-restart` is for this run only: certbot's stored hook has no
+/// `--no-restart`, so its later renewals restart AMS and reload HAProxy
+/// (else the old certificate is served until it expires).
+#[test]
+fn no_restart_applies_to_this_run_and_renewals_restart() {
+    let h = CertHost::new();
+    let out = h.issue(&[DOMAIN], &["--no-restart"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        h.tree.systemctl_calls(),
+        Vec::<String>::new(),
+        "this run restarted or reloaded"
+    );
+    let conf = fs::read_to_string(
+        h.root()
+            .join(format!("etc/letsencrypt/renewal/{DOMAIN}.conf")),
+    )
+    .unwrap();
+    let hook = conf
+        .lines()
+        .find(|l| l.starts_with("renew_hook"))
+        .expect("a stored hook");
+    assert!(hook.contains("cert deploy --for both"), "{hook}");
+    assert!(!hook.contains("no-restart"), "{hook}");
+
+    let renewed = h.renew();
+    assert!(
+        renewed.status.success() && !acme::text(&renewed).contains("reported error"),
+        "{}",
+        acme::text(&renewed)
+    );
+    assert_eq!(
+        h.tree.systemctl_calls(),
+        ["restart antmedia", "reload haproxy"],
+        "the renewal did not restart AMS and reload HAProxy"
+    );
+    assert_eq!(
+        h.conf("fullchain.pem"),
+        fs::read(h.live(DOMAIN).join("fullchain.pem")).unwrap()
+    );
+}

@@ -92,8 +92,30 @@ pub fn current(host: &Host, layout: &AmsLayout) -> Result<CurrentMode> {
     })
 }
 
+/// The mode AMS is in, from `conf/jee-container.xml` alone (what the
+/// reporter reads every minute, or when the file changes).
+pub fn read_mode(host: &Host, layout: &AmsLayout) -> Result<Mode> {
+    let xml = read_text(host, &layout.jee_container())?;
+    Ok(match jee::state(&xml)? {
+        jee::BlockState::Enabled => Mode::Cluster,
+        _ => Mode::Standalone,
+    })
+}
+
+/// `nodeGroup` of `conf/red5.properties` (None when it has none).
+pub fn read_node_group(host: &Host, layout: &AmsLayout) -> Result<Option<String>> {
+    Ok(Properties::parse(&read_text(host, &layout.red5_properties())?).get("nodeGroup"))
+}
+
 /// Computes the plan of a mode switch. Reads only; changes nothing.
 pub fn plan(host: &Host, sw: &ModeSwitch) -> Result<Plan> {
+    plan_with(host, sw, Vec::new())
+}
+
+/// [`plan`], with files of the caller's that land in the same transaction
+/// as AMS's (`mode` keeps agent.toml's recorded mode in step); they never
+/// cause an AMS restart.
+pub fn plan_with(host: &Host, sw: &ModeSwitch, also: Vec<FileChange>) -> Result<Plan> {
     if sw.mode == Mode::Cluster && sw.db.kind == DbKind::MapDb {
         bail_usage!("cluster mode needs a MongoDB or Redis database");
     }
@@ -204,18 +226,12 @@ pub fn plan(host: &Host, sw: &ModeSwitch) -> Result<Plan> {
             .iter()
             .map(|c| temp_path_for(&c.path))
             .filter(|t| host.exists(t))
-            .map(|t| FileChange {
-                path: t,
-                before: Some(Vec::new()),
-                after: None,
-                meta_before: None,
-                meta: private_meta(0o600),
-                internal: true,
-            })
+            .map(FileChange::remove_marker)
             .collect();
         changes.extend(strays);
     }
     let marker_set = host.exists(&restart_marker());
+    changes.extend(also);
     if let Some(restart) = &sw.restart {
         if files_change && !marker_set {
             changes.push(FileChange {
@@ -240,14 +256,7 @@ pub fn plan(host: &Host, sw: &ModeSwitch) -> Result<Plan> {
             });
             plan.files(
                 "record that AMS runs the new configuration",
-                vec![FileChange {
-                    path: restart_marker(),
-                    before: Some(Vec::new()),
-                    after: None,
-                    meta_before: None,
-                    meta: private_meta(0o600),
-                    internal: true,
-                }],
+                vec![FileChange::remove_marker(restart_marker())],
             );
         }
     } else {

@@ -259,14 +259,7 @@ fn pending(path: PathBuf, what: &str) -> FileChange {
 
 /// Its removal, once the restart (or reload) happened.
 fn done(path: PathBuf) -> FileChange {
-    FileChange {
-        path,
-        before: Some(Vec::new()),
-        after: None,
-        meta_before: None,
-        meta: private_meta(0o600),
-        internal: true,
-    }
+    FileChange::remove_marker(path)
 }
 
 /// The HAProxy part: `<certs>/<domain>.pem` (chain then key, 0600, folder

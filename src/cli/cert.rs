@@ -30,7 +30,8 @@ use crate::plan::{ApplyCtx, Plan};
     password, server.name, the https connector; AMS restarted and waited for) and/or HAProxy \
     (/etc/haproxy/certs/<domain>.pem, checked by haproxy -c before the reload).\n\n\
     certbot stores `ams-agent cert deploy` as the certificate's deploy hook, so certbot's own \
-    timer renews it and installs the lineage it renewed: no crontab. Before the standalone \
+    timer renews it and installs the lineage it renewed: no crontab. --no-restart applies to \
+    this run only: the stored hook restarts AMS and reloads HAProxy on every renewal. Before the standalone \
     server binds port 80, a process already on it is named; AMS's iptables redirect 80 → 5080 \
     is lifted while certbot runs and restored afterwards, also when certbot fails."
 )]
@@ -90,7 +91,8 @@ pub struct InstallArgs {
     #[arg(long, value_name = "FILE", default_value = HAPROXY_CONFIG)]
     pub haproxy_config: PathBuf,
 
-    /// Install the files only: no AMS restart, no HAProxy reload
+    /// Install the files only: no AMS restart, no HAProxy reload. For this
+    /// run only: certbot's renewals still restart and reload
     #[arg(long)]
     pub no_restart: bool,
 
@@ -139,7 +141,11 @@ pub struct IssueArgs {
 #[command(
     long_about = "Install a certbot lineage into AMS and/or HAProxy. Under certbot \
     (the deploy hook `ams-agent cert` registers) the lineage is the one certbot names in \
-    RENEWED_LINEAGE, never a path guessed from the domain; by hand, pass --lineage."
+    RENEWED_LINEAGE, never a path guessed from the domain; by hand, pass --lineage.\n\n\
+    AMS is restarted and HAProxy reloaded unless --no-restart is given, or \
+    AMS_AGENT_CERT_NO_RESTART=1 is set (what `ams-agent cert --no-restart` passes to the \
+    hook certbot runs during that run; the hook certbot stores for renewals never skips \
+    the restart)."
 )]
 pub struct DeployArgs {
     /// The lineage folder (holding fullchain.pem, chain.pem, privkey.pem);
@@ -174,6 +180,12 @@ pub fn run(ctx: &Context, args: CertArgs) -> Result<()> {
         None => issue(ctx, args.issue),
     }
 }
+
+/// Set (to `1`) by `cert --no-restart` in certbot's environment, which
+/// certbot hands to the deploy hook it runs during this run only: the hook
+/// it stores for its renewals has no `--no-restart`, so renewals restart
+/// AMS and reload HAProxy.
+pub const NO_RESTART_ENV: &str = "AMS_AGENT_CERT_NO_RESTART";
 
 /// The outcome of the last deploy, written by the deploy hook so that
 /// `cert` learns what happened inside certbot.
@@ -247,7 +259,9 @@ impl InstallArgs {
         Ok(plans)
     }
 
-    /// The arguments `cert deploy` needs to install the same way.
+    /// The arguments `cert deploy` needs to install the same way, as
+    /// certbot stores them for every later renewal: never `--no-restart`,
+    /// which is for one run (see [`NO_RESTART_ENV`]).
     fn hook_args(&self) -> String {
         let mut s = format!("cert deploy --for {}", self.target.name());
         if self.ams_home != Path::new(DEFAULT_AMS_HOME) {
@@ -264,9 +278,6 @@ impl InstallArgs {
                 " --haproxy-config {}",
                 self.haproxy_config.display()
             ));
-        }
-        if self.no_restart {
-            s.push_str(" --no-restart");
         }
         if self.ams_wait != Duration::from_secs(180) {
             // Whole seconds, one word: certbot runs the hook through a shell.
@@ -377,7 +388,11 @@ fn issue(ctx: &Context, args: IssueArgs) -> Result<()> {
         staging: args.staging,
         deploy_hook: format!("{} {}", exe.display(), args.install.hook_args()),
     };
-    let spec = certbot::certonly(&ctx.host, &req);
+    let mut spec = certbot::certonly(&ctx.host, &req);
+    if args.install.no_restart {
+        // This run's hook only; the stored hook restarts on renewal.
+        spec = spec.env(NO_RESTART_ENV, "1");
+    }
     if ctx.dry_run {
         println!("Plan: a certificate for {}", domains.join(", "));
         if let Authenticator::Standalone { port } = authenticator {
@@ -387,8 +402,13 @@ fn issue(ctx: &Context, args: IssueArgs) -> Result<()> {
         }
         println!("2. {}", spec.display());
         println!(
-            "3. certbot runs the deploy hook: ams-agent {} (installs the lineage certbot names in RENEWED_LINEAGE)",
-            args.install.hook_args()
+            "3. certbot runs the deploy hook: ams-agent {} (installs the lineage certbot names in RENEWED_LINEAGE){}",
+            args.install.hook_args(),
+            if args.install.no_restart {
+                "; this time without restart or reload (--no-restart); certbot's renewals run the hook as stored, with them"
+            } else {
+                ""
+            }
         );
         return Ok(());
     }
@@ -466,7 +486,11 @@ fn read_record(host: &crate::host::Host) -> Option<DeployRecord> {
     serde_json::from_slice(&bytes).ok()
 }
 
-fn deploy_cmd(ctx: &Context, args: DeployArgs) -> Result<()> {
+fn deploy_cmd(ctx: &Context, mut args: DeployArgs) -> Result<()> {
+    // Under certbot, during a `cert --no-restart` run only.
+    if std::env::var_os(NO_RESTART_ENV).is_some_and(|v| v == "1") {
+        args.install.no_restart = true;
+    }
     let Some(lineage) = args.lineage.clone() else {
         bail_usage!(
             "no certificate to install: pass --lineage DIR (certbot sets RENEWED_LINEAGE when it runs this as its deploy hook)"

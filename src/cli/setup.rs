@@ -49,7 +49,10 @@ pub enum SetupTarget {
     On a terminal it asks for what is missing (addresses, admin user, password twice). \
     Without one it never asks: a missing password is an error naming the flag (exit 2), \
     unless --yes, which generates one and keeps it 0600 in /etc/ams-agent/mongo-admin-password. \
-    Running it again on a configured host changes nothing."
+    Running it again on a configured host changes nothing.\n\n\
+    --dry-run changes and fetches nothing; when mongod already runs it asks it over \
+    127.0.0.1 (announced, reads only, within --mongo-wait) whether the admin user is in \
+    place, to plan what the real run would do."
 )]
 pub struct MongoArgs {
     /// MongoDB release series to install (6.0, 7.0, 8.0)
@@ -89,7 +92,8 @@ pub struct MongoArgs {
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub key_timeout: Duration,
 
-    /// How long to wait for mongod to answer after it is (re)started
+    /// How long to wait for mongod to answer after it is (re)started, and
+    /// for a running mongod to say whether the admin user is in place
     #[arg(long, alias = "wait", value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
     pub mongo_wait: Duration,
 }

@@ -112,6 +112,67 @@ impl Host {
         self.path(host_path).exists()
     }
 
+    /// What is at a host path (links followed), telling a clean absence
+    /// from "cannot tell": `Ok(None)` when nothing is there and no symlink
+    /// on the way leads nowhere; an error naming the path for anything else
+    /// (no permission, a symlink loop, a dangling symlink the operator put
+    /// there). [`Host::exists`] maps all of those to "absent".
+    pub fn probe(&self, host_path: &Path) -> Result<Option<fs::Metadata>> {
+        match fs::metadata(self.path(host_path)) {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.dangling_link_on(host_path)?;
+                Ok(None)
+            }
+            Err(e) => Err(e).with_context(|| format!("examining {}", host_path.display())),
+        }
+    }
+
+    /// [`Host::probe`] for a regular file: `Ok(true)` when it is one.
+    pub fn file_present(&self, host_path: &Path) -> Result<bool> {
+        match self.probe(host_path)? {
+            Some(m) if m.is_file() => Ok(true),
+            Some(_) => anyhow::bail!("{} is not a regular file", host_path.display()),
+            None => Ok(false),
+        }
+    }
+
+    /// After a "not found": fails when the deepest entry that exists on the
+    /// way to `host_path` is a symlink whose target is missing.
+    fn dangling_link_on(&self, host_path: &Path) -> Result<()> {
+        for ancestor in host_path.ancestors() {
+            let real = self.path(ancestor);
+            if real == self.root {
+                return Ok(());
+            }
+            match fs::symlink_metadata(&real) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return match fs::metadata(&real) {
+                        Ok(_) => Ok(()),
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                            let target = fs::read_link(&real)
+                                .map(|t| t.display().to_string())
+                                .unwrap_or_else(|_| "?".into());
+                            anyhow::bail!(
+                                "{} is a symlink to {target}, which does not exist",
+                                ancestor.display()
+                            )
+                        }
+                        Err(e) => {
+                            Err(e).with_context(|| format!("examining {}", ancestor.display()))
+                        }
+                    };
+                }
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(e).with_context(|| format!("examining {}", ancestor.display()));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Follows symlinks so a change lands in the file the link points to,
     /// never replacing the link itself. A link leading outside the root is
     /// refused (only possible under a test root).
@@ -183,30 +244,6 @@ impl Host {
                 Err(e).with_context(|| format!("reading metadata of {}", host_path.display()))
             }
         }
-    }
-
-    /// Names of the sub-directories of a host directory, sorted.
-    pub fn list_dirs(&self, host_path: &Path) -> Result<Vec<String>> {
-        let mut names = Vec::new();
-        let dir = self.path(host_path);
-        for entry in
-            fs::read_dir(&dir).with_context(|| format!("listing {}", host_path.display()))?
-        {
-            let entry = entry.with_context(|| format!("listing {}", host_path.display()))?;
-            // file_type() needs no extra stat on most filesystems.
-            let is_dir = match entry.file_type() {
-                Ok(t) if t.is_symlink() => entry.path().is_dir(),
-                Ok(t) => t.is_dir(),
-                Err(_) => false,
-            };
-            if is_dir {
-                if let Some(name) = entry.file_name().to_str() {
-                    names.push(name.to_string());
-                }
-            }
-        }
-        names.sort();
-        Ok(names)
     }
 
     /// Creates a host directory (and parents) with the given mode for the

@@ -11,7 +11,10 @@
 //!
 //! A crash before 2 leaves every target untouched (only stray temp files,
 //! overwritten next time). A crash after 2 is rolled forward by [`recover`],
-//! which every mutating command runs first. So after any crash and the next
+//! which every mutating command runs first. The journal also records what
+//! each target held at the commit point (a SHA-256 of its content): a target
+//! that changed since (edited by hand after the crash) is never overwritten;
+//! the roll-forward is refused, naming the file and the way out. So after any crash and the next
 //! run, every file of the change is either entirely old or entirely new, and
 //! all of them agree. Flushing whole filesystems instead of each file costs
 //! a handful of flushes per change whatever the number of files.
@@ -40,6 +43,17 @@ pub struct FileWrite {
 struct Journal {
     renames: Vec<(PathBuf, PathBuf)>,
     removals: Vec<PathBuf>,
+    /// What each target held at the commit point: the SHA-256 (hex) of its
+    /// content, or None when it did not exist. (Journals of earlier
+    /// versions have none: nothing to compare.)
+    #[serde(default)]
+    held: BTreeMap<PathBuf, Option<String>>,
+}
+
+/// The SHA-256 of a file's content (hex), None for no file.
+fn digest(content: Option<&[u8]>) -> Option<String> {
+    use sha2::Digest as _;
+    content.map(|c| format!("{:x}", sha2::Sha256::digest(c)))
 }
 
 fn journal_path() -> PathBuf {
@@ -136,18 +150,29 @@ fn prepare(
         temps.push(tmp.clone());
         journal.renames.push((tmp, w.path.clone()));
     }
-    journal.removals = writes
-        .iter()
-        .filter(|w| w.contents.is_none())
-        .map(|w| w.path.clone())
-        .collect();
+    let removals: Vec<&FileWrite> = writes.iter().filter(|w| w.contents.is_none()).collect();
+    journal.removals = removals.iter().map(|w| w.path.clone()).collect();
     // Creating a file costs the filesystem more than writing it; files in
-    // different folders are created in parallel.
-    let written = in_parallel(&contents, |w| write_temp(host, w))?;
-    for (dev, w) in written.into_iter().zip(&contents) {
+    // different folders are created in parallel (each thread also reads
+    // what its target holds now, for the journal).
+    let written = in_parallel(&contents, |w| {
+        Ok((write_temp(host, w)?, held_now(host, &w.path)?))
+    })?;
+    for ((dev, held), w) in written.into_iter().zip(&contents) {
         devices.entry(dev).or_insert_with(|| temp_path_for(&w.path));
+        journal.held.insert(w.path.clone(), held);
+    }
+    for w in removals {
+        journal
+            .held
+            .insert(w.path.clone(), held_now(host, &w.path)?);
     }
     Ok(())
+}
+
+/// The digest of what a target holds now.
+fn held_now(host: &Host, path: &Path) -> Result<Option<String>> {
+    Ok(digest(host.read_optional(path)?.as_deref()))
 }
 
 /// Copies the original of a file to its backup path; returns the device
@@ -267,9 +292,80 @@ pub fn recover(host: &Host) -> Result<bool> {
             host.path(&journal_path()).display()
         ),
     };
+    refuse_changed_targets(host, &journal)?;
     tracing::warn!("completing a change interrupted in an earlier run");
     roll_forward(host, &journal, None).map_err(|e| e.context(stuck_message(host)))?;
     Ok(true)
+}
+
+/// Before a roll-forward: every target still to be replaced or removed
+/// must hold what it held at the commit point. One that changed since (a
+/// hand edit after the crash) is named with the way out, and nothing is
+/// written.
+fn refuse_changed_targets(host: &Host, journal: &Journal) -> Result<()> {
+    let mut changed = Vec::new();
+    let pending = journal
+        .renames
+        .iter()
+        .map(|(tmp, target)| (Some(tmp), target))
+        .chain(journal.removals.iter().map(|target| (None, target)));
+    for (tmp, target) in pending {
+        let Some(held) = journal.held.get(target) else {
+            continue;
+        };
+        if let Some(tmp) = tmp {
+            // Renamed already (tmp gone): the new content is in place.
+            match std::fs::symlink_metadata(host.path(tmp)) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(e).with_context(|| format!("examining {}", tmp.display()));
+                }
+                Ok(_) => {}
+            }
+        }
+        let now = held_now(host, target)?;
+        if tmp.is_none() && now.is_none() {
+            continue; // removed already
+        }
+        if &now != held {
+            changed.push((tmp, target));
+        }
+    }
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let files = changed
+        .iter()
+        .map(|(tmp, target)| {
+            let backup = backup_path(target);
+            let backup = if host.exists(&backup) {
+                format!(
+                    "its original (from before ams-agent first changed it) is {}",
+                    host.path(&backup).display()
+                )
+            } else {
+                "no backup of it was kept".to_string()
+            };
+            let new = match tmp {
+                Some(tmp) => format!(
+                    "; the content the change would write is {}",
+                    host.path(tmp).display()
+                ),
+                None => "; the change would remove it".to_string(),
+            };
+            format!("{}: {backup}{new}", target.display())
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    bail!(
+        "a change interrupted in an earlier run cannot be completed: {} changed since the change was committed (edited after the crash?), and completing it would overwrite that; nothing was written. {files}. Merge by hand if needed, then remove {} to abandon the interrupted change (the next run plans again from the files as they are)",
+        changed
+            .iter()
+            .map(|(_, t)| t.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        host.path(&journal_path()).display()
+    )
 }
 
 fn rename_one(host: &Host, tmp: &Path, target: &Path) -> Result<()> {
@@ -342,6 +438,42 @@ mod tests {
         assert!(!host.exists(&backup_path(Path::new("/b/two"))));
         assert!(!host.exists(&journal_path()));
         assert!(!recover(&host).unwrap());
+    }
+
+    #[test]
+    fn a_removal_over_a_changed_file_is_refused_and_an_unchanged_one_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Host::new(dir.path(), CrashPoints::default());
+        host.create_dir_all(Path::new(STATE_DIR), 0o700).unwrap();
+        host.create_dir_all(Path::new("/a"), 0o755).unwrap();
+        let target = Path::new("/a/gone");
+        std::fs::write(host.path(target), "at commit").unwrap();
+        let journal = Journal {
+            renames: Vec::new(),
+            removals: vec![target.to_path_buf()],
+            held: [(target.to_path_buf(), digest(Some(b"at commit")))].into(),
+        };
+        let write_journal = || {
+            std::fs::write(
+                host.path(&journal_path()),
+                serde_json::to_vec(&journal).unwrap(),
+            )
+            .unwrap()
+        };
+        write_journal();
+        std::fs::write(host.path(target), "edited").unwrap();
+        let err = format!("{:#}", recover(&host).unwrap_err());
+        assert!(
+            err.contains("/a/gone") && err.contains("would remove it"),
+            "{err}"
+        );
+        assert_eq!(host.read(target).unwrap(), b"edited");
+        assert!(host.exists(&journal_path()));
+
+        std::fs::write(host.path(target), "at commit").unwrap();
+        assert!(recover(&host).unwrap());
+        assert!(!host.exists(target));
+        assert!(!host.exists(&journal_path()));
     }
 
     /// Every file below `root`, relative, with its content.

@@ -156,6 +156,12 @@ impl NodeReport {
                 "service": &self.ams.service,
                 "http": self.ams.answers(),
                 "httpStatus": self.ams.http_status.map_or(Bson::Null, |s| Bson::Int32(s as i32)),
+                "fallback": self.ams.fallback.as_ref().map_or(Bson::Null, |f| Bson::Document(doc! {
+                    "from": "agent.toml",
+                    "values": f.values.iter().map(|v| Bson::String(v.to_string())).collect::<Vec<_>>(),
+                    "error": &f.error,
+                    "since": mongodb::bson::DateTime::from_system_time(f.since),
+                })),
             },
             "health": {
                 "cpu": opt_f64(h.cpu),
