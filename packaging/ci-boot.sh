@@ -31,7 +31,9 @@
 #      - issue 12 item 3: nodeGroup edited in red5.properties (0640
 #        antmedia) after the password join is in the document within the
 #        reporter's 60 s refresh (no restart; the wait runs in the same
-#        minute as the heartbeat count, so it costs no extra time);
+#        minute as the heartbeat count, so it costs no extra time), not
+#        marked as taken from agent.toml (ams.fallback); so is a later
+#        `ams-agent mode standalone`;
 #      - issue 12 item 1: the password changed in the peer (old connections
 #        cut), `join` again with the new one: the reporter is restarted,
 #        holds the new credential, and heartbeats again;
@@ -228,6 +230,7 @@ teardown() {
 	for p in $(cat /proc/$$/task/*/children 2>/dev/null); do
 		[ "$p" = "$nspawn_pid" ] || kill_tree "$p"
 	done
+	local down=$(now_ms)
 	if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
 		# SIGRTMIN+4 asks systemd for a clean poweroff.
 		[ -z "$leader" ] || kill -s RTMIN+4 "$leader" 2>/dev/null
@@ -255,6 +258,7 @@ teardown() {
 			rm -rf --one-file-system "$run"
 		fi
 	fi
+	echo "ci-boot: torn down in $(awk -v a="$down" -v b="$(now_ms)" 'BEGIN { printf "%.1f", (b - a) / 1000 }')s (container powered off, its tree removed); $(elapsed)s in all"
 	exit "$rc"
 }
 trap teardown EXIT
@@ -536,7 +540,8 @@ fi
 # The reporter re-reads AMS's files every 60 s: the edit is due within
 # 60 s + two heartbeats of it.
 left=$(((edited_ms + (60 + 2 * interval + 5) * 1000 - $(now_ms)) / 1000))
-if doc_wait "$left" "nodeGroup boot-edited (edited in $red5, 0640 antmedia)" 'd["nodeGroup"] == "boot-edited"' >/dev/null; then
+if doc_wait "$left" "nodeGroup boot-edited (edited in $red5, 0640 antmedia), not marked as agent.toml's" \
+	'd["nodeGroup"] == "boot-edited" and not d["ams"].get("fallback")' >/dev/null; then
 	ok "item 3: nodeGroup edited after the password join is reported within $(awk -v a="$edited_ms" -v b="$(now_ms)" 'BEGIN { printf "%.0f", (b - a) / 1000 }')s (the reporter reads the 0640 antmedia files)"
 else
 	bad "item 3: nodeGroup edited in $red5 (0640 antmedia:antmedia) after the password join is not in the registry $((60 + 2 * interval + 5))s later (document says '$(field 'd.get("nodeGroup")' 2>/dev/null)'): the reporter, root without CAP_DAC_OVERRIDE, cannot read it and reports agent.toml's value"
@@ -629,6 +634,22 @@ else
 		fatal "the reporter does not heartbeat even after a manual restart"
 fi
 : "$rejoined_ms"
+
+# ---------------------------------------------------------------- mode
+step "item 3: \`ams-agent mode standalone\` after the join is reported"
+if ct -t 120 ams-agent mode standalone --ip 192.0.2.10 --ams-wait 60s >"$run/mode.log" 2>&1; then
+	sed 's/^/  | /' "$run/mode.log"
+	ok "ams-agent mode standalone exits 0"
+else
+	sed 's/^/  | /' "$run/mode.log" >&2
+	bad "ams-agent mode standalone failed"
+fi
+if doc_wait $((2 * interval + 10)) "ams.mode standalone after \`mode standalone\`" \
+	'd["ams"]["mode"] == "standalone" and d["state"] == "ready" and not d["ams"].get("fallback")' >/dev/null; then
+	ok "item 3: the document says ams.mode standalone after \`mode standalone\`"
+else
+	bad "item 3: \`mode standalone\` done after the password join is not reported (document says ams.mode '$(field 'd["ams"]["mode"]' 2>/dev/null)')"
+fi
 
 # ---------------------------------------------------------------- stop
 step "systemctl stop marks the node left within TimeoutStopSec"
