@@ -131,68 +131,14 @@ else
 fi
 echo "package: $deb ($(stat -c %s "$deb") bytes)"
 
-# ---------------------------------------------------------------- rootfs
-suite=bookworm
-packages=(systemd systemd-sysv dbus passwd python3 python3-mockupdb python3-pymongo)
-include=$(
-	IFS=,
-	echo "${packages[*]}"
-)
-mirror=${AMS_AGENT_BOOT_MIRROR:-}
-recipe="suite=$suite variant=apt include=$include mirror=${mirror:-mmdebstrap-default} recipe=1"
-key=$(printf '%s' "$recipe" | sha256sum | cut -c1-16)
-if [ -d target ]; then
-	cache=target/boot
-	mkdir -p "$cache"
-else
-	cache=$(mktemp -d /var/tmp/ams-boot.XXXXXX)
-	echo "(no target/ folder: the rootfs is built in $cache and not cached)"
-fi
-tarball=$cache/rootfs-$key.tar
-
-# Trees of earlier runs that were killed before their trap ran.
-for d in "$cache"/run.*; do
-	[ -d "$d" ] || continue
-	owner=$(cat "$d/owner.pid" 2>/dev/null || echo)
-	if [ -z "$owner" ] || ! kill -0 "$owner" 2>/dev/null; then
-		rm -rf --one-file-system "$d"
-	fi
-done
-
-if [ -s "$tarball" ]; then
-	rootfs_how="cached $tarball"
-	step "rootfs: cached ($tarball, $recipe)"
-else
-	step "rootfs: mmdebstrap $suite ($include), 15 min deadline"
-	rm -f "$cache"/rootfs-*.tar "$cache"/rootfs-*.recipe "$cache"/.rootfs-*
-	t=$(now_ms)
-	partial=$cache/.rootfs-$key.partial
-	# shellcheck disable=SC2086 # the mirror is one word or none
-	if ! timeout 900 mmdebstrap --quiet --variant=apt --format=tar --include="$include" \
-		"$suite" "$partial" $mirror >"$cache/mmdebstrap.log" 2>&1; then
-		tail -n 30 "$cache/mmdebstrap.log" >&2
-		rm -f "$partial"
-		fatal "building the rootfs with mmdebstrap failed or ran past 15 min (log: $cache/mmdebstrap.log)"
-	fi
-	mv "$partial" "$tarball"
-	printf '%s\n' "$recipe" >"$cache/rootfs-$key.recipe"
-	rootfs_how="built in $(awk -v a="$t" -v b="$(now_ms)" 'BEGIN { printf "%.1f", (b - a) / 1000 }')s"
-	echo "rootfs: $tarball ($(stat -c %s "$tarball") bytes), $rootfs_how"
-fi
-
-run=$(mktemp -d "$cache/run.XXXXXX")
-echo $$ >"$run/owner.pid"
-root=$run/root
-mkdir "$root"
-tar -C "$root" --numeric-owner -xpf "$tarball"
-
 # ---------------------------------------------------------------- teardown
+uncached=""
 nspawn_pid=""
 leader=""
 peer_pid=""
+run=""
 machine=ams-boot-$$
-# systemd-nspawn's lock on the tree, named after its inode.
-lockname=$(stat -c 'inode-%d:%i' "$root")
+lockname=""
 # alive PID: the process exists and is not a zombie.
 alive() { [ -r "/proc/$1/stat" ] && [ "$(sed 's/.*) //; s/ .*//' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
 # gone PID SECONDS: waits (bounded) for a process of ours to end.
@@ -245,7 +191,7 @@ teardown() {
 	# What systemd-nspawn removes itself on a clean exit (not after a SIGKILL).
 	rmdir "/run/systemd/nspawn/propagate/$machine" 2>/dev/null
 	[ -z "$lockname" ] || rm -f "/run/systemd/nspawn/locks/$lockname"
-	if [ -n "${run:-}" ] && [ -d "$run" ]; then
+	if [ -n "$run" ] && [ -d "$run" ]; then
 		if [ "$rc" != 0 ] && [ -s "$run/console.log" ]; then
 			echo "--- container console (last 30 lines)" >&2
 			tail -n 30 "$run/console.log" | sed 's/\x1b\[[0-9;]*m//g' >&2
@@ -258,6 +204,7 @@ teardown() {
 			rm -rf --one-file-system "$run"
 		fi
 	fi
+	[ -z "$uncached" ] || rm -rf --one-file-system "$uncached"
 	echo "ci-boot: torn down in $(awk -v a="$down" -v b="$(now_ms)" 'BEGIN { printf "%.1f", (b - a) / 1000 }')s (container powered off, its tree removed); $(elapsed)s in all"
 	exit "$rc"
 }
@@ -275,6 +222,68 @@ on_err() {
 	summary
 }
 trap 'on_err "$LINENO" "$BASH_COMMAND"' ERR
+
+# ---------------------------------------------------------------- rootfs
+suite=bookworm
+packages=(systemd systemd-sysv dbus passwd python3 python3-mockupdb python3-pymongo)
+include=$(
+	IFS=,
+	echo "${packages[*]}"
+)
+mirror=${AMS_AGENT_BOOT_MIRROR:-}
+recipe="suite=$suite variant=apt include=$include mirror=${mirror:-mmdebstrap-default} recipe=1"
+key=$(printf '%s' "$recipe" | sha256sum | cut -c1-16)
+if [ -d target ]; then
+	cache=target/boot
+	mkdir -p "$cache"
+else
+	cache=$(mktemp -d /var/tmp/ams-boot.XXXXXX)
+	uncached=$cache
+	echo "(no target/ folder: the rootfs is built in $cache, removed at the end)"
+fi
+# One run at a time builds or prunes in this cache.
+exec {cache_lock}>"$cache/.lock"
+flock -w 900 "$cache_lock" || fatal "another ci-boot.sh holds $cache/.lock for more than 15 min"
+tarball=$cache/rootfs-$key.tar
+
+# Trees of earlier runs that were killed before their trap ran.
+for d in "$cache"/run.*; do
+	[ -d "$d" ] || continue
+	owner=$(cat "$d/owner.pid" 2>/dev/null || echo)
+	if [ -z "$owner" ] || ! kill -0 "$owner" 2>/dev/null; then
+		rm -rf --one-file-system "$d"
+	fi
+done
+
+if [ -s "$tarball" ]; then
+	rootfs_how="cached $tarball"
+	step "rootfs: cached ($tarball, $recipe)"
+else
+	step "rootfs: mmdebstrap $suite ($include), 15 min deadline"
+	rm -f "$cache"/rootfs-*.tar "$cache"/rootfs-*.recipe "$cache"/.rootfs-*
+	t=$(now_ms)
+	partial=$cache/.rootfs-$key.partial
+	# shellcheck disable=SC2086 # the mirror is one word or none
+	if ! timeout 900 mmdebstrap --quiet --variant=apt --format=tar --include="$include" \
+		"$suite" "$partial" $mirror >"$cache/mmdebstrap.log" 2>&1; then
+		tail -n 30 "$cache/mmdebstrap.log" >&2
+		rm -f "$partial"
+		fatal "building the rootfs with mmdebstrap failed or ran past 15 min (log: $cache/mmdebstrap.log)"
+	fi
+	mv "$partial" "$tarball"
+	printf '%s\n' "$recipe" >"$cache/rootfs-$key.recipe"
+	rootfs_how="built in $(awk -v a="$t" -v b="$(now_ms)" 'BEGIN { printf "%.1f", (b - a) / 1000 }')s"
+	echo "rootfs: $tarball ($(stat -c %s "$tarball") bytes), $rootfs_how"
+fi
+
+
+run=$(mktemp -d "$cache/run.XXXXXX")
+echo $$ >"$run/owner.pid"
+root=$run/root
+mkdir "$root"
+tar -C "$root" --numeric-owner -xpf "$tarball"
+# systemd-nspawn's lock on the tree, named after its inode.
+lockname=$(stat -c 'inode-%d:%i' "$root")
 
 # ---------------------------------------------------------------- the tree
 tdir=/opt/ams-boot-test
