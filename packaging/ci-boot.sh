@@ -453,6 +453,27 @@ listing() {
 }
 listing >"$run/before.list"
 
+# agent SECONDS LOG ARGS...: `ams-agent ARGS…` inside; its output is shown
+# (on stderr when it failed) and kept in $run/LOG; its exit status returned.
+agent() {
+	local secs=$1 log=$run/$2 rc=0
+	shift 2
+	ct -t "$secs" ams-agent "$@" >"$log" 2>&1 || rc=$?
+	if [ "$rc" = 0 ]; then sed 's/^/  | /' "$log"; else sed 's/^/  | /' "$log" >&2; fi
+	return "$rc"
+}
+# unit_check ENABLED ACTIVE WHEN: ams-agent.service is-enabled / is-active.
+unit_check() {
+	local en act
+	en=$(ct systemctl is-enabled ams-agent.service 2>&1 || true)
+	act=$(ct systemctl is-active ams-agent.service 2>&1 || true)
+	if [ "$en" = "$1" ] && [ "$act" = "$2" ]; then
+		ok "$3: ams-agent.service $1 and $2"
+	else
+		bad "$3: ams-agent.service is '$en' and '$act', expected $1 and $2"
+	fi
+}
+
 # ---------------------------------------------------------------- install
 step "install the package with apt"
 if ct -t 120 apt-get install -y --no-install-recommends "$tdir/$deb_name" >"$run/apt-install.log" 2>&1; then
@@ -461,13 +482,7 @@ else
 	cat "$run/apt-install.log" >&2
 	fatal "apt-get install ./$deb_name failed"
 fi
-en=$(ct systemctl is-enabled ams-agent.service 2>&1 || true)
-act=$(ct systemctl is-active ams-agent.service 2>&1 || true)
-if [ "$en" = disabled ] && [ "$act" = inactive ]; then
-	ok "after install: ams-agent.service installed, neither enabled nor started"
-else
-	bad "after install: ams-agent.service is '$en' and '$act', expected disabled and inactive"
-fi
+unit_check disabled inactive "after install (neither enabled nor started)"
 
 reg() { ct -t 30 python3 "$tdir/registry.py" "$@"; }
 # doc_wait SECONDS WHAT EXPR: the node document once EXPR holds of `d`.
@@ -477,6 +492,11 @@ doc_wait() {
 	ct -t $((secs + 15)) python3 "$tdir/registry.py" wait "$secs" "$2" "$3"
 }
 field() { reg wait 5 "$1" "d is not None" | python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+# doc_check SECONDS EXPR OK FAIL: one check, waiting (bounded) for EXPR to hold
+# of the document; on a timeout registry.py prints the last document seen.
+doc_check() {
+	if doc_wait "$1" "$3" "$2" >/dev/null; then ok "$3"; else bad "$4"; fi
+}
 pid_of_reporter() { prop ams-agent.service MainPID; }
 cred_is() { # cred_is PWFILE: the reporter's credential holds that password
 	ct -t 10 sh -c '[ "$(cat "/run/credentials/ams-agent.service/mongo-password")" = "$(cat "$1")" ]' sh "$1"
@@ -488,20 +508,10 @@ join_args=(--mongo 127.0.0.1 --mongo-user ams --ip 192.0.2.10 --role origin
 
 # ---------------------------------------------------------------- join
 step "join with a password (LoadCredential=)"
-if ct -t 180 ams-agent join "${join_args[@]}" --mongo-password-file "$tdir/pw1" >"$run/join1.log" 2>&1; then
-	sed 's/^/  | /' "$run/join1.log"
-	ok "ams-agent join --mongo 127.0.0.1 --mongo-user ams --mongo-password-file … exits 0"
-else
-	sed 's/^/  | /' "$run/join1.log" >&2
+agent 180 join1.log join "${join_args[@]}" --mongo-password-file "$tdir/pw1" ||
 	fatal "ams-agent join (password) failed"
-fi
-act=$(ct systemctl is-active ams-agent.service 2>&1 || true)
-en=$(ct systemctl is-enabled ams-agent.service 2>&1 || true)
-if [ "$act" = active ] && [ "$en" = enabled ]; then
-	ok "the reporter is active and enabled after join"
-else
-	bad "after join the reporter is '$act' and '$en', expected active and enabled"
-fi
+ok "ams-agent join --mongo 127.0.0.1 --mongo-user ams --mongo-password-file … exits 0"
+unit_check enabled active "after join"
 pid0=$(pid_of_reporter)
 credir=$(ct -t 10 sh -c 'tr "\0" "\n" </proc/$1/environ | sed -n "s/^CREDENTIALS_DIRECTORY=//p"' sh "$pid0" || true)
 if [ "$credir" = /run/credentials/ams-agent.service ] && cred_is "$tdir/pw1"; then
@@ -526,26 +536,17 @@ ct sh -c 'sed "s/^nodeGroup=.*/nodeGroup=boot-edited/" "$1" >/tmp/red5.new && ca
 [ "$(ct stat -c '%a %U:%G' "$red5")" = "640 antmedia:antmedia" ] || fatal "editing $red5 changed its owner or mode"
 edited_ms=$(now_ms)
 
-if doc_wait 15 "the document ready, cluster mode, privateIp 192.0.2.10" \
-	'd and d["state"] == "ready" and d["ams"]["mode"] == "cluster" and d["privateIp"] == "192.0.2.10" and d["role"] == "origin"' >/dev/null; then
-	ok "the node document: ready, ams.mode cluster, privateIp 192.0.2.10, role origin"
-else
-	bad "the node document is not ready/cluster/192.0.2.10/origin"
-fi
+doc_check 15 'd and d["state"] == "ready" and d["ams"]["mode"] == "cluster" and d["privateIp"] == "192.0.2.10" and d["role"] == "origin"' \
+	"the node document: ready, ams.mode cluster, privateIp 192.0.2.10, role origin" \
+	"the node document is not ready/cluster/192.0.2.10/origin"
 ct systemctl stop antmedia.service
-if doc_wait $((2 * interval + 5)) "ams.service inactive and state degraded after stopping antmedia" \
-	'd["ams"]["service"] == "inactive" and d["state"] == "degraded"' >/dev/null; then
-	ok "antmedia stopped: the document says degraded, ams.service inactive (systemctl is-active from inside the sandbox)"
-else
-	bad "antmedia stopped: the document does not say degraded/inactive"
-fi
+doc_check $((2 * interval + 5)) 'd["ams"]["service"] == "inactive" and d["state"] == "degraded"' \
+	"antmedia stopped: the document says degraded, ams.service inactive (systemctl is-active from inside the sandbox)" \
+	"antmedia stopped: the document does not say degraded/inactive"
 ct systemctl start antmedia.service
-if doc_wait $((2 * interval + 10)) "state ready after starting antmedia again" \
-	'd["ams"]["service"] == "active" and d["state"] == "ready"' >/dev/null; then
-	ok "antmedia started again: the document says ready"
-else
-	bad "antmedia started again: the document does not say ready"
-fi
+doc_check $((2 * interval + 10)) 'd["ams"]["service"] == "active" and d["state"] == "ready"' \
+	"antmedia started again: the document says ready" \
+	"antmedia started again: the document does not say ready"
 # The reporter re-reads AMS's files every 60 s: the edit is due within
 # 60 s + two heartbeats of it.
 left=$(((edited_ms + (60 + 2 * interval + 5) * 1000 - $(now_ms)) / 1000))
@@ -598,14 +599,11 @@ if [ "$old" = 1 ] && reg login ams "$tdir/pw2"; then
 else
 	fatal "the peer does not refuse the old password / accept the new one"
 fi
-if ct -t 180 ams-agent join "${join_args[@]}" --mongo-password-file "$tdir/pw2" >"$run/join2.log" 2>&1; then
-	sed 's/^/  | /' "$run/join2.log"
+if agent 180 join2.log join "${join_args[@]}" --mongo-password-file "$tdir/pw2"; then
 	ok "ams-agent join with the new password exits 0"
 else
-	sed 's/^/  | /' "$run/join2.log" >&2
 	bad "ams-agent join with the new password failed"
 fi
-rejoined_ms=$(now_ms)
 inv2=$(prop ams-agent.service InvocationID)
 pid2=$(pid_of_reporter)
 if [ "$inv2" != "$inv1" ] && [ "$pid2" != "$pidr" ] && [ "$pid2" != 0 ]; then
@@ -621,12 +619,9 @@ else
 	bad "item 1: the running reporter's \$CREDENTIALS_DIRECTORY/mongo-password still holds the old password"
 fi
 hb=$(field 'd["heartbeats"]')
-if doc_wait $((3 * interval + 10)) "two heartbeats after the re-join (heartbeats > $((hb + 1)))" \
-	"d['heartbeats'] > $((hb + 1)) and d['state'] == 'ready'" >/dev/null; then
-	ok "item 1: heartbeats go on after the password change (the reporter logs in with the new password)"
-else
-	bad "item 1: no heartbeat in $((3 * interval + 10))s after the re-join: the reporter cannot log in (old password)"
-fi
+doc_check $((3 * interval + 10)) "d['heartbeats'] > $((hb + 1)) and d['state'] == 'ready'" \
+	"item 1: heartbeats go on after the password change (the reporter logs in with the new password)" \
+	"item 1: no two heartbeats in $((3 * interval + 10))s after the re-join: the reporter cannot log in (old password)"
 if [ "$restarted" = 1 ]; then
 	ct journalctl -u ams-agent.service --no-pager -o cat _SYSTEMD_INVOCATION_ID="$inv2" >"$run/inv2.txt"
 	if grep -q 'connected to MongoDB' "$run/inv2.txt" && ! grep -q 'refused the credentials' "$run/inv2.txt"; then
@@ -642,23 +637,17 @@ else
 	doc_wait $((3 * interval + 10)) "a heartbeat after the manual restart" "d['heartbeats'] > $((hb + 1))" >/dev/null ||
 		fatal "the reporter does not heartbeat even after a manual restart"
 fi
-: "$rejoined_ms"
 
 # ---------------------------------------------------------------- mode
 step "item 3: \`ams-agent mode standalone\` after the join is reported"
-if ct -t 120 ams-agent mode standalone --ip 192.0.2.10 --ams-wait 60s >"$run/mode.log" 2>&1; then
-	sed 's/^/  | /' "$run/mode.log"
+if agent 120 mode.log mode standalone --ip 192.0.2.10 --ams-wait 60s; then
 	ok "ams-agent mode standalone exits 0"
 else
-	sed 's/^/  | /' "$run/mode.log" >&2
 	bad "ams-agent mode standalone failed"
 fi
-if doc_wait $((2 * interval + 10)) "ams.mode standalone after \`mode standalone\`" \
-	'd["ams"]["mode"] == "standalone" and d["state"] == "ready" and not d["ams"].get("fallback")' >/dev/null; then
-	ok "item 3: the document says ams.mode standalone after \`mode standalone\`"
-else
-	bad "item 3: \`mode standalone\` done after the password join is not reported (document says ams.mode '$(field 'd["ams"]["mode"]' 2>/dev/null)')"
-fi
+doc_check $((2 * interval + 10)) 'd["ams"]["mode"] == "standalone" and d["state"] == "ready" and not d["ams"].get("fallback")' \
+	"item 3: the document says ams.mode standalone after \`mode standalone\`" \
+	"item 3: \`mode standalone\` done after the password join is not reported (ams.mode stays cluster?)"
 
 # ---------------------------------------------------------------- stop
 step "systemctl stop marks the node left within TimeoutStopSec"
@@ -687,21 +676,17 @@ step "ams-agent leave"
 ct systemctl start ams-agent.service
 doc_wait $((3 * interval + 10)) "state ready after starting the reporter again" 'd["state"] == "ready"' >/dev/null ||
 	bad "the reporter, started again, does not bring the node back to ready"
-if ct -t 60 ams-agent leave >"$run/leave.log" 2>&1; then
-	sed 's/^/  | /' "$run/leave.log"
+if agent 60 leave.log leave; then
 	ok "ams-agent leave exits 0"
 else
-	sed 's/^/  | /' "$run/leave.log" >&2
 	bad "ams-agent leave failed"
 fi
 hl=$(field 'd["heartbeats"]')
-en=$(ct systemctl is-enabled ams-agent.service 2>&1 || true)
-act=$(ct systemctl is-active ams-agent.service 2>&1 || true)
-if [ "$(field 'd["state"]')" = left ] && [ "$en" = disabled ] && [ "$act" = inactive ] &&
-	! ct test -e /var/lib/ams-agent/joined.json; then
-	ok "after leave: node left, reporter $act and $en, no join record"
+unit_check disabled inactive "after leave"
+if [ "$(field 'd["state"]')" = left ] && ! ct test -e /var/lib/ams-agent/joined.json; then
+	ok "after leave: the node is left, no join record"
 else
-	bad "after leave: state $(field 'd["state"]'), reporter '$act'/'$en', joined.json $(ct test -e /var/lib/ams-agent/joined.json && echo present || echo absent)"
+	bad "after leave: state $(field 'd["state"]'), joined.json $(ct test -e /var/lib/ams-agent/joined.json && echo present || echo absent)"
 fi
 sleep $((2 * interval))
 if [ "$(field 'd["state"]')" = left ] && [ "$(field 'd["heartbeats"]')" = "$hl" ]; then
