@@ -146,6 +146,8 @@ step "remove keeps join's files, purge removes everything"
 mkdir -p /etc/ams-agent /var/lib/ams-agent/backup
 printf '# written by join (simulated)\n' >/etc/ams-agent/agent.toml
 install -m 0600 /dev/null /etc/ams-agent/mongo-password
+mkdir -p /etc/systemd/system/ams-agent.service.d
+printf '[Service]\nSupplementaryGroups=root\n' >/etc/systemd/system/ams-agent.service.d/10-ams-group.conf
 dpkg -r ams-agent
 [ ! -e /usr/bin/ams-agent ] || fail "dpkg -r left /usr/bin/ams-agent"
 [ ! -e /lib/systemd/system/ams-agent.service ] || fail "dpkg -r left the unit"
@@ -154,7 +156,8 @@ dpkg --purge ams-agent
 installed=0
 [ ! -e /etc/ams-agent ] || fail "dpkg --purge left /etc/ams-agent"
 [ ! -e /var/lib/ams-agent ] || fail "dpkg --purge left /var/lib/ams-agent"
+[ ! -e /etc/systemd/system/ams-agent.service.d ] || fail "dpkg --purge left the reporter's drop-in"
 if dpkg-query -W -f '${Status}' ams-agent 2>/dev/null | grep -q 'installed'; then fail "still installed"; fi
-echo "remove kept /etc/ams-agent; purge removed /etc/ams-agent and /var/lib/ams-agent"
+echo "remove kept /etc/ams-agent; purge removed /etc/ams-agent, /var/lib/ams-agent and the drop-in"
 
 step "all package checks passed ($deb, $(stat -c %s "$deb") bytes)"

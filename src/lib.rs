@@ -6,6 +6,7 @@
 //! ([`ams`], [`mongo`]) for a [`plan::Plan`], prints it (`--dry-run`) or
 //! applies it.
 
+pub mod agent_service;
 pub mod ams;
 pub mod cert;
 pub mod cli;
@@ -19,6 +20,7 @@ pub mod mongo;
 pub mod mongod;
 pub mod node;
 pub mod plan;
+pub mod properties;
 pub mod reporter;
 pub mod secret;
 pub mod uri;

@@ -1,11 +1,12 @@
 //! The reporter (`ams-agent run`, `ams-agent.service`): heartbeats the
 //! node's health and AMS state to MongoDB every interval, survives MongoDB
-//! outages (backs off, one log line when the link is lost and one when it
-//! is back), and marks the node `left` on SIGTERM/SIGINT. `join` uses its
+//! outages (backs off, one log line when the link is lost, one when the
+//! cause changes and one when it is back), and marks the node `left` on
+//! SIGTERM/SIGINT. `join` uses its
 //! [`Gatherer`] for the first reports.
 
 use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result};
 use tokio::signal::unix::{SignalKind, signal};
@@ -15,7 +16,7 @@ use crate::ams::layout::SERVICE;
 use crate::config::{self, ReporterSection, Role};
 use crate::host::{CommandRunner, Host};
 use crate::mongo::registry::{Deadlines, NodeReport, NodeState, Registry, Target};
-use crate::node::health::{self, AmsState, CpuSampler};
+use crate::node::health::{self, AmsConfig, AmsState, CpuSampler, Fallback};
 use crate::node::identity::{self, NodeIdentity};
 
 /// Everything the reporter needs, resolved and validated.
@@ -57,12 +58,14 @@ pub struct Gatherer<'a> {
     settings: &'a ReporterSettings,
     cpu: CpuSampler,
     memory: sysinfo::System,
-    ams_config: Option<(Instant, Option<AmsConfig>)>,
+    /// AMS's files as last read: when, their stamp, what they said.
+    ams_config: Option<(Instant, Stamp, AmsConfig)>,
     service: Option<(Instant, String)>,
+    /// Since when values come from agent.toml (None: from AMS's files).
+    fallback_since: Option<SystemTime>,
 }
 
-/// AMS's mode and node group, as read from its files.
-type AmsConfig = (String, Option<String>);
+type Stamp = Vec<Option<[i64; 6]>>;
 
 const SLOW_REFRESH: Duration = Duration::from_secs(60);
 const SERVICE_REFRESH: Duration = Duration::from_secs(30);
@@ -82,6 +85,7 @@ impl<'a> Gatherer<'a> {
             memory: sysinfo::System::new(),
             ams_config: None,
             service: None,
+            fallback_since: None,
         }
     }
 
@@ -111,27 +115,7 @@ impl<'a> Gatherer<'a> {
                 }
             }
         };
-        let conf = match &self.ams_config {
-            Some((at, c)) if at.elapsed() < SLOW_REFRESH => c.clone(),
-            _ => {
-                let c = health::ams_config(self.host, &self.settings.layout);
-                self.ams_config = Some((Instant::now(), c.clone()));
-                c
-            }
-        };
-        let (mode, node_group) = match conf {
-            Some((m, g)) => (Some(m), g),
-            None => (
-                self.settings.fallback_mode.clone(),
-                self.settings.fallback_group.clone(),
-            ),
-        };
-        let ams = AmsState {
-            service,
-            http_status,
-            mode,
-            node_group,
-        };
+        let ams = self.ams_state(service, http_status);
         let health = health::snapshot(
             &self.cpu,
             &mut self.memory,
@@ -153,6 +137,73 @@ impl<'a> Gatherer<'a> {
     }
 }
 
+impl Gatherer<'_> {
+    /// AMS's mode and node group: from its files (re-read every minute, and
+    /// at once when one of them changed), else what agent.toml recorded,
+    /// marked as such. Falling back is warned about once, and its end said
+    /// once.
+    fn ams_state(&mut self, service: String, http_status: Option<u16>) -> AmsState {
+        let layout = &self.settings.layout;
+        let stamp = health::ams_config_stamp(self.host, layout);
+        let fresh = matches!(&self.ams_config, Some((at, s, _)) if at.elapsed() < SLOW_REFRESH && *s == stamp);
+        if !fresh {
+            let c = health::ams_config(self.host, layout);
+            self.ams_config = Some((Instant::now(), stamp, c));
+        }
+        let AmsConfig { mode, node_group } = &self.ams_config.as_ref().expect("read above").2;
+        let mut values = Vec::new();
+        let mut errors: Vec<&str> = Vec::new();
+        let mode = match mode {
+            Ok(m) => Some(m.clone()),
+            Err(e) => {
+                values.push("mode");
+                errors.push(e);
+                self.settings.fallback_mode.clone()
+            }
+        };
+        let node_group = match node_group {
+            Ok(g) => g.clone(),
+            Err(e) => {
+                values.push("nodeGroup");
+                if !errors.contains(&e.as_str()) {
+                    errors.push(e);
+                }
+                self.settings.fallback_group.clone()
+            }
+        };
+        let fallback = if values.is_empty() {
+            if self.fallback_since.take().is_some() {
+                tracing::info!(
+                    "AMS's configuration is readable again: its mode and node group are reported from its files"
+                );
+            }
+            None
+        } else {
+            let error = errors.join("; ");
+            let since = *self.fallback_since.get_or_insert_with(|| {
+                tracing::warn!(
+                    "cannot read AMS's configuration ({error}); reporting {} as agent.toml recorded it (marked `ams.fallback` in the node document) until it can be read; the reporter reads the AMS files through the group that `ams-agent join` names in {}",
+                    values.join(" and "),
+                    crate::agent_service::GROUP_DROP_IN
+                );
+                SystemTime::now()
+            });
+            Some(Fallback {
+                values,
+                error,
+                since,
+            })
+        };
+        AmsState {
+            service,
+            http_status,
+            mode,
+            node_group,
+            fallback,
+        }
+    }
+}
+
 /// A small, dependency-free jitter source (time and pid mixed).
 pub fn jitter(max: Duration) -> Duration {
     let nanos = std::time::SystemTime::now()
@@ -164,6 +215,62 @@ pub fn jitter(max: Duration) -> Duration {
     x ^= x << 17;
     let ms = max.as_millis().max(1) as u64;
     Duration::from_millis(x % ms)
+}
+
+/// Why a heartbeat failed, as far as the log and the backoff care: a change
+/// is a new log line (the outage's first line may no longer be true).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    /// Nothing answers, or not in time.
+    Network,
+    Dns,
+    Authentication,
+    Tls,
+    /// The server answered with an error.
+    Server,
+    Configuration,
+}
+
+impl Cause {
+    fn of(e: &crate::mongo::error::RegistryError) -> Cause {
+        use crate::mongo::error::Failure;
+        match e.failure {
+            Failure::Unreachable | Failure::Timeout | Failure::Other => Cause::Network,
+            Failure::Dns => Cause::Dns,
+            Failure::Auth => Cause::Authentication,
+            Failure::Tls => Cause::Tls,
+            Failure::Server => Cause::Server,
+            Failure::Config => Cause::Configuration,
+        }
+    }
+}
+
+/// The pause before the next attempt after a failure (before jitter:
+/// the attempt comes between half of it and all of it). Exponential in
+/// both cases. A failure waiting can fix (nothing answers yet) starts at
+/// 250 ms and is capped at half an interval, so the node is back in MongoDB
+/// within about an interval of the server's return. One waiting cannot fix
+/// (the credentials or TLS refused) starts at 1 s and is capped at 30 s
+/// (or the interval, if longer): a server that refuses logins is not asked
+/// several times a second, and a fix on the server is still noticed within
+/// half a minute (a new `join` restarts the reporter at once).
+pub fn next_backoff(previous: Duration, transient: bool, interval: Duration) -> Duration {
+    let (first, cap) = if transient {
+        (
+            Duration::from_millis(250),
+            (interval / 2).max(Duration::from_millis(250)),
+        )
+    } else {
+        (
+            Duration::from_secs(1),
+            interval.max(Duration::from_secs(30)),
+        )
+    };
+    if previous.is_zero() {
+        first.min(cap)
+    } else {
+        (previous * 2).min(cap)
+    }
 }
 
 /// The reporter loop, until SIGTERM/SIGINT.
@@ -206,6 +313,8 @@ pub async fn reporter_loop(
     let mut link: Option<bool> = None;
     let mut down_since = Instant::now();
     let mut backoff = Duration::ZERO;
+    // Why the last attempt failed, as logged: a new cause is a new line.
+    let mut cause: Option<Cause> = None;
     let mut next = tokio::time::Instant::now();
     let ttl = s.ttl;
 
@@ -257,12 +366,14 @@ pub async fn reporter_loop(
                 }
                 link = Some(true);
                 backoff = Duration::ZERO;
+                cause = None;
                 next = started + interval;
             }
             Err(e) => {
+                let now_cause = Cause::of(&e);
                 if link != Some(false) {
                     tracing::warn!(
-                        "{} MongoDB: {e}; retrying with backoff (quiet until it is back)",
+                        "{} MongoDB: {e}; retrying with backoff (quiet until it is back or the cause changes)",
                         if link.is_none() {
                             "no connection yet to"
                         } else {
@@ -272,22 +383,22 @@ pub async fn reporter_loop(
                     // From the start of the first failed heartbeat, not
                     // from when its deadline ran out.
                     down_since = Instant::now() - started.elapsed();
+                } else if cause != Some(now_cause) {
+                    tracing::warn!(
+                        "MongoDB is still unavailable, for another reason now: {e}; retrying with backoff"
+                    );
                 } else {
                     tracing::debug!("MongoDB still unavailable: {e}");
                 }
+                if cause != Some(now_cause) {
+                    backoff = Duration::ZERO;
+                }
+                cause = Some(now_cause);
                 link = Some(false);
                 if e.failure == crate::mongo::error::Failure::Config {
                     registry = None;
                 }
-                // Exponential, capped at half an interval, so the state is
-                // back in MongoDB within about one interval of its return.
-                let cap = (interval / 2).max(Duration::from_millis(250));
-                backoff = if backoff.is_zero() {
-                    Duration::from_millis(250)
-                } else {
-                    backoff * 2
-                }
-                .min(cap);
+                backoff = next_backoff(backoff, e.transient(), interval);
                 next = tokio::time::Instant::now() + backoff / 2 + jitter(backoff / 2);
             }
         }
@@ -314,4 +425,45 @@ pub async fn reporter_loop(
         ),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The attempts the backoff allows in `span` of failures (each attempt
+    /// at the shortest jittered pause, half the backoff).
+    fn attempts_in(span: Duration, transient: bool, interval: Duration) -> u32 {
+        let (mut at, mut backoff, mut n) = (Duration::ZERO, Duration::ZERO, 0);
+        while at < span {
+            n += 1;
+            backoff = next_backoff(backoff, transient, interval);
+            at += backoff / 2;
+        }
+        n
+    }
+
+    #[test]
+    fn refused_logins_are_paced_and_unreachable_servers_retried_quickly() {
+        let second = Duration::from_secs(1);
+        // Credentials refused at a 1 s interval: at most 10 attempts in the
+        // first minute, then one every 15 to 30 s.
+        assert!(attempts_in(60 * second, false, second) <= 10);
+        assert_eq!(
+            next_backoff(Duration::from_secs(30), false, second),
+            Duration::from_secs(30)
+        );
+        // Nothing answers: retried within half an interval, to be back
+        // within about an interval of the server's return.
+        assert_eq!(
+            next_backoff(Duration::from_secs(10), true, 2 * second),
+            second
+        );
+        assert!(attempts_in(10 * second, true, 2 * second) >= 10);
+        // A long interval keeps its own pace.
+        assert_eq!(
+            next_backoff(Duration::from_secs(60), false, Duration::from_secs(300)),
+            Duration::from_secs(120)
+        );
+    }
 }

@@ -166,3 +166,58 @@ fn kill_at_every_point_of_a_switch_done_on_several_threads() {
     // Every 5th point: each one costs four runs on a fresh 40-app tree.
     crash_everywhere_in(|| Tree::with_apps(40), 5, SWITCH_WITHOUT_RESTART, false);
 }
+
+/// A switch killed after its commit point, then a hand edit of a file the
+/// switch had not replaced yet: the next run refuses to roll the change
+/// forward over the edit (exit 1, the file, the backup and the way out
+/// named) and writes nothing; once the journal is removed, runs work again.
+#[test]
+fn an_edit_made_after_the_crash_is_never_overwritten_by_the_roll_forward() {
+    let url = fake_ams_http();
+    let red5 = "usr/local/antmedia/conf/red5.properties";
+    let red5_tmp = "usr/local/antmedia/conf/.red5.properties.ams-agent-tmp";
+    let t = (1..200)
+        .find_map(|k| {
+            let t = Tree::new();
+            let out = run_with_crash(&t, SWITCH_WITHOUT_RESTART, &url, Some(k));
+            assert!(!out.status.success(), "no crash point after the commit");
+            (journal_exists(&t) && t.path(red5_tmp).exists()).then_some(t)
+        })
+        .expect("a crash point after the commit, before red5.properties is replaced");
+    let edited = format!("{}# edited by hand after the crash\n", t.read(red5));
+    std::fs::write(t.path(red5), &edited).unwrap();
+    let before = t.snapshot();
+    let journal = std::fs::read(t.path("var/lib/ams-agent/journal.json")).unwrap();
+
+    let out = run_with_crash(&t, SWITCH_WITHOUT_RESTART, &url, None);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = fixture::error_line(&out);
+    assert!(
+        err.contains("/usr/local/antmedia/conf/red5.properties"),
+        "{err}"
+    );
+    assert!(err.contains("changed since"), "{err}");
+    assert!(
+        err.contains("var/lib/ams-agent/backup/usr/local/antmedia/conf/red5.properties"),
+        "the backup is named: {err}"
+    );
+    assert!(
+        err.contains("remove") && err.contains("var/lib/ams-agent/journal.json"),
+        "the way out is named: {err}"
+    );
+    assert_eq!(t.read(red5), edited, "the edit was overwritten");
+    assert_eq!(t.snapshot(), before, "a file was written");
+    assert_eq!(
+        std::fs::read(t.path("var/lib/ams-agent/journal.json")).unwrap(),
+        journal,
+        "the journal was touched"
+    );
+
+    // The operator abandons the interrupted change: the switch runs again
+    // from the files as they are, keeping the edit.
+    std::fs::remove_file(t.path("var/lib/ams-agent/journal.json")).unwrap();
+    let out = run_with_crash(&t, SWITCH_WITHOUT_RESTART, &url, None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(t.read(red5).contains("# edited by hand after the crash"));
+    assert!(t.read(red5).contains("clusterdb.host=mongodb://10.0.1.5"));
+}

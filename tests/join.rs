@@ -714,3 +714,284 @@ fn wait_is_a_deadline_even_when_mongodb_stalls() {
     assert!(!has_duration_noise(&stderr(&out)), "{}", stderr(&out));
     assert!(peer.named("update").is_empty());
 }
+
+/// `systemctl` emulating what systemd does with `ams-agent.service`
+/// (LoadCredential= at start, no capabilities, drop-ins at daemon-reload).
+fn emulated_systemd(t: &Tree) -> common::systemd::Systemd {
+    common::systemd::Systemd::install(
+        &t.bin,
+        &t.root(),
+        &t.dir.path().join("systemctl.log"),
+        &t.dir.path().join("systemd"),
+    )
+}
+
+/// A second `join` with a new password (or interval) restarts the running
+/// reporter: `LoadCredential=` copies the password only at start, and
+/// `enable --now` leaves a running unit alone. Then MongoDB restarts (every
+/// connection opened before the rotation is gone) and the reporter logs in
+/// with the new password.
+#[test]
+fn a_new_join_restarts_the_reporter_with_the_new_password() {
+    if !fixture::needs_root("running the reporter without capabilities (setpriv)") {
+        return;
+    }
+    let t = Tree::new();
+    let sd = emulated_systemd(&t);
+    let imds = Imds::start("i-0aaaaaaaaaaaaaa40", IP);
+    let ams = fake_ams_http();
+    let mut peer = MongoPeer::start(PeerOptions {
+        auth: true,
+        ..Default::default()
+    });
+    peer.add_user("ams", "first-Pw", &["SCRAM-SHA-256"]);
+    let mongo = format!("127.0.0.1:{}", peer.port);
+    let pw = |name: &str, content: &str| {
+        let p = t.dir.path().join(name);
+        std::fs::write(&p, format!("{content}\n")).unwrap();
+        p.display().to_string()
+    };
+    let (pw1, pw2) = (pw("pw1", "first-Pw"), pw("pw2", "second-Pw"));
+    let run_join = |pw: &str, interval: &str| {
+        let args = [
+            "--mongo",
+            &mongo,
+            "--mongo-user",
+            "ams",
+            "--mongo-password-file",
+            pw,
+            "--interval",
+            interval,
+        ];
+        run(&t, &imds, &ams, &args)
+    };
+    let join = |pw: &str, interval: &str| {
+        let out = run_join(pw, interval);
+        assert!(out.status.success(), "{}", stderr(&out));
+        out
+    };
+    let heartbeats_resume = |peer: &MongoPeer, what: &str| {
+        let n = peer.updates().len();
+        common::wait_for(what, Duration::from_secs(20), || peer.updates().len() > n);
+    };
+
+    join(&pw1, "1s");
+    let first = sd.reporter_pid().expect("the reporter runs after join");
+    assert_eq!(sd.credential(), "first-Pw\n");
+    heartbeats_resume(&peer, "the reporter's heartbeats");
+
+    // The password is rotated on the server, and join runs again with it.
+    peer.add_user("ams", "second-Pw", &["SCRAM-SHA-256"]);
+    let calls_before = t.systemctl_calls().len();
+    let out = join(&pw2, "1s");
+    assert!(!stdout(&out).contains("already joined"), "{}", stdout(&out));
+    let calls = t.systemctl_calls()[calls_before..].to_vec();
+    let second = sd.reporter_pid().expect("the reporter runs");
+    assert_ne!(first, second, "the reporter was not restarted: {calls:?}");
+    assert_eq!(sd.credential(), "second-Pw\n", "{calls:?}");
+    assert!(
+        calls.contains(&"restart ams-agent.service".to_string()),
+        "{calls:?}"
+    );
+    assert!(
+        !calls.contains(&"daemon-reload".to_string()),
+        "no unit file changed: {calls:?}"
+    );
+    assert!(
+        !t.path("var/lib/ams-agent/reporter-restart-pending")
+            .exists()
+    );
+    peer.control("stop");
+    peer.control("start");
+    heartbeats_resume(&peer, "a heartbeat logged in with the new password");
+    assert!(
+        sd.reporter_log().contains("i-0aaaaaaaaaaaaaa40"),
+        "{}",
+        sd.reporter_log()
+    );
+
+    // The same settings: nothing is restarted.
+    let out = join(&pw2, "1s");
+    assert!(stdout(&out).contains("already joined"), "{}", stdout(&out));
+    assert_eq!(sd.reporter_pid(), Some(second));
+
+    // Another interval: agent.toml changes, the reporter restarts.
+    join(&pw2, "2s");
+    let third = sd.reporter_pid().expect("the reporter runs");
+    assert_ne!(third, second, "{:?}", sd.events());
+    heartbeats_resume(&peer, "heartbeats at the new interval");
+
+    // A restart that fails is owed to the next run, although the files
+    // are in place by then.
+    sd.fail_restarts(true);
+    peer.add_user("ams", "first-Pw", &["SCRAM-SHA-256"]);
+    let out = run_join(&pw1, "2s");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        error_line(&out).contains("restart ams-agent.service"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        sd.reporter_pid(),
+        Some(third),
+        "restarted although it failed"
+    );
+    assert!(
+        t.path("var/lib/ams-agent/reporter-restart-pending")
+            .exists()
+    );
+    sd.fail_restarts(false);
+    let out = join(&pw1, "2s");
+    assert!(!stdout(&out).contains("already joined"), "{}", stdout(&out));
+    let fourth = sd.reporter_pid().expect("the reporter runs");
+    assert_ne!(
+        fourth,
+        third,
+        "the owed restart did not happen: {:?}",
+        sd.events()
+    );
+    assert_eq!(sd.credential(), "first-Pw\n");
+    assert!(
+        !t.path("var/lib/ams-agent/reporter-restart-pending")
+            .exists()
+    );
+}
+
+/// The heartbeats (`$set` of every update with `$inc`) recorded so far.
+fn heartbeat_sets(peer: &MongoPeer) -> Vec<serde_json::Value> {
+    peer.updates()
+        .into_iter()
+        .filter(|(_, u, _)| u.get("$inc").is_some())
+        .map(|(_, u, _)| u["$set"].clone())
+        .collect()
+}
+
+/// A password join on an install owned by `antmedia` (as AMS's installer
+/// leaves it) makes the AMS files 0640: the reporter, root without
+/// capabilities, reads them through the group `join` puts in the unit's
+/// drop-in. An edited `nodeGroup` and a later `mode standalone` are reported
+/// from the files; `mode` also keeps agent.toml's recorded mode in step and
+/// restarts the running reporter.
+#[test]
+fn the_reporter_reads_the_ams_files_a_password_join_protects() {
+    if !fixture::needs_root("running the reporter without capabilities (setpriv)") {
+        return;
+    }
+    let t = Tree::new();
+    let status = std::process::Command::new("chown")
+        .args(["-R", "1001:1001"])
+        .arg(t.path(AMS))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let sd = emulated_systemd(&t);
+    let imds = Imds::start("i-0aaaaaaaaaaaaaa41", IP);
+    let mut peer = MongoPeer::start(PeerOptions {
+        auth: true,
+        ..Default::default()
+    });
+    peer.add_user("ams", "Pw-1", &["SCRAM-SHA-256"]);
+    let pw = t.dir.path().join("pw");
+    std::fs::write(&pw, "Pw-1\n").unwrap();
+    let out = run(
+        &t,
+        &imds,
+        &fake_ams_http(),
+        &[
+            "--mongo",
+            &format!("127.0.0.1:{}", peer.port),
+            "--mongo-user",
+            "ams",
+            "--mongo-password-file",
+            pw.to_str().unwrap(),
+            "--interval",
+            "1s",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let red5 = t.path(&format!("{AMS}/conf/red5.properties"));
+    let meta = std::fs::metadata(&red5).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        (meta.mode() & 0o777, meta.uid(), meta.gid()),
+        (0o640, 1001, 1001),
+        "the switch protects the password"
+    );
+    let drop_in = t.read("etc/systemd/system/ams-agent.service.d/10-ams-group.conf");
+    assert!(
+        drop_in.contains("\n[Service]\nSupplementaryGroups=antmedia\n"),
+        "{drop_in}"
+    );
+    let calls = t.systemctl_calls();
+    let reload = calls.iter().position(|c| c == "daemon-reload");
+    let start = calls
+        .iter()
+        .position(|c| c == "enable --now ams-agent.service");
+    assert!(
+        reload.is_some() && reload < start,
+        "daemon-reload before the start: {calls:?}"
+    );
+    assert!(
+        sd.events().iter().any(|e| e.ends_with("groups=1001")),
+        "{:?}",
+        sd.events()
+    );
+
+    // Edited by hand (as antmedia, mode and owner kept): reported.
+    let text = std::fs::read_to_string(&red5)
+        .unwrap()
+        .replace("nodeGroup=default", "nodeGroup=eu-west");
+    std::fs::write(&red5, text).unwrap();
+    common::wait_for(
+        "a heartbeat with the edited nodeGroup",
+        Duration::from_secs(15),
+        || {
+            heartbeat_sets(&peer)
+                .iter()
+                .any(|s| s["nodeGroup"] == "eu-west")
+        },
+    );
+    let last = heartbeat_sets(&peer).last().unwrap().clone();
+    assert_eq!(last["ams"]["mode"], "cluster", "{last}");
+    assert_eq!(last["ams"]["fallback"], serde_json::Value::Null, "{last}");
+    assert!(
+        !sd.reporter_log().contains("cannot read"),
+        "{}",
+        sd.reporter_log()
+    );
+
+    // `mode standalone` later: agent.toml follows, the reporter restarts
+    // and reports it.
+    let before = sd.reporter_pid().unwrap();
+    let out = t
+        .command(&["mode", "standalone", "--no-restart", "--ip", IP])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cfg = t.read("etc/ams-agent/agent.toml");
+    assert!(cfg.contains("ams_mode = \"standalone\""), "{cfg}");
+    assert!(cfg.contains("node_group = \"eu-west\""), "{cfg}");
+    assert!(
+        t.systemctl_calls()
+            .contains(&"try-restart ams-agent.service".to_string())
+    );
+    assert_ne!(sd.reporter_pid(), Some(before), "{:?}", sd.events());
+    common::wait_for(
+        "a heartbeat in standalone mode",
+        Duration::from_secs(15),
+        || {
+            heartbeat_sets(&peer)
+                .last()
+                .is_some_and(|s| s["ams"]["mode"] == "standalone")
+        },
+    );
+    // Again: nothing to record, nothing to restart.
+    let calls = t.systemctl_calls().len();
+    let out = t
+        .command(&["mode", "standalone", "--no-restart", "--ip", IP])
+        .output()
+        .unwrap();
+    assert!(stdout(&out).contains("nothing to do"), "{}", stdout(&out));
+    assert_eq!(t.systemctl_calls().len(), calls);
+}

@@ -10,8 +10,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use fixture::{
-    AMS, Tree, dead_url, error_line, fake_ams_http, needs_root, private_mount_namespace, stderr,
-    stdout,
+    AMS, Tree, dead_url, error_line, fake_ams_http, needs_root, private_mount_namespace,
+    skip_unless_ci, stderr, stdout,
 };
 
 /// No restart, and no MongoDB to check: these tests are about the files.
@@ -1060,7 +1060,7 @@ fn immutable_files_are_found_before_anything_changes() {
             .is_ok_and(|s| s.success())
     };
     if !chattr("+i") {
-        eprintln!("SKIPPED: this filesystem has no inode flags");
+        skip_unless_ci("this filesystem has no inode flags (chattr +i failed)");
         return;
     }
     let before = t.snapshot();
@@ -1234,4 +1234,68 @@ fn switch_as_ams(t: &Tree, db: &str, password: &str) -> std::process::Output {
     .env("AMS_AGENT_MONGO_PASSWORD", password)
     .output()
     .unwrap()
+}
+
+/// An application whose `WEB-INF/red5-web.properties` cannot be examined
+/// (a dangling symlink, a symlink loop, a folder the agent cannot enter) is
+/// not "no application": the switch fails before anything changes, naming
+/// the path, instead of leaving that application in its old mode.
+#[test]
+fn an_application_that_cannot_be_examined_fails_the_switch_naming_it() {
+    use std::os::unix::fs::symlink;
+    let props = |app: &str| format!("{AMS}/webapps/{app}/WEB-INF/red5-web.properties");
+    type Breaker = fn(&Tree, &str);
+    let cases: [(&str, Breaker); 3] = [
+        ("dangling", |t, p| {
+            fs::remove_file(t.path(p)).unwrap();
+            symlink("/nonexistent/red5-web.properties", t.path(p)).unwrap();
+        }),
+        ("loop", |t, p| {
+            fs::remove_file(t.path(p)).unwrap();
+            symlink("red5-web.properties", t.path(p)).unwrap();
+        }),
+        ("dangling WEB-INF", |t, p| {
+            let web_inf = t.path(p);
+            let web_inf = web_inf.parent().unwrap();
+            fs::remove_dir_all(web_inf).unwrap();
+            symlink("/nonexistent/WEB-INF", web_inf).unwrap();
+        }),
+    ];
+    for (what, break_it) in cases {
+        let t = Tree::new();
+        let p = props("LiveApp");
+        break_it(&t, &p);
+        let before = t.snapshot();
+        let out = t.run(&args(&["mode", "cluster", "10.0.1.5"], NO_RESTART));
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", stderr(&out));
+        let err = error_line(&out);
+        assert!(err.contains("webapps/LiveApp/WEB-INF"), "{what}: {err}");
+        assert!(!stdout(&out).contains("cluster mode"), "{what}");
+        assert_eq!(t.snapshot(), before, "{what}: files changed");
+        assert!(!t.path("var/lib/ams-agent/journal.json").exists());
+    }
+
+    // A folder the agent cannot enter (as an unprivileged user: root
+    // ignores permission bits).
+    let t = Tree::new();
+    let locked = t.path(&format!("{AMS}/webapps/WebRTCAppEE/WEB-INF"));
+    if nix::unistd::geteuid().is_root() {
+        std::process::Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(t.dir.path())
+            .status()
+            .unwrap();
+    }
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o000)).unwrap();
+    let before = t.snapshot();
+    let out = unprivileged(&t, &args(&["mode", "cluster", "10.0.1.5"], NO_RESTART));
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = error_line(&out);
+    assert!(
+        err.contains("webapps/WebRTCAppEE/WEB-INF/red5-web.properties")
+            && err.contains("ermission denied"),
+        "{err}"
+    );
+    assert_eq!(t.snapshot(), before, "files changed");
 }

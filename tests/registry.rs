@@ -58,6 +58,7 @@ fn report(id: &str, state: NodeState) -> NodeReport {
             http_status: Some(200),
             mode: Some("cluster".into()),
             node_group: Some("default".into()),
+            fallback: None,
         },
         health: Health {
             cpu: Some(42.5),
@@ -100,7 +101,7 @@ fn heartbeat_is_one_upsert_by_node_id_with_server_time_and_a_counter() {
             "idSource": "ec2",
             "role": "edge",
             "nodeGroup": "default",
-            "ams": { "mode": "cluster", "service": "active", "http": true, "httpStatus": 200 },
+            "ams": { "mode": "cluster", "service": "active", "http": true, "httpStatus": 200, "fallback": null },
             "health": {
                 "cpu": 42.5, "cpuCount": 4, "load1": 0.5, "load5": 0.25, "load15": 0.125,
                 "memoryUsed": 61.0, "diskUsed": 33.3, "uptime": 1234

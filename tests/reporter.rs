@@ -26,9 +26,28 @@ struct Reporter {
 
 impl Reporter {
     fn start(t: &Tree, args: &[&str], envs: &[(&str, &str)]) -> Reporter {
+        Reporter::start_wrapped(t, &[], args, envs)
+    }
+
+    /// [`Reporter::start`], run through `wrapper` (e.g. setpriv).
+    fn start_wrapped(t: &Tree, wrapper: &[&str], args: &[&str], envs: &[(&str, &str)]) -> Reporter {
         std::fs::write(t.path("etc/machine-id"), format!("{MACHINE_ID}\n")).unwrap();
         let log = t.dir.path().join(format!("run-{}.log", free_port()));
         let mut cmd = t.command(&[&["run"], args].concat());
+        if let Some((program, wrapper_args)) = wrapper.split_first() {
+            let mut wrapped = std::process::Command::new(program);
+            wrapped
+                .args(wrapper_args)
+                .arg(cmd.get_program())
+                .args(cmd.get_args());
+            for (k, v) in cmd.get_envs() {
+                match v {
+                    Some(v) => wrapped.env(k, v),
+                    None => wrapped.env_remove(k),
+                };
+            }
+            cmd = wrapped;
+        }
         cmd.env(
             "AMS_AGENT_IMDS_ENDPOINT",
             format!("http://127.0.0.1:{}", free_port()),
@@ -415,4 +434,162 @@ fn the_reporter_keeps_the_node_id_and_private_ip_join_stored() {
         peer.updates().last().unwrap().0,
         json!({ "_id": "i-0aaaaaaaaaaaaaa21" })
     );
+}
+
+/// During an outage the cause can change: nothing listens, then the server
+/// is back but refuses the credentials, then it accepts them. Each change of
+/// cause is one new log line, and logins against a server that refuses
+/// them are paced (backoff), not retried several times a second.
+#[test]
+fn a_change_of_cause_is_logged_and_refused_logins_are_paced() {
+    let t = Tree::new();
+    let port = free_port();
+    let mut r = Reporter::start(
+        &t,
+        &[
+            "--mongo",
+            &format!("127.0.0.1:{port}"),
+            "--mongo-user",
+            "ams",
+            "--role",
+            "edge",
+            "--interval",
+            "1s",
+        ],
+        &[("AMS_AGENT_MONGO_PASSWORD", "the-new-one")],
+    );
+    wait_for("the first failure line", Duration::from_secs(10), || {
+        r.log().contains("no connection yet to MongoDB")
+    });
+    // MongoDB comes back, but the user still has the old password.
+    let mut peer = MongoPeer::start(PeerOptions {
+        port: Some(port),
+        auth: true,
+        ..Default::default()
+    });
+    peer.add_user("ams", "the-old-one", &["SCRAM-SHA-256"]);
+    wait_for("a refused login", Duration::from_secs(10), || {
+        !peer.named("saslStart").is_empty()
+    });
+    let first = Instant::now();
+    let before = peer.named("saslStart").len();
+    std::thread::sleep(Duration::from_secs(8));
+    let logins = peer.named("saslStart").len() - before;
+    let rate = logins as f64 / first.elapsed().as_secs_f64();
+    eprintln!(
+        "refused logins: {logins} in {:?} ({rate:.2}/s)",
+        first.elapsed()
+    );
+    assert!(
+        rate <= 0.8,
+        "{logins} logins in 8s ({rate:.2}/s): {}",
+        r.log()
+    );
+    let log = r.log();
+    assert!(
+        log.lines().any(|l| l.contains("refused the credentials")),
+        "the new cause is not logged: {log}"
+    );
+    assert_eq!(
+        log.matches("refused the credentials").count(),
+        1,
+        "one line per cause: {log}"
+    );
+    // The password is fixed on the server: the reporter logs in again
+    // within the backoff's cap.
+    peer.add_user("ams", "the-new-one", &["SCRAM-SHA-256"]);
+    let fixed = Instant::now();
+    let n = beats(&peer).len();
+    wait_for("a heartbeat after the fix", Duration::from_secs(40), || {
+        beats(&peer).len() > n
+    });
+    eprintln!("back {:?} after the fix", fixed.elapsed());
+    let log = r.log();
+    assert_eq!(log.matches("is back after").count(), 1, "{log}");
+    assert!(r.alive());
+    let (code, _) = r.signal(Signal::SIGTERM);
+    assert_eq!(code, Some(0));
+}
+
+/// A reporter that cannot read an AMS file (root without capabilities, the
+/// file 0640 another owner's, no group) reports the value agent.toml
+/// recorded, marked as such (which values, why, since when), warns once,
+/// and says once when the file is readable again.
+#[test]
+fn values_from_agent_toml_are_marked_and_an_unreadable_file_warned_once() {
+    if !fixture::needs_root("running the reporter without capabilities (setpriv)") {
+        return;
+    }
+    let t = Tree::new();
+    let peer = MongoPeer::start(PeerOptions::default());
+    std::fs::create_dir_all(t.path("etc/ams-agent")).unwrap();
+    std::fs::write(
+        t.path("etc/ams-agent/agent.toml"),
+        format!(
+            "[mongo]\nuri = \"{}\"\n[node]\nid = \"i-0aaaaaaaaaaaaaa42\"\nrole = \"edge\"\nams_mode = \"cluster\"\nnode_group = \"recorded\"\n[reporter]\ninterval = \"1s\"\n",
+            peer.uri()
+        ),
+    )
+    .unwrap();
+    let red5 = t.path("usr/local/antmedia/conf/red5.properties");
+    let status = std::process::Command::new("chown")
+        .args(["-R", "1001:1001"])
+        .arg(t.path("usr/local/antmedia"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&red5, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let mut r = Reporter::start_wrapped(
+        &t,
+        &[
+            "setpriv",
+            "--bounding-set=-all",
+            "--inh-caps=-all",
+            "--clear-groups",
+        ],
+        &[],
+        &[],
+    );
+    wait_for("3 heartbeats", Duration::from_secs(15), || {
+        beats(&peer).len() >= 3
+    });
+    let b = beats(&peer).last().unwrap().clone();
+    let set = &b["$set"];
+    // jee-container.xml is world-readable: the mode comes from AMS's files;
+    // red5.properties is not: the node group is agent.toml's, and says so.
+    assert_eq!(set["ams"]["mode"], "standalone", "{set}");
+    assert_eq!(set["nodeGroup"], "recorded", "{set}");
+    let fallback = &set["ams"]["fallback"];
+    assert_eq!(fallback["from"], "agent.toml", "{set}");
+    assert_eq!(fallback["values"], json!(["nodeGroup"]), "{set}");
+    let why = fallback["error"].as_str().unwrap();
+    assert!(
+        why.contains("/usr/local/antmedia/conf/red5.properties")
+            && why.contains("ermission denied"),
+        "{why}"
+    );
+    assert!(
+        fallback["since"]["$date"].is_string() || fallback["since"]["$date"].is_object(),
+        "{fallback}"
+    );
+    let log = r.log();
+    assert_eq!(log.matches("cannot read").count(), 1, "warned once: {log}");
+    assert!(log.contains("red5.properties"), "{log}");
+
+    // Readable again (by everyone): reported from the file, said once.
+    std::fs::set_permissions(&red5, std::fs::Permissions::from_mode(0o644)).unwrap();
+    wait_for("a heartbeat from the file", Duration::from_secs(15), || {
+        beats(&peer)
+            .last()
+            .is_some_and(|b| b["$set"]["nodeGroup"] == "default")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let set = beats(&peer).last().unwrap()["$set"].clone();
+    assert_eq!(set["ams"]["fallback"], serde_json::Value::Null, "{set}");
+    let log = r.log();
+    assert_eq!(log.matches("readable again").count(), 1, "{log}");
+    assert_eq!(log.matches("cannot read").count(), 1, "{log}");
+    let (code, _) = r.signal(Signal::SIGTERM);
+    assert_eq!(code, Some(0));
 }

@@ -12,6 +12,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use common::apt::AptPeer;
 use common::pty::OnTerminal;
@@ -369,6 +370,11 @@ impl Setup {
     }
 
     fn run(&self, extra: &[&str]) -> Output {
+        self.run_waiting("20s", extra)
+    }
+
+    /// [`Setup::run`] with `--mongo-wait wait`.
+    fn run_waiting(&self, wait: &str, extra: &[&str]) -> Output {
         let key_url = self.apt.key_url();
         let repo_url = format!("{}/apt/ubuntu", self.apt.repo_url());
         let mut args = vec![
@@ -380,8 +386,8 @@ impl Setup {
             &key_url,
             "--repo-url",
             &repo_url,
-            "--wait",
-            "20s",
+            "--mongo-wait",
+            wait,
         ];
         args.extend_from_slice(extra);
         self.host
@@ -929,4 +935,50 @@ fn huge_pages_are_best_effort() {
         "{}",
         stdout(&again)
     );
+}
+
+/// A dry run on a host whose mongod runs asks that mongod (over loopback)
+/// whether the admin user is in place, to show the plan the real run would
+/// make: the check is announced, and bounded by --mongo-wait (a mongod that
+/// stalls does not hold the dry run for a fixed 5 s, or more); nothing is
+/// written to it.
+#[test]
+fn a_dry_run_asks_the_running_mongod_within_mongo_wait_and_says_so() {
+    let mut s = Setup::new(true);
+    let pw_file = s.host.write_password("Adm1n-pw");
+    let pw = pw_file.to_str().unwrap().to_string();
+    let out = s.run(&["--admin-password-file", &pw]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dry = |s: &Setup, wait: &str| {
+        let start = Instant::now();
+        let out = s.run_waiting(wait, &["--dry-run", "--admin-password-file", &pw]);
+        (out, start.elapsed())
+    };
+    let port = s.peer.port;
+
+    // mongod answers: the check is announced and finds nothing to do.
+    let (out, _) = dry(&s, "10s");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("asking the running mongod at 127.0.0.1:{port}")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("nothing to do"), "{}", stdout(&out));
+
+    // mongod stalls: the dry run ends within --mongo-wait and says why it
+    // plans the admin steps.
+    s.peer.control("fault listDatabases stall");
+    s.peer.control("fault usersInfo stall");
+    let (out, took) = dry(&s, "2s");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(took < Duration::from_millis(4500), "took {took:?}");
+    assert!(stderr(&out).contains("up to 2s"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("did not answer within 2s"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("admin"), "{}", stdout(&out));
+    assert_eq!(s.peer.named("createUser").len(), 1, "the dry run wrote");
 }

@@ -256,3 +256,180 @@ fn leave_marks_the_stored_node_id_and_completes_an_interrupted_change() {
     assert_eq!(t.read("etc/hosts"), "10.0.1.31 ip-10-0-1-20\n");
     assert!(!t.path("var/lib/ams-agent/journal.json").exists());
 }
+
+/// agent.toml names a user, but no password is there (the password file is
+/// missing or empty, the credential too): `status`, `run` and `leave` exit 2
+/// at once naming the password file, and `leave` stops nothing.
+#[test]
+fn a_configured_user_without_a_password_is_bad_input_naming_the_password_file() {
+    let t = Tree::new();
+    let peer = MongoPeer::start(PeerOptions::default());
+    std::fs::create_dir_all(t.path("etc/ams-agent")).unwrap();
+    std::fs::write(
+        t.path("etc/ams-agent/agent.toml"),
+        format!(
+            "[mongo]\nuri = \"mongodb://ams@127.0.0.1:{}/?authSource=admin\"\n[node]\nid = \"i-0aaaaaaaaaaaaaa31\"\nrole = \"edge\"\n",
+            peer.port
+        ),
+    )
+    .unwrap();
+    let creds = t.dir.path().join("creds");
+    std::fs::create_dir_all(&creds).unwrap();
+    for (password_file, credentials) in [(None, false), (Some(""), false), (None, true)] {
+        let pw = t.path("etc/ams-agent/mongo-password");
+        match password_file {
+            Some(content) => std::fs::write(&pw, content).unwrap(),
+            None => {
+                let _ = std::fs::remove_file(&pw);
+            }
+        }
+        for args in [&["status"][..], &["run"], &["leave"]] {
+            let mut cmd = t.command(args);
+            cmd.env(
+                "AMS_AGENT_IMDS_ENDPOINT",
+                format!("http://127.0.0.1:{}", free_port()),
+            );
+            if credentials {
+                cmd.env("CREDENTIALS_DIRECTORY", &creds);
+            } else {
+                cmd.env_remove("CREDENTIALS_DIRECTORY");
+            }
+            let start = Instant::now();
+            let out = cmd.output().unwrap();
+            let case = format!("{args:?} file {password_file:?} credentials {credentials}");
+            assert_eq!(out.status.code(), Some(2), "{case}: {}", stderr(&out));
+            assert!(start.elapsed() < Duration::from_secs(5), "{case}");
+            let err = error_line(&out);
+            let named = if credentials {
+                format!("{}/mongo-password", creds.display())
+            } else {
+                "/etc/ams-agent/mongo-password".to_string()
+            };
+            assert!(err.contains(&named), "{case}: {err}");
+            assert!(err.contains("ams"), "{case}: the user is named: {err}");
+            assert!(
+                t.systemctl_calls().is_empty(),
+                "{case}: something was stopped"
+            );
+        }
+    }
+    // The same user in a --mongo URI, with no password anywhere.
+    let uri = format!("mongodb://ams@127.0.0.1:{}/", peer.port);
+    for args in [
+        &["status", "--mongo", &uri][..],
+        &["leave", "--mongo", &uri],
+    ] {
+        let out = t
+            .command(args)
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(
+            error_line(&out).contains("--mongo-password-file"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(t.systemctl_calls().is_empty());
+    }
+    assert!(
+        peer.commands().is_empty(),
+        "MongoDB was contacted: {:?}",
+        peer.commands()
+    );
+}
+
+/// Registry documents are other nodes' words: `status` prints them escaped
+/// (a role or id with CR/LF or escape sequences cannot rewrite the table or
+/// forge the summary), a `lastSeen` in the future is clock skew (not alive,
+/// flagged), and impossible health values (cpu 1e30, negative, an interval
+/// of 1e30 s) are flagged and kept out of the per-role average.
+#[test]
+fn status_escapes_forged_documents_and_flags_impossible_values() {
+    use mongodb::bson::{DateTime, doc};
+    let t = Tree::new();
+    let peer = MongoPeer::start(PeerOptions::default());
+    let now_ms = DateTime::now().timestamp_millis();
+    let at = |secs: i64| DateTime::from_millis(now_ms + secs * 1000);
+    let docs = vec![
+        doc! { "_id": "i-honest", "role": "origin", "state": "ready", "lastSeen": at(-1), "intervalSeconds": 5.0, "health": { "cpu": 50.0, "memoryUsed": 40.0 }, "privateIp": "10.0.1.5" },
+        doc! { "_id": "i-forged\r\n\u{1b}[2J", "role": "origin\norigin: 9 alive of 9, average CPU 1.0%\n\u{1b}[31m", "state": "ready\r", "lastSeen": at(-1), "intervalSeconds": 5.0, "health": { "cpu": 40.0 }, "privateIp": "10.0.1.6\u{1b}[0m" },
+        doc! { "_id": "i-future", "role": "origin", "state": "ready", "lastSeen": at(3600), "intervalSeconds": 5.0, "health": { "cpu": 99.0 } },
+        doc! { "_id": "i-hot", "role": "origin", "state": "ready", "lastSeen": at(-1), "intervalSeconds": 5.0, "health": { "cpu": 1e30, "memoryUsed": -5.0 } },
+        doc! { "_id": "i-forever", "role": "origin", "state": "ready", "lastSeen": at(-86_400), "intervalSeconds": 1e30, "health": { "cpu": 10.0 } },
+    ];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = mongodb::Client::with_uri_str(peer.uri()).await.unwrap();
+        let coll = c
+            .database("ams_agent")
+            .collection::<mongodb::bson::Document>("nodes");
+        for d in docs {
+            let id = d.get("_id").unwrap().clone();
+            let mut set = d.clone();
+            set.remove("_id");
+            coll.update_one(doc! { "_id": id }, doc! { "$set": set })
+                .upsert(true)
+                .await
+                .unwrap();
+        }
+    });
+
+    let out = t.run(&["status", "--mongo", &peer.uri()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        !text.chars().any(|c| c.is_control() && c != '\n'),
+        "control characters printed: {text:?}"
+    );
+    assert!(
+        !text.lines().any(|l| l.starts_with("origin: 9 alive")),
+        "a forged summary line: {text}"
+    );
+    assert!(text.contains("i-forged\\r\\n\\u{1b}[2J"), "{text}");
+    // Role `origin`: i-honest, i-future, i-hot, i-forever; alive: i-honest
+    // and i-hot, whose impossible cpu stays out of the average.
+    let summary = text
+        .lines()
+        .find(|l| l.starts_with("origin: "))
+        .unwrap_or_else(|| panic!("no origin summary: {text}"));
+    assert_eq!(summary, "origin: 2 alive of 4, average CPU 50.0%", "{text}");
+    assert!(text.contains("clock skew"), "{text}");
+    assert!(text.contains("1e30"), "{text}");
+
+    let out = t.run(&["status", "--mongo", &peer.uri(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let node = |id: &str| {
+        v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == id)
+            .unwrap_or_else(|| panic!("{id} missing: {v}"))
+            .clone()
+    };
+    let future = node("i-future");
+    assert_eq!(future["alive"], false, "{future}");
+    assert!(
+        future["warnings"].to_string().contains("clock skew"),
+        "{future}"
+    );
+    let hot = node("i-hot");
+    assert_eq!(hot["alive"], true, "{hot}");
+    assert_eq!(hot["cpu"], Value::Null, "{hot}");
+    assert_eq!(hot["memory"], Value::Null, "{hot}");
+    assert_eq!(hot["warnings"].as_array().unwrap().len(), 2, "{hot}");
+    let forever = node("i-forever");
+    assert_eq!(forever["alive"], false, "{forever}");
+    assert!(
+        forever["warnings"].to_string().contains("intervalSeconds"),
+        "{forever}"
+    );
+    assert_eq!(node("i-honest")["warnings"], json!([]));
+    assert_eq!(v["roles"]["origin"]["averageCpu"], 50.0, "{v}");
+    assert_eq!(v["roles"]["origin"]["alive"], 2, "{v}");
+}

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 use crate::bail_usage;
 use crate::host::Host;
@@ -38,20 +38,22 @@ impl AmsLayout {
     }
 
     /// Checks this really is an AMS install, so a wrong `--ams-home` is bad
-    /// input reported before anything is touched.
+    /// input reported before anything is touched. A file that cannot be
+    /// examined (no permission, a dangling symlink) is an error naming it,
+    /// not "missing".
     pub fn check(&self, host: &Host) -> Result<()> {
         for (what, p) in [
             ("conf/red5.properties", self.red5_properties()),
             ("conf/jee-container.xml", self.jee_container()),
         ] {
-            if !host.exists(&p) {
+            if !host.file_present(&p)? {
                 bail_usage!(
                     "no Ant Media Server at {}: {what} is missing; pass the install folder with --ams-home",
                     self.home.display()
                 );
             }
         }
-        if !host.is_dir(&self.webapps()) {
+        if !host.probe(&self.webapps())?.is_some_and(|m| m.is_dir()) {
             bail_usage!(
                 "no Ant Media Server at {}: webapps/ is missing; pass the install folder with --ams-home",
                 self.home.display()
@@ -61,14 +63,51 @@ impl AmsLayout {
     }
 
     /// Every application (folder under webapps/ with a
-    /// WEB-INF/red5-web.properties), `root` included, sorted by name.
+    /// WEB-INF/red5-web.properties), `root` included, sorted by name. Only a
+    /// clean "not found" means "no application": a folder or file that
+    /// cannot be examined (no permission, a symlink loop, a dangling
+    /// symlink) is an error naming it, so a switch never skips an
+    /// application it could not see.
     pub fn applications(&self, host: &Host) -> Result<Vec<String>> {
-        Ok(host
-            .list_dirs(&self.webapps())?
-            .into_iter()
-            .filter(|app| host.exists(&self.webapp_properties(app)))
-            .collect())
+        let webapps = self.webapps();
+        let listing = |e: std::io::Error| {
+            anyhow::Error::new(e).context(format!("listing {}", webapps.display()))
+        };
+        let mut apps = Vec::new();
+        for entry in std::fs::read_dir(host.path(&webapps)).map_err(listing)? {
+            let entry = entry.map_err(listing)?;
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let folder = webapps.join(&name);
+            let is_dir = match entry.file_type().map_err(listing)? {
+                t if t.is_symlink() => host
+                    .probe(&folder)
+                    .and_then(|m| {
+                        m.map(|m| m.is_dir()).ok_or_else(|| {
+                            anyhow::anyhow!("{} is a symlink that leads nowhere", folder.display())
+                        })
+                    })
+                    .with_context(|| unexaminable(&name))?,
+                t => t.is_dir(),
+            };
+            if is_dir
+                && host
+                    .file_present(&self.webapp_properties(&name))
+                    .with_context(|| unexaminable(&name))?
+            {
+                apps.push(name);
+            }
+        }
+        apps.sort();
+        Ok(apps)
     }
+}
+
+fn unexaminable(app: &str) -> String {
+    format!(
+        "cannot tell whether webapps/{app} is an application (fix or remove it; nothing was changed)"
+    )
 }
 
 /// The account AMS runs as (`User=antmedia` in its unit).

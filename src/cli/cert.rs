@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use super::{Context, parse_duration};
+use super::Context;
 use crate::ams::AmsLayout;
 use crate::ams::layout::{DEFAULT_AMS_HOME, DEFAULT_HTTP_URL};
 use crate::bail_usage;
@@ -30,7 +30,8 @@ use crate::plan::{ApplyCtx, Plan};
     password, server.name, the https connector; AMS restarted and waited for) and/or HAProxy \
     (/etc/haproxy/certs/<domain>.pem, checked by haproxy -c before the reload).\n\n\
     certbot stores `ams-agent cert deploy` as the certificate's deploy hook, so certbot's own \
-    timer renews it and installs the lineage it renewed: no crontab. Before the standalone \
+    timer renews it and installs the lineage it renewed: no crontab. --no-restart applies to \
+    this run only: the stored hook restarts AMS and reloads HAProxy on every renewal. Before the standalone \
     server binds port 80, a process already on it is named; AMS's iptables redirect 80 → 5080 \
     is lifted while certbot runs and restored afterwards, also when certbot fails."
 )]
@@ -90,12 +91,13 @@ pub struct InstallArgs {
     #[arg(long, value_name = "FILE", default_value = HAPROXY_CONFIG)]
     pub haproxy_config: PathBuf,
 
-    /// Install the files only: no AMS restart, no HAProxy reload
+    /// Install the files only: no AMS restart, no HAProxy reload. For this
+    /// run only: certbot's renewals still restart and reload
     #[arg(long)]
     pub no_restart: bool,
 
     /// How long to wait for AMS to answer after the restart
-    #[arg(long, alias = "wait", value_name = "DURATION", default_value = "3m", value_parser = parse_duration)]
+    #[arg(long, alias = "wait", value_name = "DURATION", default_value = "3m", value_parser = super::parse_wait)]
     pub ams_wait: Duration,
 
     /// URL that answers once AMS is up
@@ -139,7 +141,11 @@ pub struct IssueArgs {
 #[command(
     long_about = "Install a certbot lineage into AMS and/or HAProxy. Under certbot \
     (the deploy hook `ams-agent cert` registers) the lineage is the one certbot names in \
-    RENEWED_LINEAGE, never a path guessed from the domain; by hand, pass --lineage."
+    RENEWED_LINEAGE, never a path guessed from the domain; by hand, pass --lineage.\n\n\
+    AMS is restarted and HAProxy reloaded unless --no-restart is given, or \
+    AMS_AGENT_CERT_NO_RESTART=1 is set (what `ams-agent cert --no-restart` passes to the \
+    hook certbot runs during that run; the hook certbot stores for renewals never skips \
+    the restart)."
 )]
 pub struct DeployArgs {
     /// The lineage folder (holding fullchain.pem, chain.pem, privkey.pem);
@@ -167,6 +173,12 @@ pub struct StatusArgs {
     pub haproxy_certs: PathBuf,
 }
 
+impl CertArgs {
+    pub fn is_deploy(&self) -> bool {
+        matches!(self.command, Some(CertCommand::Deploy(_)))
+    }
+}
+
 pub fn run(ctx: &Context, args: CertArgs) -> Result<()> {
     match args.command {
         Some(CertCommand::Deploy(d)) => deploy_cmd(ctx, d),
@@ -174,6 +186,12 @@ pub fn run(ctx: &Context, args: CertArgs) -> Result<()> {
         None => issue(ctx, args.issue),
     }
 }
+
+/// Set (to `1`) by `cert --no-restart` in certbot's environment, which
+/// certbot hands to the deploy hook it runs during this run only: the hook
+/// it stores for its renewals has no `--no-restart`, so renewals restart
+/// AMS and reload HAProxy.
+pub const NO_RESTART_ENV: &str = "AMS_AGENT_CERT_NO_RESTART";
 
 /// The outcome of the last deploy, written by the deploy hook so that
 /// `cert` learns what happened inside certbot.
@@ -247,7 +265,9 @@ impl InstallArgs {
         Ok(plans)
     }
 
-    /// The arguments `cert deploy` needs to install the same way.
+    /// The arguments `cert deploy` needs to install the same way, as
+    /// certbot stores them for every later renewal: never `--no-restart`,
+    /// which is for one run (see [`NO_RESTART_ENV`]).
     fn hook_args(&self) -> String {
         let mut s = format!("cert deploy --for {}", self.target.name());
         if self.ams_home != Path::new(DEFAULT_AMS_HOME) {
@@ -264,9 +284,6 @@ impl InstallArgs {
                 " --haproxy-config {}",
                 self.haproxy_config.display()
             ));
-        }
-        if self.no_restart {
-            s.push_str(" --no-restart");
         }
         if self.ams_wait != Duration::from_secs(180) {
             // Whole seconds, one word: certbot runs the hook through a shell.
@@ -292,6 +309,8 @@ fn check_hook_path(flag: &str, p: &Path) -> Result<()> {
 
 /// A domain certbot can get with HTTP-01: a DNS name, no wildcard.
 fn check_domain(d: &str) -> Result<String> {
+    let shown = crate::human::escape(d);
+    let d = shown.as_ref();
     let lower = d.trim_end_matches('.').to_ascii_lowercase();
     if lower.starts_with("*.") {
         bail_usage!(
@@ -312,6 +331,26 @@ fn check_domain(d: &str) -> Result<String> {
     Ok(lower)
 }
 
+/// `--acme-server`: an https:// directory URL without credentials (an ACME
+/// account is a key pair certbot keeps, never a password in the URL).
+fn check_acme_server(url: &str) -> Result<()> {
+    let shown = crate::human::escape(url);
+    let shown = crate::secret::redact_loose(&shown);
+    if let Ok(parsed) = reqwest::Url::parse(url) {
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            bail_usage!(
+                "--acme-server {shown}: credentials in the URL are not accepted (an ACME server knows the account by its key, which certbot keeps); give the directory URL alone"
+            );
+        }
+    }
+    crate::mongod::repo::check_url(url, "--acme-server", true).map_err(|_| {
+        crate::error::UsageError::new(format!(
+            "--acme-server {shown} is not an https:// URL of an ACME directory (e.g. https://acme-v02.api.letsencrypt.org/directory)"
+        ))
+    })?;
+    Ok(())
+}
+
 fn check_email(e: &str) -> Result<()> {
     // A leading '-' would be read by certbot as an option.
     let ok = e.len() <= 254
@@ -323,7 +362,10 @@ fn check_email(e: &str) -> Result<()> {
         && e.split_once('@')
             .is_some_and(|(user, host)| !user.is_empty() && host.contains('.'));
     if !ok {
-        bail_usage!("--email {e:?} is not an email address");
+        bail_usage!(
+            "--email {:?} is not an email address",
+            crate::human::escape(e)
+        );
     }
     Ok(())
 }
@@ -340,8 +382,7 @@ fn issue(ctx: &Context, args: IssueArgs) -> Result<()> {
         check_email(e)?;
     }
     if let Some(url) = &args.acme_server {
-        crate::mongod::repo::check_url(url, "--acme-server", true)
-            .map_err(crate::error::UsageError::new)?;
+        check_acme_server(url)?;
     }
     args.install.check(&ctx.host)?;
     if args.http_01_port == 0 {
@@ -377,7 +418,11 @@ fn issue(ctx: &Context, args: IssueArgs) -> Result<()> {
         staging: args.staging,
         deploy_hook: format!("{} {}", exe.display(), args.install.hook_args()),
     };
-    let spec = certbot::certonly(&ctx.host, &req);
+    let mut spec = certbot::certonly(&ctx.host, &req);
+    if args.install.no_restart {
+        // This run's hook only; the stored hook restarts on renewal.
+        spec = spec.env(NO_RESTART_ENV, "1");
+    }
     if ctx.dry_run {
         println!("Plan: a certificate for {}", domains.join(", "));
         if let Authenticator::Standalone { port } = authenticator {
@@ -387,11 +432,19 @@ fn issue(ctx: &Context, args: IssueArgs) -> Result<()> {
         }
         println!("2. {}", spec.display());
         println!(
-            "3. certbot runs the deploy hook: ams-agent {} (installs the lineage certbot names in RENEWED_LINEAGE)",
-            args.install.hook_args()
+            "3. certbot runs the deploy hook: ams-agent {} (installs the lineage certbot names in RENEWED_LINEAGE){}",
+            args.install.hook_args(),
+            if args.install.no_restart {
+                "; this time without restart or reload (--no-restart); certbot's renewals run the hook as stored, with them"
+            } else {
+                ""
+            }
         );
         return Ok(());
     }
+    // Every host write happens under the host lock; certbot itself runs
+    // without it, because its deploy hook (`cert deploy`) takes it.
+    let lock = ctx.mutate()?;
     // An earlier run that died with the redirect lifted: put it back.
     if ctx.host.exists(Path::new(certbot::REDIRECT_MARKER)) {
         certbot::restore_redirect(&ctx.host, ctx.runner.as_ref())?;
@@ -404,15 +457,19 @@ fn issue(ctx: &Context, args: IssueArgs) -> Result<()> {
         Authenticator::Standalone { .. } => certbot::lift_redirect(&ctx.host, ctx.runner.as_ref())?,
         Authenticator::Webroot(_) => None,
     };
+    drop(lock);
     tracing::info!(
         "asking for a certificate for {}: {}",
         domains.join(", "),
         spec.display()
     );
     let result = crate::plan::run_checked(ctx.runner.as_ref(), "getting the certificate", &spec);
+    // The redirect comes back even when the lock cannot be had.
+    let lock = ctx.mutate();
     if let Some(lifted) = lifted {
         lifted.restore()?;
     }
+    let _lock = lock?;
     result?;
 
     // Inside certbot, the hook installed what certbot issued; when certbot
@@ -435,22 +492,34 @@ fn issue(ctx: &Context, args: IssueArgs) -> Result<()> {
             ),
         };
     }
-    let lineages = certbot::lineages_for(&ctx.host, ctx.runner.as_ref(), &domains)?;
-    let lineage = match lineages.as_slice() {
-        [one] => one.clone(),
+    let listed = certbot::certificates_for(&ctx.host, ctx.runner.as_ref(), &domains)?;
+    let lineage = match listed.as_slice() {
+        [one] => one.dir.clone(),
         [] => bail!(
             "certbot succeeded but lists no certificate for {}; see `certbot certificates`",
             domains.join(", ")
         ),
-        many => bail!(
-            "certbot lists {} certificates for {}: {}; install one with `ams-agent cert deploy --lineage DIR`",
-            many.len(),
-            domains.join(", "),
-            many.iter()
-                .map(|p| p.display().to_string())
+        many => {
+            let all = many
+                .iter()
+                .map(|l| l.dir.display().to_string())
                 .collect::<Vec<_>>()
-                .join(", ")
-        ),
+                .join(", ");
+            let Some((chosen, why)) = certbot::choose_lineage(many, &domains) else {
+                bail!(
+                    "certbot lists {} certificates for {}, none of them valid: {all}; see `certbot certificates`",
+                    many.len(),
+                    domains.join(", ")
+                );
+            };
+            println!(
+                "certbot lists {} certificates for {} ({all}); installing {}: {why}.",
+                many.len(),
+                domains.join(", "),
+                chosen.dir.display()
+            );
+            chosen.dir.clone()
+        }
     };
     tracing::info!(
         "certbot had nothing to renew; installing its lineage {}",
@@ -466,7 +535,11 @@ fn read_record(host: &crate::host::Host) -> Option<DeployRecord> {
     serde_json::from_slice(&bytes).ok()
 }
 
-fn deploy_cmd(ctx: &Context, args: DeployArgs) -> Result<()> {
+fn deploy_cmd(ctx: &Context, mut args: DeployArgs) -> Result<()> {
+    // Under certbot, during a `cert --no-restart` run only.
+    if std::env::var_os(NO_RESTART_ENV).is_some_and(|v| v == "1") {
+        args.install.no_restart = true;
+    }
     let Some(lineage) = args.lineage.clone() else {
         bail_usage!(
             "no certificate to install: pass --lineage DIR (certbot sets RENEWED_LINEAGE when it runs this as its deploy hook)"
@@ -479,6 +552,8 @@ fn deploy_cmd(ctx: &Context, args: DeployArgs) -> Result<()> {
         );
     }
     args.install.check(&ctx.host)?;
+    // The install and its record, under the host lock.
+    let _lock = ctx.mutate()?;
     let result = deploy_lineage(ctx, &lineage, &args.install);
     if !ctx.dry_run {
         let record = DeployRecord {
@@ -505,11 +580,10 @@ fn deploy_cmd(ctx: &Context, args: DeployArgs) -> Result<()> {
 }
 
 /// Reads and checks the lineage, then plans and applies (or prints) the
-/// install, under the host lock.
+/// install. The caller holds the host lock (`ctx.mutate()`).
 fn deploy_lineage(ctx: &Context, dir: &Path, install: &InstallArgs) -> Result<()> {
     let lineage = Material::load(dir)
         .with_context(|| format!("reading the certbot lineage {}", dir.display()))?;
-    let _lock = ctx.mutate()?;
     let plans = install.plans(ctx, &lineage)?;
     for plan in &plans {
         if ctx.dry_run || plan.is_empty() {

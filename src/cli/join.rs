@@ -18,6 +18,7 @@ use anyhow::{Context as _, Result};
 use clap::Args;
 
 use super::{Context, MongoAuthArgs, parse_duration};
+use crate::agent_service;
 use crate::ams::AmsLayout;
 use crate::ams::db::{self, DbKind, DbUrl};
 use crate::ams::layout::{DEFAULT_AMS_HOME, DEFAULT_HTTP_URL};
@@ -29,7 +30,6 @@ use crate::config::{
 };
 use crate::host::fs::private_meta;
 use crate::host::runtime;
-use crate::host::systemd::ServiceAction;
 use crate::host::{Host, tty};
 use crate::mongo::error::{Failure, RegistryError};
 use crate::mongo::registry::{Deadlines, LastError, NodeState, Registry, Target};
@@ -39,18 +39,21 @@ use crate::node::imds;
 use crate::plan::{Action, ApplyCtx, FileChange, Plan, Step};
 use crate::reporter::{Gatherer, ReporterSettings, jitter};
 
-pub const AGENT_UNIT: &str = "ams-agent.service";
+pub const AGENT_UNIT: &str = crate::agent_service::UNIT;
 
 /// Join this node to the AMS cluster (EC2 user-data entry point)
 #[derive(Debug, Args)]
 #[command(
     long_about = "Join this node to the AMS cluster: the EC2 user-data entry point.\n\n\
-    Waits for MongoDB (with backoff, up to --wait), registers the node as `joining`, \
+    Waits for MongoDB (with backoff, up to --mongo-wait), registers the node as `joining`, \
     switches AMS to cluster mode (the instance's private IPv4 goes into /etc/hosts), \
-    restarts AMS and waits for it, writes /etc/ams-agent/agent.toml and the 0600 password \
-    file, enables and starts ams-agent.service, marks the node `ready`.\n\n\
-    Running it again on the same instance changes nothing. Without a terminal it never \
-    asks: a missing value is an error naming the flag (exit code 2)."
+    restarts AMS and waits for it, writes /etc/ams-agent/agent.toml, the 0600 password \
+    file and the reporter's drop-in (/etc/systemd/system/ams-agent.service.d/10-ams-group.conf: \
+    the AMS install's group, so the reporter reads the files that hold the password), \
+    enables and starts ams-agent.service, marks the node `ready`.\n\n\
+    Running it again on the same instance changes nothing; with new settings (password, \
+    --mongo, user, interval) it restarts the running reporter so they take effect. Without \
+    a terminal it never asks: a missing value is an error naming the flag (exit code 2)."
 )]
 pub struct JoinArgs {
     /// MongoDB: 10.0.1.5, host[:port], h1,h2:27018, mongodb://…, mongodb+srv://…
@@ -69,11 +72,11 @@ pub struct JoinArgs {
     pub ams_home: PathBuf,
 
     /// How long to wait for MongoDB to accept us (it may still be booting)
-    #[arg(long, alias = "wait", value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, alias = "wait", value_name = "DURATION", default_value = "10m", value_parser = super::parse_wait)]
     pub mongo_wait: Duration,
 
     /// How long to wait for AMS to answer after its restart
-    #[arg(long, alias = "ams-timeout", value_name = "DURATION", default_value = "3m", value_parser = parse_duration)]
+    #[arg(long, alias = "ams-timeout", value_name = "DURATION", default_value = "3m", value_parser = super::parse_wait)]
     pub ams_wait: Duration,
 
     /// Switch AMS's files only; do not restart it
@@ -236,7 +239,12 @@ fn already_joined(host: &Host, node: &NodeIdentity, req: &Request, restart: bool
             .ok()
             .flatten()
             .is_some_and(|m| m.mode & 0o077 == 0);
+    // The drop-in as the install needs it, and no restart still owed.
+    let unit_same = crate::agent_service::drop_in_change(host, &req.layout)
+        .is_ok_and(|c| c.is_noop())
+        && !host.exists(&crate::agent_service::restart_marker());
     rec.node_id == node.id
+        && unit_same
         && rec.mongo == req.target.uri
         && rec.database == req.target.database
         && rec.collection == req.target.collection
@@ -274,33 +282,33 @@ fn join_record(req: &Request, node: &NodeIdentity) -> JoinRecord {
 /// The agent's own files and the reporter service, as a plan.
 fn agent_plan(host: &Host, req: &Request, node: &NodeIdentity) -> Result<Plan> {
     let mut plan = Plan::new(format!("configure the reporter of node {}", node.id));
-    plan.secrets = req.db.secrets.clone();
-    if let Some(p) = &req.target.password {
-        plan.secrets.push(p.expose().to_string());
-    }
-    plan.files(
-        "write the agent configuration",
-        vec![
-            file_change(
-                host,
-                CONFIG_FILE,
-                req.config.to_toml().into_bytes(),
-                0o644,
-                false,
-            )?,
-            file_change(
-                host,
-                PASSWORD_FILE,
-                config::password_file_content(req.target.password.as_ref().map(|p| p.expose())),
-                0o600,
-                false,
-            )?,
-        ],
-    );
-    plan.push(Step::Service {
-        unit: AGENT_UNIT.into(),
-        action: ServiceAction::EnableNow,
-    });
+    let config = [
+        file_change(
+            host,
+            CONFIG_FILE,
+            req.config.to_toml().into_bytes(),
+            0o644,
+            false,
+        )?,
+        file_change(
+            host,
+            PASSWORD_FILE,
+            config::password_file_content(req.target.password.as_ref().map(|p| p.expose())),
+            0o600,
+            false,
+        )?,
+    ];
+    // The group that lets the reporter read the AMS files, and what a
+    // reporter already running with the old files is owed: systemd's
+    // reload, a restart (LoadCredential= copies the password at start).
+    let drop_in = agent_service::drop_in_change(host, &req.layout)?;
+    let (owed, marker) = agent_service::owed(host, &config.iter().collect::<Vec<_>>(), &[&drop_in]);
+    let mut changes: Vec<FileChange> = config.into_iter().collect();
+    changes.push(drop_in);
+    changes.extend(marker);
+    plan.files("write the agent configuration", changes);
+    plan.steps
+        .extend(agent_service::steps(owed, agent_service::Start::Always));
     Ok(plan)
 }
 
@@ -647,7 +655,6 @@ impl Joiner<'_> {
         let mut stages = Vec::new();
         let mut add = |plan: &mut Plan, stage: &'static str, part: Plan| {
             stages.extend(std::iter::repeat_n(stage, part.steps.len()));
-            plan.secrets.extend(part.secrets);
             plan.steps.extend(part.steps);
         };
         let single = |step: Step| Plan {
@@ -659,8 +666,9 @@ impl Joiner<'_> {
         // The reporter's settings as AMS will stand after the switch.
         let mut cfg = req.config.clone();
         cfg.node.ams_mode = Some(Mode::Cluster.name().to_string());
-        cfg.node.node_group =
-            crate::node::health::ams_config(host, &req.layout).and_then(|(_, g)| g);
+        cfg.node.node_group = crate::ams::mode::read_node_group(host, &req.layout)
+            .ok()
+            .flatten();
         let agent_req = Request {
             db: req.db.clone(),
             target: req.target.clone(),

@@ -2,20 +2,23 @@
 //! `change_server_mode.sh` replacement.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
-use super::{Context, MongoAuthArgs, parse_duration, parse_node_ip};
+use super::{Context, MongoAuthArgs, parse_node_ip};
+use crate::agent_service;
 use crate::ams::AmsLayout;
 use crate::ams::db::{self, DbKind, DbUrl};
 use crate::ams::layout::{DEFAULT_AMS_HOME, DEFAULT_HTTP_URL};
 use crate::ams::mode::{self, Mode, ModeSwitch};
+use crate::config::{AgentConfig, CONFIG_FILE};
+use crate::host::Host;
 use crate::mongo::error::RegistryError;
 use crate::mongo::registry::{Deadlines, Registry, Target};
-use crate::plan::{ApplyCtx, Plan};
+use crate::plan::{ApplyCtx, FileChange, Plan, Step};
 
 /// Switch Ant Media Server between standalone and cluster mode
 #[derive(Debug, Args)]
@@ -23,8 +26,9 @@ use crate::plan::{ApplyCtx, Plan};
     long_about = "Switch Ant Media Server between standalone and cluster mode.\n\n\
     Updates conf/red5.properties, the cluster blocks of conf/jee-container.xml, every \
     application's WEB-INF/red5-web.properties and /etc/hosts together (a crash leaves \
-    them all old or all new), then restarts AMS and waits until it answers. Running it \
-    again changes nothing.\n\n\
+    them all old or all new), then restarts AMS and waits until it answers. On a joined \
+    node, agent.toml's recorded mode and node group change with them and a running \
+    reporter is restarted. Running it again changes nothing.\n\n\
     DB forms: 10.0.1.5, 10.0.1.5:27018, [fd00::5]:27017, mongo.internal, h1,h2:27018, \
     mongodb://…, mongodb+srv://…, redis://…, rediss://…, /path/to/redis.yaml"
 )]
@@ -75,7 +79,7 @@ pub struct SwitchOpts {
 
     /// How long to wait for the MongoDB server to answer before switching
     /// (AMS stops at start-up when it cannot reach its database)
-    #[arg(long, alias = "db-timeout", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, alias = "db-timeout", value_name = "DURATION", default_value = "30s", value_parser = super::parse_wait)]
     pub mongo_wait: Duration,
 
     /// Switch even if the MongoDB server does not answer now
@@ -83,7 +87,7 @@ pub struct SwitchOpts {
     pub skip_db_check: bool,
 
     /// How long to wait for AMS to answer after the restart
-    #[arg(long, alias = "wait", value_name = "DURATION", default_value = "3m", value_parser = parse_duration)]
+    #[arg(long, alias = "wait", value_name = "DURATION", default_value = "3m", value_parser = super::parse_wait)]
     pub ams_wait: Duration,
 
     /// URL that answers once AMS is up
@@ -105,6 +109,42 @@ impl SwitchOpts {
             }),
         }
     }
+}
+
+/// agent.toml's recorded mode and node group as the switch leaves AMS, when
+/// this node joined (agent.toml names this install): the change to commit
+/// with AMS's files, and the reporter steps it owes (a running reporter is
+/// restarted so its fallback values are the new ones).
+fn agent_record(host: &Host, switch: &ModeSwitch) -> Result<(Vec<FileChange>, Vec<Step>)> {
+    let path = Path::new(CONFIG_FILE);
+    let config = match AgentConfig::load(host, path) {
+        Ok(Some(c)) if c.node.ams_home == switch.layout.home => c,
+        Ok(_) => return Ok((Vec::new(), Vec::new())),
+        Err(e) => {
+            tracing::warn!(
+                "not recording the new mode in {CONFIG_FILE}, which cannot be used: {e:#}"
+            );
+            return Ok((Vec::new(), Vec::new()));
+        }
+    };
+    let mut recorded = config.clone();
+    recorded.node.ams_mode = Some(switch.mode.name().to_string());
+    recorded.node.node_group = mode::read_node_group(host, &switch.layout)?;
+    let mut changes = Vec::new();
+    if recorded != config {
+        changes.push(FileChange::write(
+            host,
+            path,
+            recorded.to_toml().into_bytes(),
+            0o644,
+        )?);
+    }
+    let (owed, marker) = agent_service::owed(host, &changes.iter().collect::<Vec<_>>(), &[]);
+    changes.extend(marker);
+    Ok((
+        changes,
+        agent_service::steps(owed, agent_service::Start::IfRunning),
+    ))
 }
 
 pub fn run(ctx: &Context, args: ModeArgs) -> Result<()> {
@@ -154,7 +194,8 @@ pub fn run(ctx: &Context, args: ModeArgs) -> Result<()> {
     // with exit code 2; the network check only when there is work to do.
     // Held until the switch (restart and wait included) is done.
     let _lock = ctx.mutate()?;
-    switch_mode_checked(ctx, &switch, |plan| {
+    let (also, reporter) = agent_record(&ctx.host, &switch)?;
+    switch_mode_checked(ctx, &switch, (also, reporter), |plan| {
         if check && !plan.is_empty() {
             check_mongodb(&switch.db, timeout)?;
         }
@@ -191,17 +232,20 @@ fn check_mongodb(db: &DbUrl, timeout: Duration) -> Result<()> {
 /// Plans and applies (or prints) a mode switch; shared with `join`. The
 /// caller holds the host lock ([`Context::mutate`]).
 pub fn switch_mode(ctx: &Context, switch: &ModeSwitch) -> Result<()> {
-    switch_mode_checked(ctx, switch, |_| Ok(()))
+    switch_mode_checked(ctx, switch, (Vec::new(), Vec::new()), |_| Ok(()))
 }
 
-/// [`switch_mode`], with `before_apply` run on the plan before anything is
-/// changed (not in `--dry-run`).
+/// [`switch_mode`], with files that land with AMS's and steps after them
+/// (the agent's own, see [`agent_record`]), and `before_apply` run on the
+/// plan before anything is changed (not in `--dry-run`).
 fn switch_mode_checked(
     ctx: &Context,
     switch: &ModeSwitch,
+    (also, after): (Vec<FileChange>, Vec<Step>),
     before_apply: impl FnOnce(&Plan) -> Result<()>,
 ) -> Result<()> {
-    let plan = mode::plan(&ctx.host, switch)?;
+    let mut plan = mode::plan_with(&ctx.host, switch, also)?;
+    plan.steps.extend(after);
     if !ctx.dry_run {
         before_apply(&plan)?;
     }

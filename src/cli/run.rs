@@ -54,7 +54,10 @@ impl RegistryArgs {
     pub fn load_config(&self, host: &Host) -> Result<Option<AgentConfig>> {
         match AgentConfig::load(host, &self.config) {
             Ok(c) => Ok(c),
-            Err(e) if crate::error::exit_code(&e) == 2 => Err(e),
+            // A folder, a FIFO or a huge file in its place: name the flag.
+            Err(e) if crate::error::exit_code(&e) == 2 => {
+                Err(e.context(format!("--config {}", self.config.display())))
+            }
             Err(e) => {
                 let cause = e.root_cause().to_string();
                 bail_usage!(
@@ -83,7 +86,16 @@ impl RegistryArgs {
                 let db = self
                     .auth
                     .ask_missing_password(&creds, db, input, host, "--mongo")?;
-                crate::uri::split_password(&db.url)
+                let (uri, password) = crate::uri::split_password(&db.url);
+                if password.is_none() {
+                    if let Some(user) = user_needing_password(&uri) {
+                        bail_usage!(
+                            "--mongo names the user `{user}` without a password: pass --mongo-password-file <FILE> or set {}",
+                            config::PASSWORD_ENV
+                        );
+                    }
+                }
+                (uri, password)
             }
             None => {
                 let Some(cfg) = &config else {
@@ -99,6 +111,16 @@ impl RegistryArgs {
                     Some(p) => Some(p),
                     None => config::runtime_password(host)?,
                 };
+                if password.is_none() {
+                    if let Some(user) = user_needing_password(&cfg.mongo.uri) {
+                        bail_usage!(
+                            "[mongo] uri of {} names the user `{user}`, but there is no password: {} is missing or empty; run `ams-agent join` again with --mongo-password-file, or set {}",
+                            self.config.display(),
+                            password_source(),
+                            config::PASSWORD_ENV
+                        );
+                    }
+                }
                 (cfg.mongo.uri.clone(), password)
             }
         };
@@ -127,6 +149,28 @@ impl RegistryArgs {
     }
 }
 
+/// The user a URI names when its mechanism needs a password (SCRAM, PLAIN),
+/// for the check that one is there before anything is stopped or sent.
+fn user_needing_password(uri: &str) -> Option<String> {
+    let user = crate::uri::MongoUri::parse(uri)?.user()?.to_string();
+    (!user.is_empty() && !crate::uri::mechanism_without_password(uri))
+        .then(|| crate::human::escape(&user).into_owned())
+}
+
+/// Where the reporter's password comes from, as a message names it.
+fn password_source() -> String {
+    match std::env::var_os("CREDENTIALS_DIRECTORY") {
+        Some(dir) => format!(
+            "{} (systemd's copy of {})",
+            std::path::Path::new(&dir)
+                .join(config::CREDENTIAL_NAME)
+                .display(),
+            config::PASSWORD_FILE
+        ),
+        None => config::PASSWORD_FILE.to_string(),
+    }
+}
+
 /// A `--timeout`-like flag: a deadline of nothing fails at once with a
 /// confusing driver message, so it is refused as bad input.
 pub fn validate_timeout(d: Duration, flag: &str) -> Result<()> {
@@ -144,8 +188,9 @@ pub fn validate_timeout(d: Duration, flag: &str) -> Result<()> {
 #[command(
     long_about = "Run the reporter daemon (what ams-agent.service runs): every interval, \
     upsert this node's document (health, AMS state) into the registry. MongoDB outages \
-    never stop it: it backs off and logs one line when the connection is lost and one \
-    when it is back. On SIGTERM/SIGINT it marks the node `left` and exits 0.\n\n\
+    never stop it: it backs off and logs one line when the connection is lost, one when \
+    the cause changes (unreachable, credentials refused, …) and one when it is back. \
+    On SIGTERM/SIGINT it marks the node `left` and exits 0.\n\n\
     Settings come from /etc/ams-agent/agent.toml, the password from \
     $CREDENTIALS_DIRECTORY/mongo-password or /etc/ams-agent/mongo-password, then the \
     environment, then flags."

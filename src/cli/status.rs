@@ -2,6 +2,12 @@
 //! node with role, state, alive/dead (alive = `lastSeen` within 4 of its
 //! heartbeat intervals, AMS's rule), CPU, memory and the age of its last
 //! heartbeat, plus a per-role summary: what an autoscaling decision needs.
+//!
+//! The documents are other nodes' words: every text value is printed
+//! escaped ([`crate::human::escape`]), a `lastSeen` ahead of the server's
+//! clock is clock skew (not alive), and impossible numbers (a CPU of 1e30,
+//! a negative memory use, an interval of 1e30 s) are flagged and ignored,
+//! so one node cannot forge the table or move the per-role average.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -17,7 +23,9 @@ use super::run::{RegistryArgs, Resolved};
 use crate::host::runtime;
 use crate::mongo::registry::{Deadlines, Registry};
 
-pub use crate::mongo::registry::ALIVE_INTERVALS;
+pub use crate::mongo::registry::{
+    ALIVE_INTERVALS, CLOCK_TOLERANCE_SECONDS, DEFAULT_INTERVAL_SECONDS,
+};
 
 /// Show every node of the cluster and a per-role summary
 #[derive(Debug, Args)]
@@ -30,7 +38,7 @@ pub struct StatusArgs {
     pub json: bool,
 
     /// How long to wait for MongoDB
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::parse_wait)]
     pub timeout: Duration,
 }
 
@@ -49,6 +57,9 @@ pub struct NodeRow {
     pub private_ip: Option<String>,
     pub node_group: Option<String>,
     pub last_error: Option<String>,
+    /// Values of the document that cannot be true (a `lastSeen` in the
+    /// future, a CPU above 100 %), each ignored as said.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Default)]
@@ -82,6 +93,29 @@ fn text(doc: &Document, key: &str) -> Option<String> {
     }
 }
 
+/// A number as a message shows it (`1e30`, not thirty zeros).
+fn shown(v: f64) -> String {
+    if v.is_finite() && v.abs() < 1e6 {
+        format!("{v}")
+    } else {
+        format!("{v:e}")
+    }
+}
+
+/// A percentage of the document: None (with a warning) unless it is a
+/// finite number from 0 to 100.
+fn percent(v: Option<f64>, what: &str, warnings: &mut Vec<String>) -> Option<f64> {
+    let v = v?;
+    if v.is_finite() && (0.0..=100.0).contains(&v) {
+        return Some(v);
+    }
+    warnings.push(format!(
+        "{what} {} is not a percentage (0-100): ignored",
+        shown(v)
+    ));
+    None
+}
+
 /// Builds the view from the node documents and the server's clock.
 pub fn view(docs: &[Document], now: DateTime) -> StatusView {
     let mut nodes = Vec::with_capacity(docs.len());
@@ -92,19 +126,48 @@ pub fn view(docs: &[Document], now: DateTime) -> StatusView {
             None => continue,
         };
         let health = d.get_document("health").ok();
+        let mut warnings = Vec::new();
         let age = d
             .get_datetime("lastSeen")
             .ok()
-            .map(|t| (now.timestamp_millis() - t.timestamp_millis()).max(0) as f64 / 1000.0);
+            .map(|t| (now.timestamp_millis() - t.timestamp_millis()) as f64 / 1000.0);
+        // A lastSeen ahead of the server's clock would count as alive
+        // forever: it is clock skew, or a forged document.
+        let skewed = age.is_some_and(|a| a < -CLOCK_TOLERANCE_SECONDS);
+        if let Some(a) = age.filter(|_| skewed) {
+            warnings.push(format!(
+                "lastSeen is {}s ahead of the server's clock (clock skew?): not counted alive",
+                shown((-a).round())
+            ));
+        }
+        let age = age.map(|a| if skewed { a } else { a.max(0.0) });
+        let interval = match num(d, "intervalSeconds") {
+            // The reporter's own range (500ms to 1h).
+            Some(v) if v.is_finite() && (0.5..=3600.0).contains(&v) => v,
+            Some(v) => {
+                warnings.push(format!(
+                    "intervalSeconds {} is out of range (0.5-3600): liveness uses {DEFAULT_INTERVAL_SECONDS}s",
+                    shown(v)
+                ));
+                DEFAULT_INTERVAL_SECONDS
+            }
+            None => DEFAULT_INTERVAL_SECONDS,
+        };
         let state = text(d, "state").unwrap_or_else(|| "unknown".into());
-        let alive = crate::mongo::registry::is_alive(&state, age, num(d, "intervalSeconds"));
+        let alive = crate::mongo::registry::is_alive(&state, age, Some(interval));
+        let cpu = percent(health.and_then(|h| num(h, "cpu")), "cpu", &mut warnings);
+        let memory = percent(
+            health.and_then(|h| num(h, "memoryUsed")),
+            "memoryUsed",
+            &mut warnings,
+        );
         nodes.push(NodeRow {
             id,
             role: text(d, "role").unwrap_or_else(|| "unknown".into()),
             state,
             alive,
-            cpu: health.and_then(|h| num(h, "cpu")),
-            memory: health.and_then(|h| num(h, "memoryUsed")),
+            cpu,
+            memory,
             age_seconds: age.map(|a| (a * 10.0).round() / 10.0),
             hostname: text(d, "hostname"),
             private_ip: text(d, "privateIp"),
@@ -116,6 +179,7 @@ pub fn view(docs: &[Document], now: DateTime) -> StatusView {
                     text(e, "message").unwrap_or_default()
                 )
             }),
+            warnings,
         });
     }
     nodes.sort_by(|a, b| (&a.role, &a.id).cmp(&(&b.role, &b.id)));
@@ -148,6 +212,7 @@ fn opt(v: Option<f64>, unit: &str) -> String {
 fn age(v: Option<f64>) -> String {
     match v {
         None => "never".into(),
+        Some(s) if s < 0.0 => "in the future".into(),
         Some(s) if s < 120.0 => format!("{s:.0}s ago"),
         Some(s) if s < 7200.0 => format!("{:.0}m ago", s / 60.0),
         Some(s) if s < 172_800.0 => format!("{:.0}h ago", s / 3600.0),
@@ -155,8 +220,9 @@ fn age(v: Option<f64>) -> String {
     }
 }
 
-/// The table a person reads.
+/// The table a person reads. Every value from a document is escaped.
 pub fn render(v: &StatusView) -> String {
+    use crate::human::escape;
     let mut out = String::new();
     if v.nodes.is_empty() {
         out.push_str("no nodes registered\n");
@@ -167,14 +233,16 @@ pub fn render(v: &StatusView) -> String {
         .iter()
         .map(|n| {
             [
-                n.id.clone(),
-                n.role.clone(),
-                n.state.clone(),
+                escape(&n.id).into_owned(),
+                escape(&n.role).into_owned(),
+                escape(&n.state).into_owned(),
                 if n.alive { "alive" } else { "dead" }.into(),
                 opt(n.cpu, "%"),
                 opt(n.memory, "%"),
                 age(n.age_seconds),
-                n.private_ip.clone().unwrap_or_else(|| "-".into()),
+                n.private_ip
+                    .as_deref()
+                    .map_or_else(|| "-".into(), |ip| escape(ip).into_owned()),
             ]
         })
         .collect();
@@ -209,11 +277,27 @@ pub fn render(v: &StatusView) -> String {
     for r in &rows {
         let _ = writeln!(out, "{}", line(r));
     }
+    let notes: Vec<String> = v
+        .nodes
+        .iter()
+        .flat_map(|n| {
+            n.warnings
+                .iter()
+                .map(move |w| format!("warning: node {}: {w}", escape(&n.id)))
+        })
+        .collect();
+    if !notes.is_empty() {
+        out.push('\n');
+        for note in notes {
+            let _ = writeln!(out, "{note}");
+        }
+    }
     out.push('\n');
     for (role, s) in &v.roles {
         let _ = writeln!(
             out,
-            "{role}: {} alive of {}, average CPU {}",
+            "{}: {} alive of {}, average CPU {}",
+            escape(role),
             s.alive,
             s.nodes,
             s.average_cpu.map_or("-".into(), |c| format!("{c:.1}%"))
@@ -257,6 +341,25 @@ pub fn run(ctx: &Context, args: StatusArgs) -> Result<()> {
 mod tests {
     use super::*;
     use mongodb::bson::doc;
+
+    #[test]
+    fn nan_infinite_and_negative_values_are_flagged_and_not_averaged() {
+        let now = DateTime::from_millis(1_000_000_000);
+        let recent = DateTime::from_millis(1_000_000_000 - 1000);
+        let docs = vec![
+            doc! { "_id": "a", "role": "edge", "state": "ready", "lastSeen": recent, "health": { "cpu": f64::NAN } },
+            doc! { "_id": "b", "role": "edge", "state": "ready", "lastSeen": recent, "health": { "cpu": f64::INFINITY } },
+            doc! { "_id": "c", "role": "edge", "state": "ready", "lastSeen": recent, "intervalSeconds": f64::NAN, "health": { "cpu": -1.0 } },
+            doc! { "_id": "d", "role": "edge", "state": "ready", "lastSeen": DateTime::from_millis(1_000_001_500), "health": { "cpu": 30.0 } },
+        ];
+        let v = view(&docs, now);
+        assert!(v.nodes.iter().take(3).all(|n| n.cpu.is_none() && n.alive));
+        assert_eq!(v.nodes[2].warnings.len(), 2, "{:?}", v.nodes[2]);
+        // 1.5 s ahead: within the tolerance, alive and not flagged.
+        assert!(v.nodes[3].alive && v.nodes[3].warnings.is_empty());
+        assert_eq!(v.roles["edge"].average_cpu, Some(30.0));
+        assert!(render(&v).contains("warning: node a: cpu NaN is not a percentage"));
+    }
 
     #[test]
     fn alive_is_four_intervals_and_roles_average_alive_cpu() {

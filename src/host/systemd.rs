@@ -9,6 +9,9 @@ use super::runner::{CommandRunner, CommandSpec};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServiceAction {
     Restart,
+    /// Restart only if it runs; a unit that is not installed has nothing
+    /// to restart.
+    TryRestart,
     Reload,
     Start,
     Stop,
@@ -21,6 +24,7 @@ impl ServiceAction {
     fn args(self) -> &'static [&'static str] {
         match self {
             ServiceAction::Restart => &["restart"],
+            ServiceAction::TryRestart => &["try-restart"],
             ServiceAction::Reload => &["reload"],
             ServiceAction::Start => &["start"],
             ServiceAction::Stop => &["stop"],
@@ -33,6 +37,7 @@ impl ServiceAction {
     pub fn verb(self) -> &'static str {
         match self {
             ServiceAction::Restart => "restart",
+            ServiceAction::TryRestart => "restart (if it runs)",
             ServiceAction::Reload => "reload",
             ServiceAction::Start => "start",
             ServiceAction::Stop => "stop",
@@ -60,6 +65,10 @@ pub fn act(runner: &dyn CommandRunner, unit: &str, action: ServiceAction) -> Res
     let stderr = out.stderr.trim();
     // systemctl exits 5 with "Unit x.service not found." for unknown units.
     if out.code == Some(5) || stderr.contains("not found") || stderr.contains("not loaded") {
+        if action == ServiceAction::TryRestart {
+            tracing::info!("{unit} is not installed: nothing to restart");
+            return Ok(());
+        }
         bail!(
             "service {unit} is not installed on this host (systemctl: {}){}",
             if stderr.is_empty() {

@@ -11,10 +11,21 @@
 //!
 //! A crash before 2 leaves every target untouched (only stray temp files,
 //! overwritten next time). A crash after 2 is rolled forward by [`recover`],
-//! which every mutating command runs first. So after any crash and the next
+//! which every mutating command runs first. The journal also records what
+//! each target held at the commit point (a SHA-256 of its content): a target
+//! that changed since (edited by hand after the crash) is never overwritten;
+//! the roll-forward is refused, naming the file and the way out. So after any crash and the next
 //! run, every file of the change is either entirely old or entirely new, and
 //! all of them agree. Flushing whole filesystems instead of each file costs
 //! a handful of flushes per change whatever the number of files.
+//!
+//! Backups: the original of a file everyone may read (`jee-container.xml`,
+//! `/etc/hosts`) is kept once, before the agent's first change. A file not
+//! readable by everyone, before or after the change, may hold a secret (the
+//! AMS properties with the MongoDB URI or the store password, keys,
+//! keystores, password files): its backup lives only while its transaction
+//! runs (the recovery instructions point at it) and is removed once the
+//! transaction is complete, so no old key or password piles up.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -40,6 +51,27 @@ pub struct FileWrite {
 struct Journal {
     renames: Vec<(PathBuf, PathBuf)>,
     removals: Vec<PathBuf>,
+    /// What each target held at the commit point: the SHA-256 (hex) of its
+    /// content, or None when it did not exist. (Journals of earlier
+    /// versions have none: nothing to compare.)
+    #[serde(default)]
+    held: BTreeMap<PathBuf, Option<String>>,
+    /// Backups of files that may hold a secret: removed once complete.
+    #[serde(default)]
+    transient_backups: Vec<PathBuf>,
+}
+
+/// The SHA-256 of a file's content (hex), None for no file.
+fn digest(content: Option<&[u8]>) -> Option<String> {
+    use sha2::Digest as _;
+    content.map(|c| format!("{:x}", sha2::Sha256::digest(c)))
+}
+
+/// A file not readable by everyone (now or after the write) may hold a
+/// secret; its backup does not outlive the transaction.
+fn holds_secret(host: &Host, w: &FileWrite) -> Result<bool> {
+    let now = host.meta(&w.path)?;
+    Ok(w.meta.mode & 0o004 == 0 || now.is_some_and(|m| m.mode & 0o004 == 0))
 }
 
 fn journal_path() -> PathBuf {
@@ -115,6 +147,11 @@ fn prepare(
     temps: &mut Vec<PathBuf>,
     devices: &mut Devices,
 ) -> Result<()> {
+    for w in writes.iter().filter(|w| w.backup) {
+        if holds_secret(host, w)? {
+            journal.transient_backups.push(backup_path(&w.path));
+        }
+    }
     let backups: Vec<&FileWrite> = writes
         .iter()
         .filter(|w| w.backup && !host.exists(&backup_path(&w.path)))
@@ -136,18 +173,29 @@ fn prepare(
         temps.push(tmp.clone());
         journal.renames.push((tmp, w.path.clone()));
     }
-    journal.removals = writes
-        .iter()
-        .filter(|w| w.contents.is_none())
-        .map(|w| w.path.clone())
-        .collect();
+    let removals: Vec<&FileWrite> = writes.iter().filter(|w| w.contents.is_none()).collect();
+    journal.removals = removals.iter().map(|w| w.path.clone()).collect();
     // Creating a file costs the filesystem more than writing it; files in
-    // different folders are created in parallel.
-    let written = in_parallel(&contents, |w| write_temp(host, w))?;
-    for (dev, w) in written.into_iter().zip(&contents) {
+    // different folders are created in parallel (each thread also reads
+    // what its target holds now, for the journal).
+    let written = in_parallel(&contents, |w| {
+        Ok((write_temp(host, w)?, held_now(host, &w.path)?))
+    })?;
+    for ((dev, held), w) in written.into_iter().zip(&contents) {
         devices.entry(dev).or_insert_with(|| temp_path_for(&w.path));
+        journal.held.insert(w.path.clone(), held);
+    }
+    for w in removals {
+        journal
+            .held
+            .insert(w.path.clone(), held_now(host, &w.path)?);
     }
     Ok(())
+}
+
+/// The digest of what a target holds now.
+fn held_now(host: &Host, path: &Path) -> Result<Option<String>> {
+    Ok(digest(host.read_optional(path)?.as_deref()))
 }
 
 /// Copies the original of a file to its backup path; returns the device
@@ -267,9 +315,80 @@ pub fn recover(host: &Host) -> Result<bool> {
             host.path(&journal_path()).display()
         ),
     };
+    refuse_changed_targets(host, &journal)?;
     tracing::warn!("completing a change interrupted in an earlier run");
     roll_forward(host, &journal, None).map_err(|e| e.context(stuck_message(host)))?;
     Ok(true)
+}
+
+/// Before a roll-forward: every target still to be replaced or removed
+/// must hold what it held at the commit point. One that changed since (a
+/// hand edit after the crash) is named with the way out, and nothing is
+/// written.
+fn refuse_changed_targets(host: &Host, journal: &Journal) -> Result<()> {
+    let mut changed = Vec::new();
+    let pending = journal
+        .renames
+        .iter()
+        .map(|(tmp, target)| (Some(tmp), target))
+        .chain(journal.removals.iter().map(|target| (None, target)));
+    for (tmp, target) in pending {
+        let Some(held) = journal.held.get(target) else {
+            continue;
+        };
+        if let Some(tmp) = tmp {
+            // Renamed already (tmp gone): the new content is in place.
+            match std::fs::symlink_metadata(host.path(tmp)) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(e).with_context(|| format!("examining {}", tmp.display()));
+                }
+                Ok(_) => {}
+            }
+        }
+        let now = held_now(host, target)?;
+        if tmp.is_none() && now.is_none() {
+            continue; // removed already
+        }
+        if &now != held {
+            changed.push((tmp, target));
+        }
+    }
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let files = changed
+        .iter()
+        .map(|(tmp, target)| {
+            let backup = backup_path(target);
+            let backup = if host.exists(&backup) {
+                format!(
+                    "its original (from before ams-agent first changed it) is {}",
+                    host.path(&backup).display()
+                )
+            } else {
+                "no backup of it was kept".to_string()
+            };
+            let new = match tmp {
+                Some(tmp) => format!(
+                    "; the content the change would write is {}",
+                    host.path(tmp).display()
+                ),
+                None => "; the change would remove it".to_string(),
+            };
+            format!("{}: {backup}{new}", target.display())
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    bail!(
+        "a change interrupted in an earlier run cannot be completed: {} changed since the change was committed (edited after the crash?), and completing it would overwrite that; nothing was written. {files}. Merge by hand if needed, then remove {} to abandon the interrupted change (the next run plans again from the files as they are)",
+        changed
+            .iter()
+            .map(|(_, t)| t.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        host.path(&journal_path()).display()
+    )
 }
 
 fn rename_one(host: &Host, tmp: &Path, target: &Path) -> Result<()> {
@@ -303,6 +422,10 @@ fn roll_forward(host: &Host, journal: &Journal, devices: Option<&Devices>) -> Re
         None => devices_of(host, &targets)?,
     };
     sync_devices(host, &devices).context("flushing the replaced files to disk")?;
+    for backup in &journal.transient_backups {
+        host.remove(backup)
+            .context("removing the backup of a file that may hold a secret")?;
+    }
     host.remove(&journal_path())
         .context("removing the transaction journal")
 }
@@ -342,6 +465,111 @@ mod tests {
         assert!(!host.exists(&backup_path(Path::new("/b/two"))));
         assert!(!host.exists(&journal_path()));
         assert!(!recover(&host).unwrap());
+    }
+
+    #[test]
+    fn a_removal_over_a_changed_file_is_refused_and_an_unchanged_one_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Host::new(dir.path(), CrashPoints::default());
+        host.create_dir_all(Path::new(STATE_DIR), 0o700).unwrap();
+        host.create_dir_all(Path::new("/a"), 0o755).unwrap();
+        let target = Path::new("/a/gone");
+        std::fs::write(host.path(target), "at commit").unwrap();
+        let journal = Journal {
+            renames: Vec::new(),
+            removals: vec![target.to_path_buf()],
+            held: [(target.to_path_buf(), digest(Some(b"at commit")))].into(),
+            ..Default::default()
+        };
+        let write_journal = || {
+            std::fs::write(
+                host.path(&journal_path()),
+                serde_json::to_vec(&journal).unwrap(),
+            )
+            .unwrap()
+        };
+        write_journal();
+        std::fs::write(host.path(target), "edited").unwrap();
+        let err = format!("{:#}", recover(&host).unwrap_err());
+        assert!(
+            err.contains("/a/gone") && err.contains("would remove it"),
+            "{err}"
+        );
+        assert_eq!(host.read(target).unwrap(), b"edited");
+        assert!(host.exists(&journal_path()));
+
+        std::fs::write(host.path(target), "at commit").unwrap();
+        assert!(recover(&host).unwrap());
+        assert!(!host.exists(target));
+        assert!(!host.exists(&journal_path()));
+    }
+
+    #[test]
+    fn backups_of_files_that_may_hold_a_secret_do_not_outlive_the_change() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let host = Host::new(dir.path(), CrashPoints::default());
+        host.create_dir_all(Path::new("/conf"), 0o755).unwrap();
+        let set = |path: &str, text: &str, mode: u32| {
+            let real = host.path(Path::new(path));
+            std::fs::write(&real, text).unwrap();
+            std::fs::set_permissions(&real, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        set("/conf/public.xml", "old xml", 0o644);
+        set("/conf/red5.properties", "clusterdb.host=", 0o644);
+        set("/conf/keystore.jks", "old key", 0o600);
+        // A backup an earlier version kept forever.
+        let stale = backup_path(Path::new("/conf/keystore.jks"));
+        host.create_dir_all(stale.parent().unwrap(), 0o700).unwrap();
+        std::fs::write(host.path(&stale), "older key").unwrap();
+        let write = |path: &str, text: &str, mode: u32| FileWrite {
+            path: path.into(),
+            contents: Some(text.as_bytes().to_vec()),
+            meta: private_meta(mode),
+            backup: true,
+        };
+        let writes = [
+            write("/conf/public.xml", "new xml", 0o644),
+            // Gains a password: no longer world-readable.
+            write(
+                "/conf/red5.properties",
+                "clusterdb.host=mongodb://u:pw@h",
+                0o640,
+            ),
+            write("/conf/keystore.jks", "new key", 0o600),
+        ];
+        // A crash right after the commit point: the recovery removes them too.
+        let journal = {
+            let mut j = Journal::default();
+            let mut temps = Vec::new();
+            let mut devices = Devices::new();
+            prepare(&host, &writes, &mut j, &mut temps, &mut devices).unwrap();
+            j
+        };
+        assert!(host.exists(&backup_path(Path::new("/conf/red5.properties"))));
+        host.write_atomic(
+            &journal_path(),
+            &serde_json::to_vec(&journal).unwrap(),
+            private_meta(0o600),
+        )
+        .unwrap();
+        assert!(recover(&host).unwrap());
+        assert_eq!(
+            host.read(Path::new("/conf/keystore.jks")).unwrap(),
+            b"new key"
+        );
+        assert_eq!(
+            host.read(&backup_path(Path::new("/conf/public.xml")))
+                .unwrap(),
+            b"old xml"
+        );
+        for secret in ["/conf/red5.properties", "/conf/keystore.jks"] {
+            assert!(!host.exists(&backup_path(Path::new(secret))), "{secret}");
+        }
+        // And a plain commit.
+        commit(&host, &[write("/conf/keystore.jks", "newer key", 0o600)]).unwrap();
+        assert!(!host.exists(&backup_path(Path::new("/conf/keystore.jks"))));
+        assert!(host.exists(&backup_path(Path::new("/conf/public.xml"))));
     }
 
     /// Every file below `root`, relative, with its content.

@@ -116,7 +116,11 @@ pub fn read_file(host: &Host, kind: Kind, path: &Path) -> Result<Current> {
     if md.len() > MAX_FILE {
         bail_usage!("{flag} {shown} is larger than {} MB", MAX_FILE >> 20);
     }
-    let Some((text, meta)) = host.read_with_meta(&file)? else {
+    let cap = crate::host::fs::Cap {
+        bytes: MAX_FILE,
+        what: "a balancer configuration",
+    };
+    let Some((text, meta)) = host.read_with_meta(&file, cap)? else {
         bail_usage!("{flag} {shown} does not exist");
     };
     if text.len() as u64 > MAX_FILE {
@@ -218,8 +222,9 @@ pub fn resolve_tls(host: &Host, cfg: &LbConfig) -> Result<Option<Tls>> {
         Kind::Haproxy => String::new(),
         Kind::Nginx => {
             let bytes = host
-                .read(&pem)
-                .with_context(|| format!("reading the certificate {}", pem.display()))?;
+                .read_capped(&pem, crate::host::fs::Cap::PEM)
+                .with_context(|| format!("reading the certificate {}", pem.display()))?
+                .ok_or_else(|| anyhow!("the certificate {} disappeared", pem.display()))?;
             let info = crate::cert::inspect::CertInfo::from_pem(&bytes)
                 .with_context(|| format!("reading the certificate {}", pem.display()))?;
             format!(

@@ -141,15 +141,20 @@ pub fn view(docs: &[Document], now: DateTime) -> RegistryView {
             continue;
         };
         let state = text(d, "state").unwrap_or("unknown").to_string();
+        // Unclamped: a lastSeen ahead of the server's clock is skew (or
+        // forged), never alive.
         let age = d
             .get_datetime("lastSeen")
             .ok()
-            .map(|t| (now_ms - t.timestamp_millis()).max(0) as f64 / 1000.0);
+            .map(|t| (now_ms - t.timestamp_millis()) as f64 / 1000.0);
         let alive = is_alive(&state, age, num(d, "intervalSeconds"));
         let standing = match state.as_str() {
             "left" | "leaving" => Standing::Left,
             _ if !alive => Standing::Ineligible {
                 why: match age {
+                    Some(a) if a < 0.0 => {
+                        format!("lastSeen {:.0}s ahead of the server's clock", -a)
+                    }
                     Some(a) => format!("stale (last seen {a:.0}s ago)"),
                     None => "never seen".into(),
                 },
@@ -166,7 +171,7 @@ pub fn view(docs: &[Document], now: DateTime) -> RegistryView {
             addr,
             state,
             alive,
-            age_seconds: age.map(|a| (a * 10.0).round() / 10.0),
+            age_seconds: age.map(|a| (a.max(0.0) * 10.0).round() / 10.0),
             standing,
         });
     }

@@ -118,19 +118,35 @@ impl NodeState {
 /// A node is alive while its last heartbeat is younger than this many of
 /// its own heartbeat intervals (AMS's rule for its `clusternode` rows).
 pub const ALIVE_INTERVALS: u32 = 4;
-/// The interval assumed for a document that does not say its own.
+/// The interval assumed for a document that does not say its own, or says
+/// one outside the reporter's range.
 pub const DEFAULT_INTERVAL_SECONDS: f64 = 5.0;
+/// The reporter's range of intervals (500 ms to 1 h).
+pub const INTERVAL_RANGE: std::ops::RangeInclusive<f64> = 0.5..=3600.0;
+/// How far a `lastSeen` may be ahead of the server's clock before it is
+/// clock skew (members of a replica set may differ a little).
+pub const CLOCK_TOLERANCE_SECONDS: f64 = 2.0;
 
-/// The registry's alive rule: not `left`, and `lastSeen` younger than
-/// [`ALIVE_INTERVALS`] of the node's interval, both times by the server's
-/// clock (`now` from `hello.localTime`), so a node's own clock cannot fake
-/// liveness. `age_seconds` is None when the node was never seen.
+/// The interval liveness is judged by: the node's own when it is in the
+/// reporter's range, else [`DEFAULT_INTERVAL_SECONDS`].
+pub fn liveness_interval(interval_seconds: Option<f64>) -> f64 {
+    interval_seconds
+        .filter(|v| v.is_finite() && INTERVAL_RANGE.contains(v))
+        .unwrap_or(DEFAULT_INTERVAL_SECONDS)
+}
+
+/// The registry's alive rule (`status` and the load balancer): not
+/// `left`, and `lastSeen` younger than [`ALIVE_INTERVALS`] of the node's
+/// interval, both times by the server's clock (`now` from
+/// `hello.localTime`), so a node's own clock cannot fake liveness; a
+/// `lastSeen` ahead of the server's clock by more than
+/// [`CLOCK_TOLERANCE_SECONDS`] is skew (or forged) and never alive.
+/// `age_seconds` (now − lastSeen, unclamped) is None when never seen.
 pub fn is_alive(state: &str, age_seconds: Option<f64>, interval_seconds: Option<f64>) -> bool {
-    let interval = interval_seconds
-        .filter(|v| v.is_finite() && *v > 0.0)
-        .unwrap_or(DEFAULT_INTERVAL_SECONDS);
+    let interval = liveness_interval(interval_seconds);
     state != NodeState::Left.name()
-        && age_seconds.is_some_and(|a| a < interval * ALIVE_INTERVALS as f64)
+        && age_seconds
+            .is_some_and(|a| a >= -CLOCK_TOLERANCE_SECONDS && a < interval * ALIVE_INTERVALS as f64)
 }
 
 /// Everything a heartbeat says about the node.
@@ -178,6 +194,12 @@ impl NodeReport {
                 "service": &self.ams.service,
                 "http": self.ams.answers(),
                 "httpStatus": self.ams.http_status.map_or(Bson::Null, |s| Bson::Int32(s as i32)),
+                "fallback": self.ams.fallback.as_ref().map_or(Bson::Null, |f| Bson::Document(doc! {
+                    "from": "agent.toml",
+                    "values": f.values.iter().map(|v| Bson::String(v.to_string())).collect::<Vec<_>>(),
+                    "error": &f.error,
+                    "since": mongodb::bson::DateTime::from_system_time(f.since),
+                })),
             },
             "health": {
                 "cpu": opt_f64(h.cpu),
@@ -249,13 +271,8 @@ impl Registry {
             Ok(Ok(o)) => o,
             Ok(Err(e)) => {
                 let mut err = RegistryError::from_driver(&e, &shown, "reading the URI");
-                let forms = target
-                    .password
-                    .as_ref()
-                    .map(|p| crate::uri::password_forms(p.expose()));
-                for secret in forms.iter().flatten() {
-                    err.message = err.message.replace(secret.as_str(), "****");
-                }
+                // By position: a URI the message quotes loses its password.
+                err.message = crate::secret::redact_uris(&err.message);
                 return Err(err);
             }
             Err(_) => {

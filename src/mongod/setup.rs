@@ -163,9 +163,6 @@ pub fn plan_configure(
     installed: bool,
 ) -> Result<Plan> {
     let mut plan = Plan::new(format!("configure mongod {}", req.series()));
-    plan.secrets.push(req.login.password.expose().to_string());
-    plan.secrets
-        .extend(crate::uri::password_forms(req.login.password.expose()));
 
     let units_before = plan.steps.len();
     plan.files(
@@ -217,7 +214,7 @@ pub fn plan_configure(
     }
 
     let conf_path = Path::new(MONGOD_CONF);
-    let (conf_text, meta) = match host.read_with_meta(conf_path)? {
+    let (conf_text, meta) = match host.read_with_meta(conf_path, crate::host::fs::Cap::CONFIG)? {
         Some((bytes, meta)) => (
             String::from_utf8(bytes)
                 .map_err(|_| anyhow::anyhow!("{MONGOD_CONF} is not UTF-8 text"))?,
@@ -276,7 +273,7 @@ pub fn plan_configure(
         }
         conf_changed || limits_changed
     };
-    let admin_ready = !started && admin_in_place(&mongod, &req.login);
+    let admin_ready = !started && admin_in_place(&mongod, &req.login, req.wait);
     if started {
         plan.push(Step::Action(Arc::new(WaitMongod {
             mongod: mongod.clone(),
@@ -298,16 +295,48 @@ pub fn plan_configure(
 }
 
 /// Whether the running mongod already refuses anonymous commands and lets
-/// the admin in as root: then there is nothing to do.
-fn admin_in_place(mongod: &LocalMongod, login: &AdminLogin) -> bool {
+/// the admin in as root: then there is nothing to do. A dry run asks too
+/// (over loopback, reading only), so that it shows the plan the real run
+/// makes; the question is announced and bounded by `wait` (--mongo-wait).
+fn admin_in_place(mongod: &LocalMongod, login: &AdminLogin, wait: Duration) -> bool {
+    let at = format!("{}:{}", mongod.host, mongod.port);
+    let wait_shown = crate::human::show_duration(wait);
+    tracing::info!(
+        "asking the running mongod at {at} whether the admin user `{}` is in place and anonymous commands are refused (up to {wait_shown}, --mongo-wait)",
+        login.user
+    );
     let Ok(rt) = crate::host::runtime() else {
         return false;
     };
-    rt.block_on(async {
-        let deadline = Duration::from_secs(5);
-        matches!(mongod.refuses_anonymous(deadline).await, Ok(true))
-            && matches!(mongod.admin_is_root(login, deadline).await, Ok(true))
-    })
+    let start = std::time::Instant::now();
+    let left = || {
+        wait.saturating_sub(start.elapsed())
+            .max(Duration::from_millis(100))
+    };
+    let asked = rt.block_on(async {
+        // A little grace so a command's own deadline reports first.
+        tokio::time::timeout(wait + Duration::from_millis(500), async {
+            if !mongod.refuses_anonymous(left()).await? {
+                return Ok(Some("it answers anonymous commands"));
+            }
+            if !mongod.admin_is_root(login, left()).await? {
+                return Ok(Some("the admin user lacks the root role"));
+            }
+            Ok::<_, crate::mongo::error::RegistryError>(None)
+        })
+        .await
+    });
+    let why = match asked {
+        Ok(Ok(None)) => {
+            tracing::info!("mongod at {at}: the admin user is in place");
+            return true;
+        }
+        Ok(Ok(Some(why))) => why.to_string(),
+        Ok(Err(e)) if e.failure != crate::mongo::error::Failure::Timeout => e.to_string(),
+        _ => format!("mongod at {at} did not answer within {wait_shown}"),
+    };
+    tracing::info!("the admin user is not in place yet ({why}): its steps are planned");
+    false
 }
 
 #[derive(Debug)]

@@ -149,6 +149,20 @@ pub struct AmsState {
     pub http_status: Option<u16>,
     pub mode: Option<String>,
     pub node_group: Option<String>,
+    /// Set when some of these values are not AMS's files' but what
+    /// agent.toml recorded (the files could not be read).
+    pub fallback: Option<Fallback>,
+}
+
+/// Values reported from agent.toml instead of AMS's files, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fallback {
+    /// The document's names of the values (`mode`, `nodeGroup`).
+    pub values: Vec<&'static str>,
+    /// Why the files could not be read (the paths named).
+    pub error: String,
+    /// Since when (this node's clock).
+    pub since: std::time::SystemTime,
 }
 
 impl AmsState {
@@ -184,16 +198,44 @@ pub async fn probe_http(url: &str, timeout: Duration) -> Option<u16> {
     tokio::time::timeout(timeout, fut).await.ok().flatten()
 }
 
-/// AMS's mode and node group from its own files; `None` when they cannot be
-/// read (the reporter runs without CAP_DAC_OVERRIDE).
-pub fn ams_config(host: &Host, layout: &AmsLayout) -> Option<(String, Option<String>)> {
-    match crate::ams::mode::current(host, layout) {
-        Ok(c) => Some((c.mode.name().to_string(), c.node_group)),
-        Err(e) => {
-            tracing::debug!("reading the AMS configuration: {e:#}");
-            None
-        }
+/// AMS's mode (`conf/jee-container.xml`) and node group
+/// (`conf/red5.properties`) from its own files, each with the error that
+/// kept it from being read (the reporter runs without CAP_DAC_OVERRIDE).
+pub struct AmsConfig {
+    pub mode: Result<String, String>,
+    pub node_group: Result<Option<String>, String>,
+}
+
+pub fn ams_config(host: &Host, layout: &AmsLayout) -> AmsConfig {
+    let shown = |e: anyhow::Error| format!("{e:#}");
+    AmsConfig {
+        mode: crate::ams::mode::read_mode(host, layout)
+            .map(|m| m.name().to_string())
+            .map_err(shown),
+        node_group: crate::ams::mode::read_node_group(host, layout).map_err(shown),
     }
+}
+
+/// What tells a change of AMS's two files without reading them (size,
+/// inode, modification and status-change times: an edit, a replacement, a
+/// chmod or chown): a change is re-read at once.
+pub fn ams_config_stamp(host: &Host, layout: &AmsLayout) -> Vec<Option<[i64; 6]>> {
+    use std::os::unix::fs::MetadataExt;
+    [layout.jee_container(), layout.red5_properties()]
+        .iter()
+        .map(|p| {
+            std::fs::metadata(host.path(p)).ok().map(|m| {
+                [
+                    m.len() as i64,
+                    m.ino() as i64,
+                    m.mtime(),
+                    m.mtime_nsec(),
+                    m.ctime(),
+                    m.ctime_nsec(),
+                ]
+            })
+        })
+        .collect()
 }
 
 /// `systemctl is-active` for the AMS unit: `active`, `inactive`, `unknown`.

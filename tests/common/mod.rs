@@ -6,6 +6,7 @@
 pub mod acme;
 pub mod apt;
 pub mod pty;
+pub mod systemd;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
