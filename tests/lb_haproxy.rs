@@ -587,3 +587,50 @@ fn watch_follows_changes_until_stopped() {
         "{log}"
     );
 }
+
+#[test]
+fn an_emptied_slot_never_comes_back_up_from_an_old_server_state() {
+    let t = Tree::new();
+    let ports = Ports::new();
+    let _b = Backends::start(ports.node, &[("127.0.0.96", "e1"), ("127.0.0.1", "e2")]);
+    let mut peer = MongoPeer::start(PeerOptions::default());
+    put_node(&mut peer, "i-e1", "edge", "127.0.0.96", "ready", 1);
+    let h = Haproxy::start(&t);
+    ok(&lb(&t, &peer, &ports, &[]));
+    // e2 joins at run time: a spare slot carries it, in the state file too.
+    put_node(&mut peer, "i-e2", "edge", "127.0.0.1", "ready", 1);
+    let out = ok(&lb(&t, &peer, &ports, &["--settle", "0s"]));
+    assert!(out.contains("Runtime API"), "{out}");
+    let state = t.read("var/lib/haproxy/state");
+    // (e2 on 127.0.0.1, the placeholder's own address: the case where
+    // HAProxy would restore the slot's port from an old line)
+    assert!(
+        state.contains(&format!(" _slot1 127.0.0.1 2 0 1 1 ")),
+        "{state}"
+    );
+    assert!(state.contains(&format!(" {} ", ports.node)), "{state}");
+    // HAProxy stops; e2 leaves meanwhile.
+    drop(h);
+    put_node(&mut peer, "i-e2", "edge", "127.0.0.1", "left", 0);
+    let out = ok(&lb(&t, &peer, &ports, &[]));
+    assert!(out.contains("HAProxy (haproxy) is not running"), "{out}");
+    assert!(!t.read("var/lib/haproxy/state").contains("_slot1"));
+    // HAProxy starts again: the slot is empty and stays down.
+    let _h = Haproxy::start(&t);
+    let servers = admin(&t, "show servers state ams_edge");
+    let slot = servers
+        .lines()
+        .find(|l| l.split(' ').nth(3) == Some("_slot1"))
+        .unwrap_or_else(|| panic!("{servers}"));
+    let f: Vec<&str> = slot.split(' ').collect();
+    assert_eq!((f[4], f[18]), ("127.0.0.1", "1"), "{slot}");
+    assert_eq!(
+        f[6].parse::<u32>().unwrap() & 1,
+        1,
+        "_slot1 is in maintenance: {slot}"
+    );
+    eventually("e1 answers", Duration::from_secs(10), || {
+        get(ports.play, "/", None).1 == "e1"
+    });
+    assert!(spread(ports.play, "/", 6).iter().all(|n| n == "e1"));
+}

@@ -728,9 +728,17 @@ impl Action for Runtime {
 }
 
 fn write_state_file(socket: &AdminSocket, layout: &Layout, settings: &Settings) -> Result<()> {
-    let dump = socket.servers().ok().map(|(raw, _)| raw);
-    let text = haproxy::state_file(dump.as_deref(), layout, &settings.ports);
     let real = &settings.state_file;
+    // The running process's state; without one, the file as it is (so a
+    // slot emptied meanwhile never comes back up from an old line).
+    let dump = socket.servers().ok().map(|(raw, _)| raw).or_else(|| {
+        let shown = real.display().to_string();
+        crate::host::fs::read_capped_real(real, &shown, crate::host::fs::Cap::FILE)
+            .ok()
+            .flatten()
+            .map(|(b, _)| String::from_utf8_lossy(&b).into_owned())
+    });
+    let text = haproxy::state_file(dump.as_deref(), layout, &settings.ports);
     if let Some(dir) = real.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -937,7 +945,6 @@ fn plan_of(host: &Host, cfg: &LbConfig, p: &Proposal) -> Result<(Plan, Option<Ar
     if cfg.kind == Kind::Haproxy
         && p.reload.is_none()
         && (p.file_changes() || !p.runtime.is_empty())
-        && p.running
     {
         plan.push(Step::Action(Arc::new(StateFile {
             socket: socket.clone().expect("HAProxy"),

@@ -515,6 +515,25 @@ mod tests {
     }
 
     #[test]
+    fn a_last_seen_ahead_of_the_servers_clock_is_never_alive() {
+        let v = at(
+            0,
+            &[
+                node("a", "edge", "10.0.1.1", "ready", -60),
+                node("b", "edge", "10.0.1.2", "ready", -1),
+            ],
+        );
+        assert!(
+            matches!(&v.candidates[0].standing, Standing::Ineligible { why } if why.contains("ahead of the server's clock"))
+        );
+        assert_eq!(
+            v.candidates[1].standing,
+            Standing::Eligible,
+            "within the tolerance"
+        );
+    }
+
+    #[test]
     fn a_flapping_node_neither_joins_nor_leaves_before_it_settled() {
         let mut t = Tracker::default();
         let ready = |ago| {
