@@ -84,6 +84,19 @@ impl OnTerminal {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                // The reader thread may still hold the agent's last words:
+                // wait until the screen stops growing (the probe keeps the
+                // slave open, so there is no end of file to wait for).
+                let mut seen = self.screen().len();
+                let settle = Instant::now() + Duration::from_secs(1);
+                while Instant::now() < settle {
+                    std::thread::sleep(Duration::from_millis(50));
+                    let now = self.screen().len();
+                    if now == seen {
+                        break;
+                    }
+                    seen = now;
+                }
                 return status;
             }
             assert!(
