@@ -772,6 +772,8 @@ impl Action for StateFile {
 #[derive(Debug)]
 struct Reload {
     kind: Kind,
+    /// The balancer's file (as named).
+    file: PathBuf,
     why: String,
     service: String,
     wait: Duration,
@@ -828,8 +830,15 @@ impl Action for Reload {
                 // The new worker must run the file's servers; anything the
                 // state file restored differently is brought in line.
                 let (_, live) = sock.servers()?;
-                let cmds = haproxy::runtime_commands(layout, &live, &self.settings.ports)
-                    .map_err(|e| anyhow!("after the reload, {e}"))?;
+                let cmds = haproxy::runtime_commands(layout, &live, &self.settings.ports).map_err(
+                    |e| {
+                        anyhow!(
+                            "after the reload, {e}: does `{}` load {}? (--file, --service)",
+                            self.service,
+                            self.file.display()
+                        )
+                    },
+                )?;
                 if !cmds.is_empty() {
                     sock.apply(&cmds)?;
                 }
@@ -956,6 +965,7 @@ fn plan_of(host: &Host, cfg: &LbConfig, p: &Proposal) -> Result<(Plan, Option<Ar
     if let Some(why) = &p.reload {
         let r = Arc::new(Reload {
             kind: cfg.kind,
+            file: cfg.file.clone(),
             why: why.clone(),
             service: cfg.service.clone(),
             wait: cfg.reload_wait,
