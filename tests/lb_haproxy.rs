@@ -8,33 +8,18 @@ mod lbkit;
 use std::time::Duration;
 
 use common::{MongoPeer, PeerOptions};
-use fixture::{Tree, error_line, stderr, stdout};
+use fixture::{Tree, error_line, stderr};
 use lbkit::*;
 
 fn lb(t: &Tree, peer: &MongoPeer, ports: &Ports, extra: &[&str]) -> std::process::Output {
-    let mut args: Vec<String> = vec![
-        "lb".into(),
-        "haproxy".into(),
-        "--mongo".into(),
-        peer.uri(),
-        "--state-file".into(),
-        "/var/lib/haproxy/state".into(),
-    ];
-    args.extend(ports.flags(false));
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    t.run(&refs)
-}
-
-fn ok(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        stdout(out),
-        stderr(out)
-    );
-    stdout(out)
+    run_lb(
+        t,
+        "haproxy",
+        peer,
+        ports,
+        &["--state-file", "/var/lib/haproxy/state"],
+        extra,
+    )
 }
 
 /// The operator's part of the file: everything outside the markers.

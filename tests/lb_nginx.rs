@@ -10,33 +10,11 @@ use std::net::UdpSocket;
 use std::time::Duration;
 
 use common::{MongoPeer, PeerOptions};
-use fixture::{Tree, error_line, stderr, stdout};
+use fixture::{Tree, error_line, stderr};
 use lbkit::*;
 
 fn lb(t: &Tree, peer: &MongoPeer, ports: &Ports, extra: &[&str]) -> std::process::Output {
-    let mut args: Vec<String> = vec![
-        "lb".into(),
-        "nginx".into(),
-        "--mongo".into(),
-        peer.uri(),
-        "--reload-wait".into(),
-        "10s".into(),
-    ];
-    args.extend(ports.flags(true));
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    t.run(&refs)
-}
-
-fn ok(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        stdout(out),
-        stderr(out)
-    );
-    stdout(out)
+    run_lb(t, "nginx", peer, ports, &["--reload-wait", "10s"], extra)
 }
 
 /// The operator's part: everything outside both marked sections.

@@ -77,14 +77,7 @@ pub struct StatusView {
     pub roles: BTreeMap<String, RoleSummary>,
 }
 
-fn num(doc: &Document, key: &str) -> Option<f64> {
-    match doc.get(key)? {
-        Bson::Double(v) => Some(*v),
-        Bson::Int32(v) => Some(*v as f64),
-        Bson::Int64(v) => Some(*v as f64),
-        _ => None,
-    }
-}
+use crate::mongo::registry::doc_number as num;
 
 fn text(doc: &Document, key: &str) -> Option<String> {
     match doc.get(key)? {
@@ -256,27 +249,7 @@ pub fn render(v: &StatusView) -> String {
         "LAST SEEN",
         "PRIVATE IP",
     ];
-    let mut widths = head.map(str::len);
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |cells: &[String]| {
-        let mut l = String::new();
-        for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
-            if i + 1 == cells.len() {
-                l.push_str(c);
-            } else {
-                let _ = write!(l, "{c:<w$}  ");
-            }
-        }
-        l.trim_end().to_string()
-    };
-    let _ = writeln!(out, "{}", line(&head.map(String::from)));
-    for r in &rows {
-        let _ = writeln!(out, "{}", line(r));
-    }
+    out.push_str(&crate::human::table(&head, &rows));
     let notes: Vec<String> = v
         .nodes
         .iter()

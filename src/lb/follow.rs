@@ -1099,11 +1099,7 @@ pub fn decision_lines(p: &Proposal) -> Vec<String> {
         out.push(format!(
             "held by a guard: {}; kept: {}",
             h.reason,
-            h.kept
-                .iter()
-                .map(|i| i.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            h.kept_list()
         ));
     }
     for w in &p.decision.waiting {
@@ -1221,11 +1217,7 @@ impl Follower<'_> {
                     "guard: {}; keeping the last good {}s in rotation ({}) and retrying",
                     h.reason,
                     h.role.name(),
-                    h.kept
-                        .iter()
-                        .map(|i| i.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    h.kept_list()
                 );
             }
         }

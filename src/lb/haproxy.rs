@@ -680,8 +680,6 @@ pub fn state_file(dump: Option<&str>, layout: &Layout, ports: &NodePorts) -> Str
 mod tests {
     use super::*;
     use crate::lb::model::{Bind, NodeId};
-    use std::path::PathBuf;
-    use std::time::Duration;
 
     fn member(id: &str, ip: &str, state: MemberState) -> Member {
         Member {
@@ -691,17 +689,7 @@ mod tests {
         }
     }
 
-    pub fn settings() -> Settings {
-        Settings {
-            listen: BTreeMap::new(),
-            ports: NodePorts::default(),
-            tls: None,
-            hard_stop_after: Duration::from_secs(3600),
-            tunnel_timeout: Duration::from_secs(3600),
-            state_file: PathBuf::from("/var/lib/haproxy/ams-agent-server-state"),
-            spare_slots: 2,
-        }
-    }
+    use crate::lb::model::test_settings as settings;
 
     fn two() -> Membership {
         Membership {

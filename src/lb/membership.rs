@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::model::{Member, MemberState, Membership, NodeId, parse_node_addr};
 use crate::human::escape;
-use crate::mongo::registry::is_alive;
+use crate::mongo::registry::{doc_number as num, is_alive};
 use crate::node::Role;
 
 /// Where a registered node stands, as the registry says.
@@ -84,15 +84,6 @@ impl RegistryView {
 fn text<'a>(d: &'a Document, key: &str) -> Option<&'a str> {
     match d.get(key)? {
         Bson::String(s) => Some(s),
-        _ => None,
-    }
-}
-
-fn num(d: &Document, key: &str) -> Option<f64> {
-    match d.get(key)? {
-        Bson::Double(v) => Some(*v),
-        Bson::Int32(v) => Some(*v as f64),
-        Bson::Int64(v) => Some(*v as f64),
         _ => None,
     }
 }
@@ -268,6 +259,17 @@ pub struct Hold {
     pub reason: String,
     /// The members kept although the registry would take them out.
     pub kept: Vec<NodeId>,
+}
+
+impl Hold {
+    /// The kept members, as listed in messages.
+    pub fn kept_list(&self) -> String {
+        self.kept
+            .iter()
+            .map(NodeId::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// A change the hysteresis is still waiting on.

@@ -344,6 +344,20 @@ pub fn secs(d: Duration) -> String {
     format!("{}s", d.as_secs().max(1))
 }
 
+/// Settings for the renderers' unit tests: every default.
+#[cfg(test)]
+pub fn test_settings() -> Settings {
+    Settings {
+        listen: BTreeMap::new(),
+        ports: NodePorts::default(),
+        tls: None,
+        hard_stop_after: Duration::from_secs(3600),
+        tunnel_timeout: Duration::from_secs(3600),
+        state_file: PathBuf::from("/var/lib/haproxy/ams-agent-server-state"),
+        spare_slots: 2,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -515,22 +515,9 @@ pub fn hint(message: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lb::model::{MemberState, NodePorts};
-    use std::collections::BTreeMap;
-    use std::path::PathBuf;
-    use std::time::Duration;
+    use crate::lb::model::MemberState;
 
-    fn settings() -> Settings {
-        Settings {
-            listen: BTreeMap::new(),
-            ports: NodePorts::default(),
-            tls: None,
-            hard_stop_after: Duration::from_secs(3600),
-            tunnel_timeout: Duration::from_secs(3600),
-            state_file: PathBuf::new(),
-            spare_slots: 0,
-        }
-    }
+    use crate::lb::model::test_settings as settings;
 
     fn m() -> Membership {
         Membership {

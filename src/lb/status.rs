@@ -299,27 +299,7 @@ pub fn render(v: &StatusView) -> String {
     if rows.is_empty() {
         o.push_str("no node in the registry or the balancer\n");
     } else {
-        let mut w = head.map(str::len);
-        for r in &rows {
-            for (w, c) in w.iter_mut().zip(r) {
-                *w = (*w).max(c.chars().count());
-            }
-        }
-        let line = |cells: &[String]| {
-            let mut l = String::new();
-            for (i, (c, w)) in cells.iter().zip(w).enumerate() {
-                if i + 1 == cells.len() {
-                    l.push_str(c);
-                } else {
-                    let _ = write!(l, "{c:<w$}  ");
-                }
-            }
-            l.trim_end().to_string()
-        };
-        let _ = writeln!(o, "{}", line(&head.map(String::from)));
-        for r in &rows {
-            let _ = writeln!(o, "{}", line(r));
-        }
+        o.push_str(&crate::human::table(&head, &rows));
     }
     o.push('\n');
     for (b, ids) in &v.rotation {

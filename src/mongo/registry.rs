@@ -127,6 +127,16 @@ pub const INTERVAL_RANGE: std::ops::RangeInclusive<f64> = 0.5..=3600.0;
 /// clock skew (members of a replica set may differ a little).
 pub const CLOCK_TOLERANCE_SECONDS: f64 = 2.0;
 
+/// A number field of a document, whatever BSON number type it came as.
+pub fn doc_number(doc: &Document, key: &str) -> Option<f64> {
+    match doc.get(key)? {
+        Bson::Double(v) => Some(*v),
+        Bson::Int32(v) => Some(*v as f64),
+        Bson::Int64(v) => Some(*v as f64),
+        _ => None,
+    }
+}
+
 /// The interval liveness is judged by: the node's own when it is in the
 /// reporter's range, else [`DEFAULT_INTERVAL_SECONDS`].
 pub fn liveness_interval(interval_seconds: Option<f64>) -> f64 {

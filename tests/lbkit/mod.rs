@@ -20,6 +20,38 @@ pub fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Runs `ams-agent lb KIND` against the peer with the listeners of
+/// `ports` (SRT with Nginx), `base` and `extra` flags.
+pub fn run_lb(
+    t: &Tree,
+    kind: &str,
+    peer: &MongoPeer,
+    ports: &Ports,
+    base: &[&str],
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args: Vec<String> = vec!["lb".into(), kind.into(), "--mongo".into(), peer.uri()];
+    args.extend(base.iter().map(|s| s.to_string()));
+    args.extend(ports.flags(kind == "nginx"));
+    // Last: a later --listen for the same listener wins.
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    t.run(&refs)
+}
+
+/// The output of a run that must succeed.
+pub fn ok(out: &std::process::Output) -> String {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
 /// Puts (or replaces) a node document in the peer's registry; `ago` is
 /// how many seconds before now its last heartbeat was.
 pub fn put_node(peer: &mut MongoPeer, id: &str, role: &str, ip: &str, state: &str, ago: u64) {
