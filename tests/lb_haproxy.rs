@@ -512,27 +512,13 @@ fn watch_follows_changes_until_stopped() {
     let mut peer = MongoPeer::start(PeerOptions::default());
     put_node(&mut peer, "i-o1", "origin", "127.0.0.61", "ready", 1);
     let _h = Haproxy::start(&t);
-    let mut args = vec![
-        "lb".to_string(),
-        "haproxy".into(),
-        "--watch".into(),
-        "--poll".into(),
-        "200ms".into(),
-        "--settle".into(),
-        "0s".into(),
-        "--timeout".into(),
-        "1s".into(),
-        "--mongo".into(),
-        peer.uri(),
-    ];
-    args.extend(ports.flags(false));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let child = t
-        .command(&refs)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_watch(
+        &t,
+        "haproxy",
+        &peer,
+        &ports,
+        &["--poll", "200ms", "--settle", "0s", "--timeout", "1s"],
+    );
     eventually("o1 in rotation", Duration::from_secs(15), || {
         get(ports.publish, "/", None).1 == "o1"
     });
@@ -553,12 +539,7 @@ fn watch_follows_changes_until_stopped() {
     assert_eq!(get(ports.publish, "/", None).1, "o2");
     peer.control("start");
     std::thread::sleep(Duration::from_secs(3));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = stop(child);
     assert!(out.status.success(), "{}", stderr(&out));
     let log = stderr(&out);
     assert_eq!(
@@ -615,4 +596,35 @@ fn an_emptied_slot_never_comes_back_up_from_an_old_server_state() {
         get(ports.play, "/", None).1 == "e1"
     });
     assert!(spread(ports.play, "/", 6).iter().all(|n| n == "e1"));
+}
+
+#[test]
+fn run_lb_is_the_watching_follower_with_settings_from_the_environment() {
+    let t = Tree::new();
+    let ports = Ports::new();
+    let _b = Backends::start(ports.node, &[("127.0.0.99", "o1")]);
+    let mut peer = MongoPeer::start(PeerOptions::default());
+    put_node(&mut peer, "i-o1", "origin", "127.0.0.99", "ready", 1);
+    let _h = Haproxy::start(&t);
+    let listen = format!(
+        "publish=127.0.0.1:{},play=127.0.0.1:{},dashboard=off,rtmp=off",
+        ports.publish, ports.play
+    );
+    let child = t
+        .command(&["run", "--lb", "haproxy", "--mongo", &peer.uri()])
+        .env("AMS_AGENT_LB_LISTEN", &listen)
+        .env("AMS_AGENT_LB_POLL", "200ms")
+        .env("AMS_AGENT_LB_STATE_FILE", "/var/lib/haproxy/state")
+        .env("AMS_AGENT_LB_HTTP_PORT", ports.node.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually("o1 in rotation", Duration::from_secs(15), || {
+        get(ports.publish, "/", None).1 == "o1"
+    });
+    let out = stop(child);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(t.read(HAPROXY_CFG).contains("frontend ams_publish"));
+    assert!(!t.read(HAPROXY_CFG).contains("frontend ams_dashboard"));
 }

@@ -153,29 +153,22 @@ fn watch_reloads_once_per_burst_of_changes() {
     let mut peer = MongoPeer::start(PeerOptions::default());
     put_node(&mut peer, "i-o1", "origin", "127.0.0.81", "ready", 1);
     let _n = Nginx::start(&t);
-    let mut args = vec![
-        "lb".to_string(),
-        "nginx".into(),
-        "--watch".into(),
-        "--poll".into(),
-        "100ms".into(),
-        "--settle".into(),
-        "0s".into(),
-        "--quiet-period".into(),
-        "1s".into(),
-        "--max-wait".into(),
-        "5s".into(),
-        "--mongo".into(),
-        peer.uri(),
-    ];
-    args.extend(ports.flags(true));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let child = t
-        .command(&refs)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_watch(
+        &t,
+        "nginx",
+        &peer,
+        &ports,
+        &[
+            "--poll",
+            "100ms",
+            "--settle",
+            "0s",
+            "--quiet-period",
+            "1s",
+            "--max-wait",
+            "5s",
+        ],
+    );
     eventually("o1 in rotation", Duration::from_secs(15), || {
         get(ports.publish, "/", None).1 == "o1"
     });
@@ -194,12 +187,7 @@ fn watch_reloads_once_per_burst_of_changes() {
     });
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(reloads(&t, "nginx"), 2, "one reload for the burst");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = stop(child);
     assert!(out.status.success(), "{}", stderr(&out));
 }
 

@@ -102,24 +102,24 @@ pub struct CommonArgs {
     pub listen: Vec<(Listener, Option<Bind>)>,
 
     /// The nodes' AMS HTTP port (and health check)
-    #[arg(long, value_name = "PORT", default_value = "5080", value_parser = parse_port)]
+    #[arg(long, value_name = "PORT", default_value = "5080", env = "AMS_AGENT_LB_HTTP_PORT", value_parser = parse_port)]
     pub http_port: u16,
 
     /// The nodes' RTMP port
-    #[arg(long, value_name = "PORT", default_value = "1935", value_parser = parse_port)]
+    #[arg(long, value_name = "PORT", default_value = "1935", env = "AMS_AGENT_LB_RTMP_PORT", value_parser = parse_port)]
     pub rtmp_port: u16,
 
     /// The nodes' SRT port
-    #[arg(long, value_name = "PORT", default_value = "4200", value_parser = parse_port)]
+    #[arg(long, value_name = "PORT", default_value = "4200", env = "AMS_AGENT_LB_SRT_PORT", value_parser = parse_port)]
     pub srt_port: u16,
 
     /// How long an old worker keeps its connections after a reload
     /// (HAProxy hard-stop-after, Nginx worker_shutdown_timeout)
-    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "1h", env = "AMS_AGENT_LB_HARD_STOP_AFTER", value_parser = parse_duration)]
     pub hard_stop_after: Duration,
 
     /// How long an idle WebSocket or RTMP connection stays open
-    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "1h", env = "AMS_AGENT_LB_TUNNEL_TIMEOUT", value_parser = parse_duration)]
     pub tunnel_timeout: Duration,
 
     /// The folder of certificates `ams-agent cert --for haproxy` installs:
@@ -132,11 +132,11 @@ pub struct CommonArgs {
     pub service: Option<String>,
 
     /// With --watch, a reload waits until no change came for this long…
-    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "2s", env = "AMS_AGENT_LB_QUIET_PERIOD", value_parser = parse_duration)]
     pub quiet_period: Duration,
 
     /// …or at most this long after the first change
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", env = "AMS_AGENT_LB_MAX_WAIT", value_parser = parse_duration)]
     pub max_wait: Duration,
 
     /// How long one read of the registry may take
@@ -179,7 +179,7 @@ pub struct HaproxyArgs {
 
     /// Spare server slots per backend (more are added at a reload when a
     /// backend runs out)
-    #[arg(long, value_name = "N", default_value = "8", value_parser = clap::value_parser!(u16).range(0..=10000))]
+    #[arg(long, value_name = "N", default_value = "8", env = "AMS_AGENT_LB_SPARE_SLOTS", value_parser = clap::value_parser!(u16).range(0..=10000))]
     pub spare_slots: u16,
 
     /// Apply every change by a reload, never through the Runtime API

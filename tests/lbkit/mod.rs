@@ -39,6 +39,41 @@ pub fn run_lb(
     t.run(&refs)
 }
 
+/// Starts `ams-agent lb KIND --watch` (stdout and stderr piped).
+pub fn spawn_watch(
+    t: &Tree,
+    kind: &str,
+    peer: &MongoPeer,
+    ports: &Ports,
+    extra: &[&str],
+) -> std::process::Child {
+    let mut args: Vec<String> = vec![
+        "lb".into(),
+        kind.into(),
+        "--watch".into(),
+        "--mongo".into(),
+        peer.uri(),
+    ];
+    args.extend(ports.flags(kind == "nginx"));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    t.command(&refs)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Stops a follower the way systemd does (SIGTERM); its output.
+pub fn stop(child: std::process::Child) -> std::process::Output {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// The output of a run that must succeed.
 pub fn ok(out: &std::process::Output) -> String {
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
