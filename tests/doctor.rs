@@ -158,10 +158,60 @@ fn normalize(text: &str, ports: &[(u16, &str)]) -> String {
         let line = if line.contains("disk.ams") {
             mask_digits(line)
         } else {
-            mask_durations(&mask_dates(line))
+            mask_programs(&mask_durations(&mask_dates(line)))
         };
         out.push_str(&line);
         out.push('\n');
+    }
+    out
+}
+
+/// What haproxy and nginx print that changes per run: pids, their
+/// timestamps; and a certificate's days left counted from its creation.
+fn mask_programs(line: &str) -> String {
+    let c: Vec<char> = line.chars().collect();
+    let mut out = String::new();
+    let mut i = 0;
+    let digits = |from: usize| {
+        (from..c.len())
+            .take_while(|&k| c[k].is_ascii_digit())
+            .count()
+    };
+    while i < c.len() {
+        // 2026/12/01 12:14:45
+        if i + 19 <= c.len()
+            && digits(i) == 4
+            && c[i + 4] == '/'
+            && c[i + 7] == '/'
+            && c[i + 13] == ':'
+        {
+            out.push_str("DATE");
+            i += 19;
+            continue;
+        }
+        // (2019) and 2070#2070
+        if c[i] == '(' && digits(i + 1) > 0 && c.get(i + 1 + digits(i + 1)) == Some(&')') {
+            out.push_str("(N)");
+            i += 2 + digits(i + 1);
+            continue;
+        }
+        let n = digits(i);
+        if n > 0 && (i == 0 || !c[i - 1].is_ascii_alphanumeric()) {
+            let after = i + n;
+            if c.get(after) == Some(&'#') && digits(after + 1) > 0 {
+                out.push_str("N#N");
+                i = after + 1 + digits(after + 1);
+                continue;
+            }
+            let rest: String = c[after..].iter().collect();
+            if rest.starts_with(" more days") && n >= 4 {
+                out.push('N');
+                i = after;
+                continue;
+            }
+        }
+        out.push(c[i]);
+        i += 1;
     }
     out
 }
@@ -976,4 +1026,605 @@ fn other_nodes_data_and_program_output_are_printed_escaped() {
     assert!(!text.contains('\u{1b}'), "{text:?}");
     assert!(text.contains("ready\\nerror: \\u{1b}[2Jforged"), "{text}");
     assert_eq!(text.lines().filter(|l| l.starts_with("error:")).count(), 0);
+}
+
+// ------------------------------------------------------------ db
+
+const PACKAGED_MONGOD_CONF: &str = include_str!("../examples/host/etc/mongod.conf");
+const ADMIN_PASSWORD: &str = "adm1n-pw";
+const MONGOD_UNIT: &str = "LoadState=loaded\nActiveState=active\nSubState=running\nUnitFileState=enabled\nLimitNOFILE=64000\nLimitNOFILESoft=64000\nLimitNPROC=64000\nLimitNPROCSoft=64000\n";
+const TIMEDATECTL: &str = "Timezone=Etc/UTC\nLocalRTC=no\nCanNTP=yes\nNTP=yes\nNTPSynchronized=yes\nTimeUSec=Tue 2026-12-01 12:00:00 UTC\nRTCTimeUSec=Tue 2026-12-01 12:00:00 UTC\n";
+const MOUNTINFO: &str = "22 1 259:1 / / rw,relatime shared:1 - ext4 /dev/nvme0n1p1 rw,discard\n36 22 259:3 / /var/lib/mongodb rw,noatime shared:20 - xfs /dev/nvme1n1 rw,attr2,inode64,logbufs=8,logbsize=32k,noquota\n";
+
+/// The MongoDB host as `setup mongo` leaves it: authorization on, bound to
+/// loopback and the private address, THP and limits for 8.0, dbPath on
+/// XFS, the generated admin password kept 0600.
+struct DbHost {
+    dir: tempfile::TempDir,
+    peer: MongoPeer,
+    fakes: PathBuf,
+}
+
+impl DbHost {
+    fn new() -> DbHost {
+        let dir = tempfile::tempdir().unwrap();
+        let mut peer = MongoPeer::start(PeerOptions {
+            auth: true,
+            ..Default::default()
+        });
+        peer.add_user("admin", ADMIN_PASSWORD, &[]);
+        let bin = dir.path().join("bin");
+        fs::create_dir_all(&bin).unwrap();
+        let fakes = dir.path().join("fakes");
+        install_fakes(&bin, &fakes);
+        let mut h = DbHost { dir, peer, fakes };
+        h.reset();
+        h
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    fn write(&self, rel: &str, text: &str) {
+        let p = self.root().join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, text).unwrap();
+    }
+
+    fn conf(&self, bind: &str, auth: bool) -> String {
+        let c = PACKAGED_MONGOD_CONF
+            .replace("port: 27017", &format!("port: {}", self.peer.port))
+            .replace("bindIp: 127.0.0.1", &format!("bindIp: {bind}"));
+        if auth {
+            c.replace("#security:", "security:\n  authorization: enabled")
+        } else {
+            c
+        }
+    }
+
+    fn thp(&self, enabled: &str, defrag: &str, ptes: &str) {
+        let t = "sys/kernel/mm/transparent_hugepage";
+        self.write(&format!("{t}/enabled"), enabled);
+        self.write(&format!("{t}/defrag"), defrag);
+        self.write(&format!("{t}/khugepaged/max_ptes_none"), ptes);
+    }
+
+    fn reset(&mut self) {
+        let _ = fs::remove_dir_all(self.root());
+        fs::create_dir_all(self.root().join("var/lib/mongodb")).unwrap();
+        self.write("etc/mongod.conf", &self.conf("127.0.0.1,10.0.1.5", true));
+        self.write("etc/hostname", "ip-10-0-1-5\n");
+        self.write("proc/self/mountinfo", MOUNTINFO);
+        self.thp(
+            "[always] madvise never\n",
+            "always defer [defer+madvise] madvise never\n",
+            "0\n",
+        );
+        self.write(
+            "etc/ams-agent/mongo-admin-password",
+            &format!("{ADMIN_PASSWORD}\n"),
+        );
+        fs::set_permissions(
+            self.root().join("etc/ams-agent/mongo-admin-password"),
+            fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        let f = &self.fakes;
+        let _ = fs::remove_file(f.join("calls.log"));
+        for e in fs::read_dir(f.join("units")).unwrap() {
+            fs::remove_file(e.unwrap().path()).unwrap();
+        }
+        unit(f, "mongod", MONGOD_UNIT);
+        fs::write(f.join("timedatectl"), TIMEDATECTL).unwrap();
+        let _ = fs::remove_file(f.join("chronyc"));
+        self.peer.control("clear");
+        self.peer.control("version 8.0.4");
+        self.peer.control("startup-warnings []");
+        self.peer.set_auth(true);
+    }
+
+    fn doctor(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_ams-agent"))
+            .arg("doctor")
+            .args(args)
+            .env("AMS_AGENT_ROOT", self.root())
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    self.dir.path().join("bin").display(),
+                    std::env::var("PATH").unwrap()
+                ),
+            )
+            .env_remove("AMS_AGENT_MONGO_ADMIN_PASSWORD")
+            .env_remove("AMS_AGENT_MONGO_PASSWORD")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn text(&self, out: &Output) -> String {
+        normalize(&stdout(out), &[(self.peer.port, "PORT")])
+    }
+}
+
+#[test]
+fn db_healthy_then_each_fault_alone() {
+    let mut h = DbHost::new();
+    let mut report = String::new();
+    let before = snapshot(&h.root());
+    let out = h.doctor(&[]);
+    let healthy = h.text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(snapshot(&h.root()), before, "doctor changed the host tree");
+    assert_read_only_calls(&h.fakes);
+    // The admin logged in for getLog (the saved password file).
+    assert!(
+        h.peer.named("getLog").len() >= 2,
+        "anonymous, then as the admin: {:?}",
+        h.peer.named("getLog")
+    );
+    report.push_str(&format!("== healthy (exit 0)\n{healthy}"));
+
+    let json = h.doctor(&["--json"]);
+    let v: Value = serde_json::from_str(&stdout(&json)).unwrap();
+    assert_eq!(v["roles"][0]["role"], "db");
+    let mut v2 = v.clone();
+    v2["durationMs"] = Value::from(0);
+    v2["startedAt"] = Value::from("DATE");
+    for c in v2["checks"].as_array_mut().unwrap() {
+        c["durationMs"] = Value::from(0);
+    }
+    golden(
+        "db.json",
+        &normalize(
+            &serde_json::to_string_pretty(&v2).unwrap(),
+            &[(h.peer.port, "PORT")],
+        ),
+    );
+
+    let mut fault = |h: &mut DbHost,
+                     name: &str,
+                     plant: &dyn Fn(&mut DbHost),
+                     expect: &[(&str, &str)],
+                     code: i32|
+     -> String {
+        h.reset();
+        plant(h);
+        let before = snapshot(&h.root());
+        let out = h.doctor(&[]);
+        let text = h.text(&out);
+        assert_eq!(
+            snapshot(&h.root()),
+            before,
+            "{name}: doctor changed the tree"
+        );
+        assert_read_only_calls(&h.fakes);
+        for (id, status) in expect {
+            assert_eq!(status_of(&text, id), *status, "{name}: {id} in\n{text}");
+        }
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{name}:\n{text}\n{}",
+            stderr(&out)
+        );
+        report.push_str(&format!(
+            "== fault: {name} (exit {code})\n{}",
+            changed(&healthy, &text)
+        ));
+        stdout(&out)
+    };
+
+    fault(
+        &mut h,
+        "THP off under MongoDB 8.0",
+        &|h| {
+            h.thp(
+                "always madvise [never]\n",
+                "always defer [defer+madvise] madvise never\n",
+                "511\n",
+            )
+        },
+        &[("mongod.thp", "[warn]")],
+        2,
+    );
+    fault(
+        &mut h,
+        "THP on under MongoDB 7.0 (it wants never)",
+        &|h| h.peer.control("version 7.0.14"),
+        &[("mongod.thp", "[warn]"), ("mongod.version", "[ok]")],
+        2,
+    );
+    fault(
+        &mut h,
+        "a mongod answering anonymous commands, bound to every address",
+        &|h| {
+            h.write("etc/mongod.conf", &h.conf("0.0.0.0", false));
+            h.peer.set_auth(false);
+        },
+        &[("mongod.auth", "[FAIL]")],
+        1,
+    );
+    fault(
+        &mut h,
+        "authorization off on loopback only",
+        &|h| {
+            h.write("etc/mongod.conf", &h.conf("127.0.0.1", false));
+            h.peer.set_auth(false);
+        },
+        &[("mongod.auth", "[warn]")],
+        2,
+    );
+    let warned = fault(
+        &mut h,
+        "startup warnings from getLog (one with a terminal escape)",
+        &|h| {
+            h.peer.control(r#"startup-warnings ["{\"t\":{\"$date\":\"2026-12-01T12:00:00.000+00:00\"},\"s\":\"W\",\"c\":\"CONTROL\",\"id\":22178,\"ctx\":\"initandlisten\",\"msg\":\"/sys/kernel/mm/transparent_hugepage/enabled is 'never'. We suggest setting it to 'always'\",\"tags\":[\"startupWarnings\"]}", "{\"msg\":\"forged \u001b[2J\\nerror: line\"}"]"#)
+        },
+        &[("mongod.warnings", "[warn]")],
+        2,
+    );
+    assert!(!warned.contains('\u{1b}'), "{warned:?}");
+    assert!(
+        warned.contains("forged \\u{1b}[2J\\\\nerror: line")
+            || warned.contains("forged \\u{1b}[2J"),
+        "{warned}"
+    );
+    assert!(warned.contains("\"id\":22178"), "verbatim: {warned}");
+    fault(
+        &mut h,
+        "the clock not synchronized",
+        &|h| {
+            fs::write(
+                h.fakes.join("timedatectl"),
+                TIMEDATECTL.replace("NTPSynchronized=yes", "NTPSynchronized=no"),
+            )
+            .unwrap()
+        },
+        &[("time.ntp", "[warn]")],
+        2,
+    );
+    fault(
+        &mut h,
+        "no timedatectl answer, chrony synchronized",
+        &|h| {
+            fs::remove_file(h.fakes.join("timedatectl")).unwrap();
+            fs::write(h.fakes.join("chronyc"), "Reference ID    : A9FEA97B (169.254.169.123)\nStratum         : 4\nSystem time     : 0.000012812 seconds fast of NTP time\nLeap status     : Normal\n").unwrap();
+        },
+        &[("time.ntp", "[ok]")],
+        0,
+    );
+    fault(
+        &mut h,
+        "dbPath on ext4",
+        &|h| {
+            h.write(
+                "proc/self/mountinfo",
+                &MOUNTINFO.replace(" - xfs /dev/nvme1n1", " - ext4 /dev/nvme1n1"),
+            )
+        },
+        &[("mongod.fs", "[warn]")],
+        2,
+    );
+    fault(
+        &mut h,
+        "mongod.service limits from systemctl show",
+        &|h| {
+            unit(
+                &h.fakes,
+                "mongod",
+                &MONGOD_UNIT.replace("LimitNOFILESoft=64000", "LimitNOFILESoft=1024"),
+            )
+        },
+        &[("mongod.limits", "[warn]")],
+        2,
+    );
+    fault(
+        &mut h,
+        "mongod stopped",
+        &|h| {
+            unit(
+                &h.fakes,
+                "mongod",
+                &MONGOD_UNIT.replace(
+                    "ActiveState=active\nSubState=running",
+                    "ActiveState=failed\nSubState=failed",
+                ),
+            );
+            h.peer.control("stop");
+        },
+        &[
+            ("mongod.service", "[FAIL]"),
+            ("mongod.version", "[FAIL]"),
+            ("mongod.warnings", "[skip]"),
+        ],
+        1,
+    );
+    h.peer.control("start");
+    golden("db.txt", &report);
+}
+
+// ------------------------------------------------------------ lb
+
+const ORIGIN_A: &str = "i-0aaaaaaaaaaaaaaa1";
+const ORIGIN_B: &str = "i-0aaaaaaaaaaaaaaa2";
+const EDGE_C: &str = "i-0bbbbbbbbbbbbbbb1";
+
+fn lb_fixture(name: &str) -> String {
+    fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden/doctor")
+            .join(name),
+    )
+    .unwrap()
+}
+
+/// The balancer's host: HAProxy's stock file (or Nginx's) with the
+/// section `ams-agent lb` renders, its certificate, and the registry it
+/// follows (reached with --mongo, as the follower is given it).
+struct LbHost {
+    dir: tempfile::TempDir,
+    peer: MongoPeer,
+    fakes: PathBuf,
+}
+
+impl LbHost {
+    fn new() -> LbHost {
+        let dir = tempfile::tempdir().unwrap();
+        let peer = MongoPeer::start(PeerOptions::default());
+        let bin = dir.path().join("bin");
+        fs::create_dir_all(&bin).unwrap();
+        let fakes = dir.path().join("fakes");
+        install_fakes(&bin, &fakes);
+        let mut h = LbHost { dir, peer, fakes };
+        h.reset();
+        h
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    fn write(&self, rel: &str, text: &str) {
+        let p = self.root().join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, text).unwrap();
+    }
+
+    fn rooted(&self, text: &str) -> String {
+        text.replace("@ROOT@", &self.root().display().to_string())
+    }
+
+    /// HAProxy's PEM: the chain, then the key (what `cert deploy --for
+    /// haproxy` writes).
+    fn pem(&self, cert: &Path, key: &Path) -> String {
+        format!(
+            "{}{}",
+            fs::read_to_string(cert).unwrap(),
+            fs::read_to_string(key).unwrap()
+        )
+    }
+
+    fn reset(&mut self) {
+        let _ = fs::remove_dir_all(self.root());
+        fs::create_dir_all(self.root().join("var/lib/haproxy")).unwrap();
+        self.write("etc/hostname", "lb-1\n");
+        self.write(
+            "etc/haproxy/haproxy.cfg",
+            &self.rooted(&lb_fixture("lb-haproxy.cfg")),
+        );
+        let lineage = ams_agent::cert::testpki::lineage("live.example.test");
+        let pem = self.pem(&lineage.join("fullchain.pem"), &lineage.join("privkey.pem"));
+        self.write("etc/haproxy/certs/lb.example.test.pem", &pem);
+        let _ = fs::remove_file(self.fakes.join("calls.log"));
+        self.peer.control("clear");
+        self.peer.control("drop ams_agent nodes");
+        for (id, role, ip, state, ago) in [
+            (ORIGIN_A, "origin", "10.0.1.5", "ready", 1.0),
+            (ORIGIN_B, "origin", "10.0.1.6", "draining", 2.0),
+            (EDGE_C, "edge", "10.0.2.7", "ready", 3.0),
+        ] {
+            self.node(id, role, ip, state, ago);
+        }
+        // A node that left: in no backend, rightly.
+        self.node("i-0cccccccccccccc99", "edge", "10.0.2.99", "left", 4000.0);
+    }
+
+    fn node(&mut self, id: &str, role: &str, ip: &str, state: &str, ago: f64) {
+        self.peer.control(&format!(
+            "insert ams_agent nodes {{\"_id\": \"{id}\", \"role\": \"{role}\", \"state\": \"{state}\", \"privateIp\": \"{ip}\", \"intervalSeconds\": 5.0, \"lastSeen\": {{\"$ago\": {ago}}}}}"
+        ));
+    }
+
+    fn doctor(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_ams-agent"))
+            .arg("doctor")
+            .args(["--mongo", &format!("127.0.0.1:{}", self.peer.port)])
+            .args(args)
+            .env("AMS_AGENT_ROOT", self.root())
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    self.dir.path().join("bin").display(),
+                    std::env::var("PATH").unwrap()
+                ),
+            )
+            .env_remove("AMS_AGENT_MONGO")
+            .env_remove("AMS_AGENT_MONGO_PASSWORD")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn text(&self, out: &Output) -> String {
+        let root = self.root().display().to_string();
+        normalize(
+            &stdout(out).replace(&root, "@ROOT@"),
+            &[(self.peer.port, "PORT")],
+        )
+    }
+}
+
+#[test]
+fn lb_healthy_then_each_fault_alone_with_real_haproxy_and_nginx() {
+    let mut h = LbHost::new();
+    let mut report = String::new();
+    let before = snapshot(&h.root());
+    let out = h.doctor(&[]);
+    let healthy = h.text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(healthy.contains("ams-agent doctor (lb: haproxy with an ams-agent lb section in /etc/haproxy/haproxy.cfg)"), "{healthy}");
+    assert_eq!(snapshot(&h.root()), before, "doctor changed the host tree");
+    assert_read_only_calls(&h.fakes);
+    report.push_str(&format!("== healthy haproxy (exit 0)\n{healthy}"));
+    let json = h.doctor(&["--json"]);
+    let mut v: Value = serde_json::from_str(&stdout(&json)).unwrap();
+    v["durationMs"] = Value::from(0);
+    v["startedAt"] = Value::from("DATE");
+    for c in v["checks"].as_array_mut().unwrap() {
+        c["durationMs"] = Value::from(0);
+    }
+    let root = h.root().display().to_string();
+    golden(
+        "lb.json",
+        &normalize(
+            &serde_json::to_string_pretty(&v)
+                .unwrap()
+                .replace(&root, "@ROOT@"),
+            &[(h.peer.port, "PORT")],
+        ),
+    );
+
+    let mut fault = |h: &mut LbHost,
+                     name: &str,
+                     plant: &dyn Fn(&mut LbHost),
+                     expect: &[(&str, &str)],
+                     code: i32| {
+        h.reset();
+        plant(h);
+        let before = snapshot(&h.root());
+        let out = h.doctor(&[]);
+        let text = h.text(&out);
+        assert_eq!(
+            snapshot(&h.root()),
+            before,
+            "{name}: doctor changed the tree"
+        );
+        for (id, status) in expect {
+            assert_eq!(status_of(&text, id), *status, "{name}: {id} in\n{text}");
+        }
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{name}:\n{text}\n{}",
+            stderr(&out)
+        );
+        report.push_str(&format!(
+            "== fault: {name} (exit {code})\n{}",
+            changed(&healthy, &text)
+        ));
+    };
+    fault(
+        &mut h,
+        "a node in rotation that the registry counts dead",
+        &|h| h.node(EDGE_C, "edge", "10.0.2.7", "ready", 95.0),
+        &[("lb.members", "[FAIL]")],
+        1,
+    );
+    fault(
+        &mut h,
+        "an alive node missing from the balancer",
+        &|h| h.node("i-0bbbbbbbbbbbbbbb7", "edge", "10.0.2.8", "ready", 1.0),
+        &[("lb.members", "[FAIL]")],
+        1,
+    );
+    fault(
+        &mut h,
+        "a configuration haproxy -c refuses",
+        &|h| {
+            let p = "etc/haproxy/haproxy.cfg";
+            let text = fs::read_to_string(h.root().join(p)).unwrap();
+            h.write(
+                p,
+                &text.replacen("    balance leastconn\n", "    balance nonsense\n", 1),
+            );
+        },
+        &[("lb.config", "[FAIL]"), ("lb.members", "[ok]")],
+        1,
+    );
+    fault(
+        &mut h,
+        "the section's end marker removed",
+        &|h| {
+            let p = "etc/haproxy/haproxy.cfg";
+            let text = fs::read_to_string(h.root().join(p)).unwrap();
+            h.write(p, &text.replace("# END ams-agent lb\n", ""));
+        },
+        &[("lb.config", "[FAIL]"), ("lb.members", "[skip]")],
+        1,
+    );
+    fault(
+        &mut h,
+        "an expired certificate (made by openssl now)",
+        &|h| {
+            let cert = expired_certificate(h.dir.path());
+            let key = cert.parent().unwrap().join("key.pem");
+            let pem = h.pem(&cert, &key);
+            h.write("etc/haproxy/certs/lb.example.test.pem", &pem);
+        },
+        &[("lb.cert", "[FAIL]"), ("lb.config", "[ok]")],
+        1,
+    );
+
+    // Nginx, with the sections it renders into nginx.conf.
+    h.reset();
+    fs::remove_file(h.root().join("etc/haproxy/haproxy.cfg")).unwrap();
+    h.write(
+        "etc/nginx/nginx.conf",
+        &h.rooted(&lb_fixture("lb-nginx.conf")),
+    );
+    let lineage = ams_agent::cert::testpki::lineage("live.example.test");
+    let pem = h.pem(&lineage.join("fullchain.pem"), &lineage.join("privkey.pem"));
+    h.write("etc/nginx/certs/lb.example.test.pem", &pem);
+    // Nginx has no drain: the draining origin is out.
+    let out = h.doctor(&[]);
+    let nginx = h.text(&out);
+    assert_eq!(out.status.code(), Some(0), "{nginx}\n{}", stderr(&out));
+    assert!(
+        nginx.contains("nginx -t accepts /etc/nginx/nginx.conf"),
+        "{nginx}"
+    );
+    report.push_str(&format!("== healthy nginx (exit 0)\n{nginx}"));
+    let conf = fs::read_to_string(h.root().join("etc/nginx/nginx.conf")).unwrap();
+    h.write(
+        "etc/nginx/nginx.conf",
+        &conf.replace(
+            "least_conn;\n        server 10.0.2.7",
+            "least_conn\n        server 10.0.2.7",
+        ),
+    );
+    let out = h.doctor(&[]);
+    let text = h.text(&out);
+    assert_eq!(status_of(&text, "lb.config"), "[FAIL]", "{text}");
+    assert_eq!(out.status.code(), Some(1));
+    report.push_str(&format!(
+        "== fault: a file nginx -t refuses (exit 1)\n{}",
+        changed(&nginx, &text)
+    ));
+    golden("lb.txt", &report);
 }

@@ -88,6 +88,14 @@ pub struct DoctorArgs {
     #[arg(long, value_name = "FILE")]
     pub admin_password_file: Option<PathBuf>,
 
+    /// The registry's MongoDB (address or URI), over agent.toml's; on the
+    /// balancer's host, what its follower is given
+    #[arg(long, value_name = "DB", env = "AMS_AGENT_MONGO")]
+    pub mongo: Option<String>,
+
+    #[command(flatten)]
+    pub auth: super::MongoAuthArgs,
+
     /// HAProxy's configuration (lb role)
     #[arg(long, value_name = "FILE", default_value = HAPROXY_CONFIG)]
     pub haproxy_config: PathBuf,
@@ -161,7 +169,24 @@ pub fn run(ctx: &Context, args: DoctorArgs) -> Result<()> {
     if args.admin_user.is_empty() || args.admin_user.chars().any(char::is_control) {
         bail_usage!("--admin-user must be a user name");
     }
+    let registry = match &args.mongo {
+        Some(m) => {
+            let r = super::run::RegistryArgs {
+                config: args.config.clone(),
+                mongo: Some(m.clone()),
+                auth: args.auth.clone(),
+                database: None,
+                collection: None,
+            };
+            Some(r.resolve(&ctx.host)?.target)
+        }
+        None if args.auth.mongo_user.is_some() || args.auth.mongo_password_file.is_some() => {
+            bail_usage!("--mongo-user and --mongo-password-file need --mongo")
+        }
+        None => None,
+    };
     let settings = Settings {
+        registry,
         config: args.config.clone(),
         ams_home: args.ams_home.clone(),
         ams_url: args.ams_url.clone(),

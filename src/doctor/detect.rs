@@ -23,7 +23,7 @@ pub fn detect(env: &Env) -> Vec<(Role, String)> {
     } else if env.host.exists(Path::new("/usr/bin/mongod")) {
         found.push((Role::Db, "mongod, /usr/bin/mongod".into()));
     }
-    if let Some((kind, file)) = super::lb::section(env) {
+    if let Some((kind, file)) = super::lb::section_of(env) {
         found.push((
             Role::Lb,
             format!("{kind} with an ams-agent lb section in {}", file.display()),

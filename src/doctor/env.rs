@@ -49,6 +49,8 @@ pub struct Settings {
     /// HAProxy's configuration, and Nginx's file of the agent's section.
     pub haproxy_config: PathBuf,
     pub nginx_config: PathBuf,
+    /// The registry given by flags (`--mongo`), over agent.toml's.
+    pub registry: Option<Target>,
 }
 
 /// A unit as `systemctl show` describes it.
@@ -280,6 +282,9 @@ impl Env {
             message,
             fix,
         };
+        if let Some(t) = &self.settings.registry {
+            return Ok((t.clone(), "--mongo"));
+        }
         match self.config() {
             Ok(Some(c)) => {
                 let password = crate::config::runtime_password(&self.host).map_err(|e| {

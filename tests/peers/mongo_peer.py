@@ -55,6 +55,7 @@ peer answers each with "OK <line>" on stdout:
     version <x.y.z>                                          what buildInfo answers (default 8.0.4)
     startup-warnings <json>                                  what getLog "startupWarnings" answers:
         a JSON array of log lines (strings), e.g. ["{\"msg\":\"Access control is not enabled\"}"]
+    drop <db> <coll>                                         remove every document of a collection
     insert <db> <coll> <json>                                store (or replace, by _id) a document,
         relaxed extended JSON; a value {"$ago": <seconds>} becomes the peer's
         now less that many seconds (a datetime)
@@ -708,6 +709,9 @@ class Peer:
             if not isinstance(lines, list) or not all(isinstance(l, str) for l in lines):
                 return "startup-warnings refused: not a JSON array of strings"
             self.startup_warnings = lines
+        elif cmd == "drop" and len(words) == 3:
+            with self.lock:
+                self.store.coll(words[1], words[2]).clear()
         elif cmd == "insert":
             parts = line.split(None, 3)
             if len(parts) != 4:
