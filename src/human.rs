@@ -3,8 +3,12 @@
 use std::time::Duration;
 
 /// A duration as printed in messages: whole milliseconds below a second,
-/// whole seconds above (never `6s 999ms 991us 564ns`).
+/// whole seconds above (never `6s 999ms 991us 564ns`); below a millisecond
+/// exactly as it is (`1ns` is never shown as `0s`).
 pub fn show_duration(d: Duration) -> String {
+    if d < Duration::from_millis(1) {
+        return humantime::format_duration(d).to_string();
+    }
     let rounded = if d < Duration::from_secs(1) {
         Duration::from_millis(((d.as_micros() + 500) / 1000) as u64)
     } else {
@@ -40,6 +44,15 @@ pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tiny_durations_are_not_rounded_to_zero() {
+        assert_eq!(show_duration(Duration::from_nanos(1)), "1ns");
+        assert_eq!(show_duration(Duration::from_micros(400)), "400us");
+        assert_eq!(show_duration(Duration::ZERO), "0s");
+        assert_eq!(show_duration(Duration::from_micros(1_600)), "2ms");
+        assert_eq!(show_duration(Duration::from_millis(6_999)), "7s");
+    }
 
     #[test]
     fn escape_shows_controls_and_keeps_the_rest() {

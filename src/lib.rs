@@ -20,6 +20,7 @@ pub mod mongo;
 pub mod mongod;
 pub mod node;
 pub mod plan;
+pub mod properties;
 pub mod reporter;
 pub mod secret;
 pub mod uri;

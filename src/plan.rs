@@ -113,13 +113,16 @@ impl Step {
     }
 }
 
+/// A plan shows no secret, by position, never by looking for the
+/// secret's text: a URI's password field, the value of a `.properties` key
+/// that names a password (continuation lines included), `key=value` lines
+/// whose key names one, and files only their owner may read (password
+/// files), keys and binary files are masked or not shown. Step summaries
+/// never hold a secret.
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
     pub title: String,
     pub steps: Vec<Step>,
-    /// Strings that must never be printed (passwords in their raw, escaped
-    /// and percent-encoded forms).
-    pub secrets: Vec<String>,
 }
 
 /// Collaborators the apply step needs, all passed in.
@@ -153,9 +156,9 @@ impl Plan {
         self.steps.push(step);
     }
 
-    /// One masked line per step, for a step list shown before applying.
+    /// One line per step, for a step list shown before applying.
     pub fn summaries(&self) -> Vec<String> {
-        self.steps.iter().map(|s| self.mask(&s.summary())).collect()
+        self.steps.iter().map(Step::summary).collect()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -168,18 +171,6 @@ impl Plan {
             Step::Files { changes, .. } => changes.iter().any(|c| !c.internal),
             _ => false,
         })
-    }
-
-    /// Replaces every secret with `********`.
-    pub fn mask(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        let mut secrets: Vec<&String> = self.secrets.iter().filter(|s| !s.is_empty()).collect();
-        // Longest first, so a secret containing another is masked whole.
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        for s in secrets {
-            out = out.replace(s.as_str(), "********");
-        }
-        out
     }
 
     /// The plan as a person reads it: numbered steps, unified diffs.
@@ -198,7 +189,7 @@ impl Plan {
                 }
             }
         }
-        self.mask(&out)
+        out
     }
 
     /// Executes the plan. On failure the error names the step, and says which
@@ -211,7 +202,7 @@ impl Plan {
     pub fn apply_indexed(&self, ctx: &ApplyCtx) -> std::result::Result<(), (usize, anyhow::Error)> {
         let total = self.steps.len();
         for (i, step) in self.steps.iter().enumerate() {
-            let summary = self.mask(&step.summary());
+            let summary = step.summary();
             let label = format!("[{}/{total}] {summary}", i + 1);
             let spinner = ctx.progress.then(|| spinner(&label));
             if spinner.is_none() {
@@ -379,10 +370,35 @@ fn render_file_change(out: &mut String, c: &FileChange) {
         }
         return;
     }
-    let before = String::from_utf8_lossy(c.before.as_deref().unwrap_or_default());
-    let after = String::from_utf8_lossy(c.after.as_deref().unwrap_or_default());
+    // A file only its owner may read holds a secret (a password file).
+    let private = |m: Option<FileMeta>| m.is_some_and(|m| m.mode & 0o077 == 0);
+    if private(c.meta_before) || (c.after.is_some() && private(Some(c.meta))) {
+        if c.before != c.after {
+            let _ = writeln!(
+                out,
+                "   {path}: new content ({} bytes; readable by its owner only, not shown)",
+                c.after.as_ref().map_or(0, Vec::len)
+            );
+        }
+        return;
+    }
+    let properties = c.path.extension().is_some_and(|e| e == "properties");
+    let shown = |bytes: &Option<Vec<u8>>| -> String {
+        let bytes = bytes.as_deref().unwrap_or_default();
+        if properties {
+            // ISO-8859-1, as Java reads it: one byte, one character. An
+            // entry holding a secret is put on one line (its continuation
+            // lines joined), so its diff line below masks all of it.
+            let text: String = bytes.iter().copied().map(char::from).collect();
+            crate::properties::Properties::parse(&text)
+                .masked(|key, value| mask_property(key, value).map(|_| value.to_string()))
+        } else {
+            String::from_utf8_lossy(bytes).into_owned()
+        }
+    };
+    let (before, after) = (shown(&c.before), shown(&c.after));
     if before != after {
-        let diff = similar::TextDiff::from_lines(before.as_ref(), after.as_ref());
+        let diff = similar::TextDiff::from_lines(before.as_str(), after.as_str());
         let header_a = format!("{path}");
         let text = diff
             .unified_diff()
@@ -390,11 +406,34 @@ fn render_file_change(out: &mut String, c: &FileChange) {
             .header(&header_a, &header_a)
             .to_string();
         for line in text.lines() {
-            // Any URI password, old or new, whatever its escaping.
-            let line = crate::secret::redact_loose(line);
-            let _ = writeln!(out, "   {}", mask_secret_assignment(&line));
+            let header =
+                line.starts_with("---") || line.starts_with("+++") || line.starts_with("@@");
+            let masked = match line.chars().next() {
+                Some(marker @ ('-' | '+' | ' ')) if properties && !header => {
+                    let entry = crate::properties::Properties::parse(&line[1..]);
+                    format!("{marker}{}", entry.masked(mask_property))
+                }
+                // Any URI password, old or new, whatever its escaping.
+                _ => mask_secret_assignment(&crate::secret::redact_loose(line)),
+            };
+            let _ = writeln!(out, "   {masked}");
         }
     }
+}
+
+/// The shown value of a `.properties` entry: a key that names a secret
+/// loses its value, a URI its password field (the value is still escaped:
+/// a URI's characters are the same escaped or not).
+fn mask_property(key: &str, value: &str) -> Option<String> {
+    if value.is_empty() {
+        return None;
+    }
+    let key = key.to_ascii_lowercase();
+    if key.contains("pass") || key.contains("secret") {
+        return Some("****".into());
+    }
+    let redacted = crate::secret::redact_loose(value);
+    (redacted != value).then_some(redacted)
 }
 
 #[cfg(test)]
@@ -480,13 +519,12 @@ mod tests {
     #[test]
     fn render_masks_secrets() {
         let mut plan = Plan::new("t");
-        plan.secrets.push("hunter2".into());
         plan.files(
             "write",
             vec![FileChange {
                 path: "/a".into(),
-                before: Some(b"p=\n".to_vec()),
-                after: Some(b"p=hunter2\n".to_vec()),
+                before: Some(b"p=\nuri=\n".to_vec()),
+                after: Some(b"p=\nuri=mongodb://u:hunter2@h\nx.password=hunter2\n".to_vec()),
                 meta_before: Some(private_meta(0o644)),
                 meta: private_meta(0o640),
                 internal: false,
@@ -494,7 +532,66 @@ mod tests {
         );
         let text = plan.render();
         assert!(!text.contains("hunter2"), "{text}");
-        assert!(text.contains("+p=********"), "{text}");
+        assert!(text.contains("+uri=mongodb://u:****@h"), "{text}");
+        assert!(text.contains("+x.password=****"), "{text}");
         assert!(text.contains("0644 -> 0640"), "{text}");
+    }
+
+    fn shown(path: &str, before: &str, after: &str, mode: u32) -> String {
+        let mut plan = Plan::new("t");
+        plan.files(
+            "write",
+            vec![FileChange {
+                path: path.into(),
+                before: Some(before.as_bytes().to_vec()),
+                after: Some(after.as_bytes().to_vec()),
+                meta_before: Some(private_meta(mode)),
+                meta: private_meta(mode),
+                internal: false,
+            }],
+        );
+        plan.render()
+    }
+
+    #[test]
+    fn masking_is_by_position_never_by_substring() {
+        // The password `p`: only the URI's password field is masked, the
+        // letter p elsewhere stays.
+        let text = shown(
+            "/usr/local/antmedia/conf/red5.properties",
+            "# A password cannot be specified twice\nclusterdb.host=\n",
+            "# A password cannot be specified twice\nclusterdb.host=mongodb://u:p@h:27017\n",
+            0o640,
+        );
+        assert!(text.contains("A password cannot be specified"), "{text}");
+        assert!(
+            text.contains("+clusterdb.host=mongodb://u:****@h:27017"),
+            "{text}"
+        );
+        assert!(!text.contains("u:p@"), "{text}");
+    }
+
+    #[test]
+    fn a_password_split_across_continuation_lines_is_masked_whole() {
+        let text = shown(
+            "/usr/local/antmedia/conf/red5.properties",
+            "a=1\nclusterdb.password=hun\\\n    ter2\nclusterdb.host=mongodb://u:pa\\\n  ss@h\n",
+            "a=1\nclusterdb.password=\nclusterdb.host=h\n",
+            0o640,
+        );
+        assert!(!text.contains("ter2") && !text.contains("hun"), "{text}");
+        assert!(!text.contains("pa") || !text.contains("ss@"), "{text}");
+        assert!(text.contains("-clusterdb.password=****"), "{text}");
+        assert!(
+            text.contains("-clusterdb.host=mongodb://u:****@h"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn files_only_their_owner_may_read_are_never_shown() {
+        let text = shown("/etc/ams-agent/mongo-password", "", "hunter2\n", 0o600);
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("readable by its owner only"), "{text}");
     }
 }

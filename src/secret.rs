@@ -69,6 +69,23 @@ pub fn redact_loose(url: &str) -> String {
     }
 }
 
+/// Every URI-like word of a message (one holding an `@`) with its
+/// password masked by position ([`redact_loose`]); the rest as it is. For
+/// messages from elsewhere (the driver, a parser) that may quote a URI.
+pub fn redact_uris(message: &str) -> String {
+    message
+        .split(' ')
+        .map(|word| {
+            if word.contains('@') {
+                redact_loose(word)
+            } else {
+                word.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// 32 characters of [A-Za-z0-9] from /dev/urandom (190 bits): safe in
 /// URIs, files, properties and shells without quoting. Bytes ≥ 248 (= 4 × 62)
 /// are skipped, so every character is equally likely.
@@ -109,5 +126,13 @@ mod tests {
         assert_eq!(redact_loose("mongodb://u:p/@?x@h"), "mongodb://u:****@h");
         assert_eq!(redact_loose("u:pw@h"), "u:****@h");
         assert_eq!(redact_loose("u@h"), "u@h");
+    }
+
+    #[test]
+    fn messages_lose_uri_passwords_and_keep_their_words() {
+        assert_eq!(
+            redact_uris("A password cannot be specified for mongodb://u:p@h/x"),
+            "A password cannot be specified for mongodb://u:****@h/x"
+        );
     }
 }

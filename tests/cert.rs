@@ -310,6 +310,12 @@ fn renewal_by_certbot_runs_the_hook_and_the_served_files_change() {
         "{}",
         acme::text(&renewed)
     );
+    // A successful hook writes nothing on stderr, which certbot would log
+    // as a warning ("ran with error output") in its timer's journal.
+    let log = fs::read_to_string(h.root().join("var/log/letsencrypt/letsencrypt.log")).unwrap();
+    for text in [acme::text(&renewed), log] {
+        assert!(!text.contains("ran with error output"), "{text}");
+    }
     let live = h.live(DOMAIN);
     assert_ne!(
         h.conf("fullchain.pem"),
@@ -351,6 +357,54 @@ fn a_0001_lineage_is_the_one_deployed() {
     assert_ne!(
         h.conf("fullchain.pem"),
         fs::read(h.live(DOMAIN).join("fullchain.pem")).unwrap()
+    );
+}
+
+/// A `<domain>-0001` duplicate of the same names (certbot made it, e.g.
+/// with --duplicate): a later `cert` for these names chooses the newest
+/// valid lineage, says which, and installs it.
+#[test]
+fn a_duplicate_lineage_is_chosen_and_named() {
+    let h = CertHost::new();
+    let first = h.issue(&[DOMAIN], &[]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let mut dup = Command::new("certbot");
+    dup.args([
+        "certonly",
+        "--duplicate",
+        "--non-interactive",
+        "--agree-tos",
+        "--register-unsafely-without-email",
+        "--standalone",
+        "--http-01-port",
+    ])
+    .arg(common::free_port().to_string())
+    .arg("--server")
+    .arg(h.pebble.directory_url())
+    .args(["-d", DOMAIN])
+    .arg("--config-dir")
+    .arg(h.root().join("etc/letsencrypt"))
+    .arg("--work-dir")
+    .arg(h.root().join("var/lib/letsencrypt"))
+    .arg("--logs-dir")
+    .arg(h.root().join("var/log/letsencrypt"))
+    .env("REQUESTS_CA_BUNDLE", h.pebble.ca_bundle());
+    let made = acme::run_bounded(&mut dup, Duration::from_secs(180), "certbot --duplicate");
+    assert!(made.status.success(), "{}", acme::text(&made));
+    let dup_dir = h.live(&format!("{DOMAIN}-0001"));
+    assert!(dup_dir.is_dir(), "no -0001 lineage");
+
+    let again = h.issue(&[DOMAIN], &[]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    let said = stdout(&again);
+    assert!(
+        said.contains("certbot lists 2 certificates")
+            && said.contains(&format!("installing {}", dup_dir.display())),
+        "{said}"
+    );
+    assert_eq!(
+        h.conf("fullchain.pem"),
+        fs::read(dup_dir.join("fullchain.pem")).unwrap()
     );
 }
 

@@ -223,16 +223,47 @@ fn looks_like_path(s: &str) -> bool {
         || s.ends_with(".yml")
 }
 
+/// The top-level keys of a Redisson configuration, the YAML AMS reads for
+/// Redis (one of them names the servers).
+const REDIS_YAML_KEYS: [&str; 5] = [
+    "singleServerConfig",
+    "clusterServersConfig",
+    "sentinelServersConfig",
+    "replicatedServersConfig",
+    "masterSlaveServersConfig",
+];
+
 fn redis_file(input: &str, creds: &Credentials, host: &Host, flag: &str) -> Result<DbUrl> {
+    use crate::host::fs::{Cap, read_capped_real};
     no_separate_creds(creds, "a Redis configuration file")?;
-    let exists = if input.starts_with('/') {
-        host.path(Path::new(input)).is_file()
+    let real = if input.starts_with('/') {
+        host.path(Path::new(input))
     } else {
-        Path::new(input).is_file()
+        Path::new(input).to_path_buf()
     };
-    if !exists {
+    let shown = format!("{flag} {input}");
+    let Some((bytes, _)) = read_capped_real(&real, &shown, Cap::CONFIG)? else {
         bail_usage!(
             "{flag} `{input}` looks like a Redis configuration file, but there is no such file"
+        );
+    };
+    let forms = REDIS_YAML_KEYS.join(", ");
+    let doc = String::from_utf8(bytes)
+        .ok()
+        .and_then(|text| yaml_rust2::YamlLoader::load_from_str(&text).ok())
+        .and_then(|docs| docs.into_iter().next());
+    let Some(yaml_rust2::Yaml::Hash(map)) = doc else {
+        bail_usage!(
+            "{flag} `{input}` is not a Redis configuration (a Redisson YAML file with one of {forms})"
+        );
+    };
+    let names_servers = map.iter().any(|(k, v)| {
+        k.as_str().is_some_and(|k| REDIS_YAML_KEYS.contains(&k))
+            && matches!(v, yaml_rust2::Yaml::Hash(_))
+    });
+    if !names_servers {
+        bail_usage!(
+            "{flag} `{input}` is YAML but not a Redis configuration: it has none of {forms}"
         );
     }
     Ok(DbUrl {
@@ -401,10 +432,8 @@ fn mongo_uri(input: &str, creds: &Credentials, flag: &str) -> Result<DbUrl> {
             mongodb::error::ErrorKind::InvalidArgument { message, .. } => message.clone(),
             other => other.to_string(),
         };
-        let mut why = why;
-        for secret in &secrets {
-            why = why.replace(secret.as_str(), "****");
-        }
+        // By position: a URI the message quotes loses its password field.
+        let why = crate::secret::redact_uris(&why);
         bail_usage!("{flag} `{shown}` is not a valid MongoDB URI: {why}");
     }
     Ok(DbUrl {
@@ -437,9 +466,11 @@ fn check_percent_escapes(s: &str) -> std::result::Result<(), String> {
 }
 
 /// Parses `h1[:p1],h2[:p2]`. Returns the hosts normalised as `host:port`
-/// (for URIs the caller keeps the operator's own text).
+/// (for URIs the caller keeps the operator's own text). A server named
+/// twice (`h1,h1:27017`) is refused.
 fn parse_host_list(list: &str, srv: bool) -> std::result::Result<Vec<String>, String> {
-    let mut out = Vec::new();
+    let mut out: Vec<String> = Vec::new();
+    let mut seen: Vec<String> = Vec::new();
     for item in list.split(',') {
         if item.is_empty() {
             return Err("empty entry in the host list".into());
@@ -448,14 +479,25 @@ fn parse_host_list(list: &str, srv: bool) -> std::result::Result<Vec<String>, St
         if srv && port.is_some() {
             return Err("a mongodb+srv:// URI takes no port".into());
         }
-        let host_text = if host.parse::<Ipv6Addr>().is_ok() {
-            format!("[{host}]")
-        } else {
-            host.to_string()
+        let (host_text, same) = match host.parse::<Ipv6Addr>() {
+            Ok(v6) => (format!("[{host}]"), format!("[{v6}]")),
+            Err(_) => (
+                host.to_string(),
+                host.trim_end_matches('.').to_ascii_lowercase(),
+            ),
         };
-        out.push(match (srv, port) {
-            (true, _) => host_text,
-            (false, p) => format!("{host_text}:{}", p.unwrap_or(DEFAULT_MONGO_PORT)),
+        let port = port.unwrap_or(DEFAULT_MONGO_PORT);
+        let key = format!("{same}:{port}");
+        if seen.contains(&key) {
+            return Err(format!(
+                "`{key}` is named twice in the host list; name each server once"
+            ));
+        }
+        seen.push(key);
+        out.push(if srv {
+            host_text
+        } else {
+            format!("{host_text}:{port}")
         });
     }
     Ok(out)
@@ -465,6 +507,13 @@ fn split_host_port(item: &str) -> std::result::Result<(&str, Option<u16>), Strin
     let (host, port) = if let Some(v6) = item.strip_prefix('[') {
         let end = v6.find(']').ok_or("unclosed '[' in an IPv6 address")?;
         let host = &v6[..end];
+        if let Some((addr, zone)) = host.split_once('%') {
+            if addr.parse::<Ipv6Addr>().is_ok() {
+                return Err(format!(
+                    "`{host}`: IPv6 zone ids (%{zone}) are not supported; use a global or unique-local (fd00::/8) address of the server"
+                ));
+            }
+        }
         host.parse::<Ipv6Addr>()
             .map_err(|_| format!("`{host}` is not an IPv6 address"))?;
         let after = &v6[end + 1..];
@@ -487,13 +536,21 @@ fn split_host_port(item: &str) -> std::result::Result<(&str, Option<u16>), Strin
     };
     let port = match port {
         None => None,
+        // Digits only: Rust's parser would take `+27017`, MongoDB's not.
         Some(p) => match p.parse::<u16>() {
-            Ok(n) if n > 0 => Some(n),
+            Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => Some(n),
             _ => return Err(format!("`{p}` is not a port number (1-65535)")),
         },
     };
     if host.parse::<Ipv6Addr>().is_err() && !valid_host_name_or_ipv4(host) {
         return Err(format!("`{host}` is not an IP address or host name"));
+    }
+    let unspecified = host.parse::<Ipv4Addr>().is_ok_and(|ip| ip.is_unspecified())
+        || host.parse::<Ipv6Addr>().is_ok_and(|ip| ip.is_unspecified());
+    if unspecified {
+        return Err(format!(
+            "`{host}` is the unspecified address (\"every interface\" for a server, no address to connect to); name the MongoDB server's address"
+        ));
     }
     Ok((host, port))
 }
@@ -740,5 +797,13 @@ mod tests {
         );
         assert_eq!(redact("mongodb://h:1"), "mongodb://h:1");
         assert_eq!(redact("redis://:pw@h"), "redis://:****@h");
+    }
+
+    #[test]
+    fn the_drivers_message_keeps_its_words_whatever_the_password() {
+        // The password `p`: the driver's reason is quoted as it is.
+        let e = err("mongodb://u:p@h/?authMechanism=MONGODB-X509");
+        assert!(e.contains("A password cannot be specified"), "{e}");
+        assert!(!e.contains("u:p@"), "{e}");
     }
 }

@@ -7,12 +7,69 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use crate::host::Host;
-use crate::host::fs::{FileMeta, private_meta};
+use crate::host::fs::{Cap, FileMeta, private_meta};
 use crate::plan::FileChange;
 
-pub fn read_text(host: &Host, p: &Path) -> Result<String> {
-    let bytes = host.read(p)?;
-    String::from_utf8(bytes).with_context(|| format!("reading {}: not UTF-8 text", p.display()))
+/// The kinds of text file the agent edits, each with its size cap and the
+/// way its bytes are text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A Java `.properties` file. Read and written as
+    /// `java.util.Properties.load(InputStream)` reads it: ISO-8859-1, one
+    /// byte per character, so every byte outside the edited keys stays as
+    /// it was (UTF-8 sequences included, which Java reads as two Latin-1
+    /// characters anyway); the values the agent writes are ASCII with
+    /// `\uXXXX` escapes.
+    Properties,
+    /// An XML file (`jee-container.xml`): UTF-8, as its declaration says.
+    Xml,
+    /// `/etc/hosts`: bytes, whatever their encoding (names are ASCII;
+    /// anything else on other lines is kept byte for byte).
+    Hosts,
+}
+
+impl Kind {
+    fn cap(self) -> Cap {
+        match self {
+            Kind::Properties => Cap::PROPERTIES,
+            Kind::Xml => Cap::XML,
+            Kind::Hosts => Cap::CONFIG,
+        }
+    }
+
+    /// The file's bytes as text.
+    fn decode(self, bytes: Vec<u8>, path: &Path) -> Result<String> {
+        match self {
+            Kind::Xml => String::from_utf8(bytes)
+                .with_context(|| format!("reading {}: not UTF-8 text", path.display())),
+            // ISO-8859-1: byte n is U+00nn.
+            Kind::Properties | Kind::Hosts => Ok(bytes.into_iter().map(char::from).collect()),
+        }
+    }
+
+    /// Text back to the file's bytes.
+    fn encode(self, text: String, path: &Path) -> Result<Vec<u8>> {
+        match self {
+            Kind::Xml => Ok(text.into_bytes()),
+            Kind::Properties | Kind::Hosts => text
+                .chars()
+                .map(u8::try_from)
+                .collect::<std::result::Result<Vec<u8>, _>>()
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "writing {}: a character outside ISO-8859-1 (a bug: values are written escaped)",
+                        path.display()
+                    )
+                }),
+        }
+    }
+}
+
+pub fn read_text(host: &Host, p: &Path, kind: Kind) -> Result<String> {
+    match host.read_capped(p, kind.cap())? {
+        Some(bytes) => kind.decode(bytes, p),
+        None => bail!("reading {}: no such file", p.display()),
+    }
 }
 
 /// A file as it is now: its text, and owner and mode (None when absent).
@@ -20,25 +77,23 @@ pub struct Current {
     pub path: PathBuf,
     pub text: String,
     pub meta: Option<FileMeta>,
+    pub kind: Kind,
 }
 
 /// Reads a file once for both its content and its metadata.
-pub fn load(host: &Host, path: &Path) -> Result<Current> {
+pub fn load(host: &Host, path: &Path, kind: Kind) -> Result<Current> {
     // A symlinked file is changed where it lives; the link stays.
     let resolved = host.resolve_links(path)?;
     let path = resolved.as_path();
-    let (text, meta) = match host.read_with_meta(path)? {
-        Some((bytes, meta)) => (
-            String::from_utf8(bytes)
-                .with_context(|| format!("reading {}: not UTF-8 text", path.display()))?,
-            Some(meta),
-        ),
+    let (text, meta) = match host.read_with_meta(path, kind.cap())? {
+        Some((bytes, meta)) => (kind.decode(bytes, path)?, Some(meta)),
         None => (String::new(), None),
     };
     Ok(Current {
         path: path.to_path_buf(),
         text,
         meta,
+        kind,
     })
 }
 
@@ -55,8 +110,8 @@ pub fn refuse_mount_point(host: &Host, path: &Path) -> Result<()> {
 }
 
 /// Like [`load`], for a file that must exist.
-pub fn load_existing(host: &Host, path: &Path) -> Result<Current> {
-    let cur = load(host, path)?;
+pub fn load_existing(host: &Host, path: &Path, kind: Kind) -> Result<Current> {
+    let cur = load(host, path, kind)?;
     if cur.meta.is_none() {
         bail!("reading {}: the file disappeared", path.display());
     }
@@ -72,7 +127,7 @@ pub enum Secret {
 }
 
 /// The change from a file's current content to `new`.
-pub fn change(cur: Current, new: String, secret: Secret) -> FileChange {
+pub fn change(cur: Current, new: String, secret: Secret) -> Result<FileChange> {
     let mut meta = cur.meta.unwrap_or_else(|| FileMeta {
         mode: 0o644,
         ..private_meta(0o644)
@@ -93,12 +148,16 @@ pub fn change(cur: Current, new: String, secret: Secret) -> FileChange {
         // configuration: leave the mode (plan() warns).
         Secret::ReadableBy(None) => {}
     }
-    FileChange {
+    let before = match cur.meta {
+        Some(_) => Some(cur.kind.encode(cur.text, &cur.path)?),
+        None => None,
+    };
+    Ok(FileChange {
+        after: Some(cur.kind.encode(new, &cur.path)?),
         path: cur.path,
-        before: cur.meta.map(|_| cur.text.into_bytes()),
-        after: Some(new.into_bytes()),
+        before,
         meta_before: cur.meta,
         meta,
         internal: false,
-    }
+    })
 }

@@ -7,6 +7,7 @@ pub mod files;
 pub mod jee;
 pub mod layout;
 pub mod mode;
-pub mod properties;
+/// The `.properties` format lives below (the plan masks by it too).
+pub use crate::properties;
 
 pub use layout::AmsLayout;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use super::etc_hosts;
-use super::files::{Secret, change, load, load_existing, read_text, refuse_mount_point};
+use super::files::{Kind, Secret, change, load, load_existing, read_text, refuse_mount_point};
 use super::jee;
 use super::layout::{self, AmsLayout};
 use super::properties::Properties;
@@ -70,18 +70,25 @@ pub struct CurrentMode {
 
 pub fn current(host: &Host, layout: &AmsLayout) -> Result<CurrentMode> {
     layout.check(host)?;
-    let xml = read_text(host, &layout.jee_container())?;
+    let xml = read_text(host, &layout.jee_container(), Kind::Xml)?;
     let mode = match jee::state(&xml)? {
         jee::BlockState::Enabled => Mode::Cluster,
         _ => Mode::Standalone,
     };
-    let red5 = Properties::parse(&read_text(host, &layout.red5_properties())?);
+    let red5 = Properties::parse(&read_text(
+        host,
+        &layout.red5_properties(),
+        Kind::Properties,
+    )?);
     let apps = layout.applications(host)?;
     let console = apps.iter().find(|a| *a == "root").or(apps.first());
     let db_type = match console {
-        Some(app) => {
-            Properties::parse(&read_text(host, &layout.webapp_properties(app))?).get("db.type")
-        }
+        Some(app) => Properties::parse(&read_text(
+            host,
+            &layout.webapp_properties(app),
+            Kind::Properties,
+        )?)
+        .get("db.type"),
         None => None,
     };
     Ok(CurrentMode {
@@ -95,7 +102,7 @@ pub fn current(host: &Host, layout: &AmsLayout) -> Result<CurrentMode> {
 /// The mode AMS is in, from `conf/jee-container.xml` alone (what the
 /// reporter reads every minute, or when the file changes).
 pub fn read_mode(host: &Host, layout: &AmsLayout) -> Result<Mode> {
-    let xml = read_text(host, &layout.jee_container())?;
+    let xml = read_text(host, &layout.jee_container(), Kind::Xml)?;
     Ok(match jee::state(&xml)? {
         jee::BlockState::Enabled => Mode::Cluster,
         _ => Mode::Standalone,
@@ -104,7 +111,12 @@ pub fn read_mode(host: &Host, layout: &AmsLayout) -> Result<Mode> {
 
 /// `nodeGroup` of `conf/red5.properties` (None when it has none).
 pub fn read_node_group(host: &Host, layout: &AmsLayout) -> Result<Option<String>> {
-    Ok(Properties::parse(&read_text(host, &layout.red5_properties())?).get("nodeGroup"))
+    Ok(Properties::parse(&read_text(
+        host,
+        &layout.red5_properties(),
+        Kind::Properties,
+    )?)
+    .get("nodeGroup"))
 }
 
 /// Computes the plan of a mode switch. Reads only; changes nothing.
@@ -145,7 +157,7 @@ pub fn plan_with(host: &Host, sw: &ModeSwitch, also: Vec<FileChange>) -> Result<
     // conf/red5.properties: the cluster database, and never the global IP.
     let red5_path = layout.red5_properties();
     refuse_mount_point(host, &red5_path)?;
-    let red5_now = load_existing(host, &red5_path)?;
+    let red5_now = load_existing(host, &red5_path, Kind::Properties)?;
     let mut red5 = Properties::parse(&red5_now.text);
     // Credentials live in the URI (percent-encoded); the separate keys are
     // what made mongodb+srv:// fail, so they are cleared.
@@ -155,15 +167,15 @@ pub fn plan_with(host: &Host, sw: &ModeSwitch, also: Vec<FileChange>) -> Result<
         ("clusterdb.password", ""),
         ("useGlobalIp", "false"),
     ])?;
-    changes.push(change(red5_now, red5.to_text(), secret));
+    changes.push(change(red5_now, red5.to_text(), secret)?);
 
     // conf/jee-container.xml: the cluster blocks.
     let jee_path = layout.jee_container();
     refuse_mount_point(host, &jee_path)?;
-    let jee_now = load_existing(host, &jee_path)?;
+    let jee_now = load_existing(host, &jee_path, Kind::Xml)?;
     let new_xml = jee::set_cluster(&jee_now.text, sw.mode == Mode::Cluster)
         .with_context(|| format!("switching {}", jee_path.display()))?;
-    changes.push(change(jee_now, new_xml, Secret::No));
+    changes.push(change(jee_now, new_xml, Secret::No)?);
 
     // Every application, the console (`root`) included.
     let mounts = host.mounted_paths();
@@ -175,7 +187,7 @@ pub fn plan_with(host: &Host, sw: &ModeSwitch, also: Vec<FileChange>) -> Result<
                 p.display()
             );
         }
-        let now = load_existing(host, &p)?;
+        let now = load_existing(host, &p, Kind::Properties)?;
         let mut props = Properties::parse(&now.text);
         props.set_all(&[
             ("db.type", sw.db.kind.db_type()),
@@ -183,7 +195,7 @@ pub fn plan_with(host: &Host, sw: &ModeSwitch, also: Vec<FileChange>) -> Result<
             ("db.user", ""),
             ("db.password", ""),
         ])?;
-        changes.push(change(now, props.to_text(), secret));
+        changes.push(change(now, props.to_text(), secret)?);
     }
 
     // /etc/hosts: this node's name resolves to its private address.
@@ -205,9 +217,9 @@ pub fn plan_with(host: &Host, sw: &ModeSwitch, also: Vec<FileChange>) -> Result<
             "/etc/hosts is a mount (a container?): not pinning {hostname} to {ip}; let the container runtime map it (e.g. docker run --add-host {hostname}:{ip})"
         );
     } else {
-        let hosts_now = load(host, hosts_path)?;
+        let hosts_now = load(host, hosts_path, Kind::Hosts)?;
         let pinned = etc_hosts::pin_hostname(&hosts_now.text, &hostname, ip);
-        changes.push(change(hosts_now, pinned, Secret::No));
+        changes.push(change(hosts_now, pinned, Secret::No)?);
     }
 
     let mut plan = Plan::new(format!(
@@ -217,7 +229,6 @@ pub fn plan_with(host: &Host, sw: &ModeSwitch, also: Vec<FileChange>) -> Result<
         sw.db.kind.db_type(),
         sw.db.redacted()
     ));
-    plan.secrets = sw.db.secrets.clone();
     let files_change = changes.iter().any(|c| !c.is_noop());
     // Temp files left by a run that crashed before its commit point (they
     // may hold a password): removed with this change.

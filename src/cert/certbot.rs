@@ -105,11 +105,11 @@ pub fn certonly(host: &Host, req: &Request) -> CommandSpec {
 /// The lineage folders certbot lists for exactly these domains
 /// (`certbot certificates -d …`): certbot says where its certificate is,
 /// nothing is guessed from the domain name.
-pub fn lineages_for(
+pub fn certificates_for(
     host: &Host,
     runner: &dyn CommandRunner,
     domains: &[String],
-) -> Result<Vec<PathBuf>> {
+) -> Result<Vec<Listed>> {
     let mut args = base(host, &["certificates"]);
     for d in domains {
         args.extend(["-d".into(), d.clone()]);
@@ -126,12 +126,85 @@ pub fn lineages_for(
             out.stderr.trim()
         );
     }
-    Ok(out
-        .stdout
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("Certificate Path:"))
-        .filter_map(|p| Path::new(p.trim()).parent().map(Path::to_path_buf))
-        .collect())
+    Ok(listed(&out.stdout))
+}
+
+/// One certificate of `certbot certificates`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub dir: PathBuf,
+    pub domains: Vec<String>,
+    /// As certbot prints it (`2026-03-01 11:22:33+00:00`): sorts in time.
+    pub expiry: String,
+    /// certbot's `(VALID: n days)`.
+    pub valid: bool,
+}
+
+/// The certificates of `certbot certificates` output, in its order.
+pub fn listed(stdout: &str) -> Vec<Listed> {
+    let mut out: Vec<Listed> = Vec::new();
+    let mut cur: Option<Listed> = None;
+    for line in stdout.lines().map(str::trim) {
+        if line.starts_with("Certificate Name:") {
+            cur = Some(Listed {
+                dir: PathBuf::new(),
+                domains: Vec::new(),
+                expiry: String::new(),
+                valid: false,
+            });
+        } else if let (Some(c), Some(d)) = (cur.as_mut(), line.strip_prefix("Domains:")) {
+            c.domains = d.split_whitespace().map(str::to_ascii_lowercase).collect();
+        } else if let (Some(c), Some(e)) = (cur.as_mut(), line.strip_prefix("Expiry Date:")) {
+            let e = e.trim();
+            c.expiry = e.split(" (").next().unwrap_or(e).to_string();
+            c.valid = e.contains("(VALID");
+        } else if let Some(p) = line.strip_prefix("Certificate Path:") {
+            let dir = Path::new(p.trim()).parent().map(Path::to_path_buf);
+            if let (Some(mut c), Some(dir)) = (cur.take(), dir) {
+                c.dir = dir;
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// The lineage to install for `domains` when certbot lists several (a
+/// `<domain>-0001` duplicate): the one whose names are exactly these (the
+/// lineage certbot's `--keep-until-expiring` renews for them), else any
+/// that holds them; among those the newest valid one (latest expiry).
+/// Returns it with the reason, for the message.
+pub fn choose_lineage<'a>(
+    listed: &'a [Listed],
+    domains: &[String],
+) -> Option<(&'a Listed, &'static str)> {
+    let mut wanted: Vec<String> = domains.iter().map(|d| d.to_ascii_lowercase()).collect();
+    wanted.sort();
+    wanted.dedup();
+    let exact = |l: &&Listed| {
+        let mut names = l.domains.clone();
+        names.sort();
+        names.dedup();
+        names == wanted
+    };
+    let newest = |set: Vec<&'a Listed>| {
+        set.into_iter()
+            .filter(|l| l.valid)
+            .max_by(|a, b| a.expiry.cmp(&b.expiry))
+    };
+    let exact_set: Vec<&Listed> = listed.iter().filter(exact).collect();
+    let n_exact = exact_set.len();
+    if let Some(l) = newest(exact_set) {
+        return Some((
+            l,
+            if n_exact == 1 {
+                "its names are exactly these"
+            } else {
+                "its names are exactly these and it is the newest valid one"
+            },
+        ));
+    }
+    newest(listed.iter().collect()).map(|l| (l, "it is the newest valid one holding these names"))
 }
 
 /// Fails with what to install when certbot is not on PATH, before anything

@@ -13,12 +13,12 @@ use anyhow::{Context, Result, bail};
 
 use super::inspect::Lineage;
 use super::keystore;
-use crate::ams::files::{Secret, change, load_existing, refuse_mount_point};
+use crate::ams::files::{Kind, Secret, change, load_existing, refuse_mount_point};
 use crate::ams::jee;
 use crate::ams::layout::{self, AmsLayout};
 use crate::ams::mode::restart_marker;
 use crate::ams::properties::Properties;
-use crate::host::fs::{FileMeta, private_meta};
+use crate::host::fs::{Cap, FileMeta, private_meta};
 use crate::host::systemd::ServiceAction;
 use crate::host::{CommandSpec, Host};
 use crate::plan::{Action, ApplyCtx, FileChange, Plan, Step};
@@ -56,16 +56,22 @@ pub struct Material {
 
 impl Material {
     pub fn load(dir: &Path) -> Result<Self> {
-        let read = |name: &str| {
-            std::fs::read(dir.join(name))
-                .with_context(|| format!("reading {}", dir.join(name).display()))
+        let optional = |name: &str| -> Result<Option<Vec<u8>>> {
+            let path = dir.join(name);
+            let shown = path.display().to_string();
+            Ok(crate::host::fs::read_capped_real(&path, &shown, Cap::PEM)?.map(|(b, _)| b))
+        };
+        let read = |name: &str| -> Result<Vec<u8>> {
+            optional(name)?.ok_or_else(|| {
+                anyhow::anyhow!("reading {}: no such file", dir.join(name).display())
+            })
         };
         // One read: the bytes checked are the bytes installed, even when
         // certbot renews the lineage meanwhile.
         let fullchain = read("fullchain.pem")?;
         let chain = read("chain.pem")?;
         let privkey = read("privkey.pem")?;
-        let cert = std::fs::read(dir.join("cert.pem")).ok();
+        let cert = optional("cert.pem")?;
         let parsed = Lineage::from_pem(&fullchain, Some(&chain), cert.as_deref(), &privkey)
             .with_context(|| format!("checking the certificate lineage in {}", dir.display()))?;
         Ok(Material {
@@ -123,7 +129,7 @@ fn ams_meta(account: Option<(u32, u32)>, mode: u32) -> FileMeta {
 /// files are not ours to change.
 fn file(host: &Host, path: PathBuf, after: Vec<u8>, meta: FileMeta) -> Result<FileChange> {
     refuse_mount_point(host, &path)?;
-    let cur = host.read_with_meta(&path)?;
+    let cur = host.read_with_meta(&path, Cap::FILE)?;
     Ok(FileChange {
         path,
         before: cur.as_ref().map(|(b, _)| b.clone()),
@@ -154,7 +160,7 @@ pub fn plan_ams(host: &Host, m: &Material, target: &AmsTarget) -> Result<Plan> {
 
     let red5_path = layout.red5_properties();
     refuse_mount_point(host, &red5_path)?;
-    let red5_now = load_existing(host, &red5_path)?;
+    let red5_now = load_existing(host, &red5_path, Kind::Properties)?;
     let mut red5 = Properties::parse(&red5_now.text);
 
     // The store password: kept when it is a real one (not AMS's default,
@@ -169,7 +175,6 @@ pub fn plan_ams(host: &Host, m: &Material, target: &AmsTarget) -> Result<Plan> {
         Some(p) => p.clone(),
         None => keystore::random_store_password()?,
     };
-    plan.secrets.push(password.clone());
     // A store that already holds exactly this key and chain is kept as is
     // (PKCS#12 output is salted, so rebuilding would always differ).
     let keep =
@@ -195,7 +200,7 @@ pub fn plan_ams(host: &Host, m: &Material, target: &AmsTarget) -> Result<Plan> {
     ])?;
     let jee_path = layout.jee_container();
     refuse_mount_point(host, &jee_path)?;
-    let jee_now = load_existing(host, &jee_path)?;
+    let jee_now = load_existing(host, &jee_path, Kind::Xml)?;
     let xml = jee::set_https(&jee_now.text, true)
         .with_context(|| format!("enabling the https connector in {}", jee_path.display()))?;
 
@@ -210,8 +215,8 @@ pub fn plan_ams(host: &Host, m: &Material, target: &AmsTarget) -> Result<Plan> {
         changes.push(file(host, conf.join(name), bytes, ams_meta(account, mode))?);
     }
     changes.extend([
-        change(red5_now, red5.to_text(), Secret::ReadableBy(account)),
-        change(jee_now, xml, Secret::No),
+        change(red5_now, red5.to_text(), Secret::ReadableBy(account))?,
+        change(jee_now, xml, Secret::No)?,
     ]);
     // A restart that failed (or never came) in an earlier run is still
     // owed: the marker lands with the files and goes once AMS answers.

@@ -202,6 +202,41 @@ pub fn truststore_matches(existing: &[u8], password: &str, lineage: &Lineage) ->
 mod tests {
     use super::*;
     use crate::cert::inspect::CertInfo;
+    use anyhow::{anyhow, bail};
+
+    /// The leaf of a PKCS#12 store's key entry: alias `tomcat`, else the only
+    /// private key entry.
+    fn from_pkcs12(store: &[u8], password: &str) -> anyhow::Result<CertInfo> {
+        use p12_keystore::{KeyStore, KeyStoreEntry, Pkcs12ImportPolicy};
+        let store = KeyStore::from_pkcs12(store, password, Pkcs12ImportPolicy::Strict)
+            .map_err(|e| anyhow!("{e} (wrong password or not a PKCS#12 store?)"))
+            .context("opening the PKCS#12 store")?;
+        let chain = match store.entry(KEY_ALIAS) {
+            Some(KeyStoreEntry::PrivateKeyChain(chain)) => chain,
+            _ => {
+                let keys: Vec<_> = store
+                    .entries()
+                    .filter_map(|(_, e)| match e {
+                        KeyStoreEntry::PrivateKeyChain(c) => Some(c),
+                        _ => None,
+                    })
+                    .collect();
+                match keys.as_slice() {
+                    [chain] => *chain,
+                    [] => bail!("the store holds no private key entry"),
+                    _ => bail!(
+                        "the store holds {} private key entries and none is named tomcat",
+                        keys.len()
+                    ),
+                }
+            }
+        };
+        let leaf = chain
+            .certs()
+            .first()
+            .ok_or_else(|| anyhow!("the store's private key entry has no certificate"))?;
+        CertInfo::from_der(leaf.as_der()).context("reading the store's leaf certificate")
+    }
 
     fn lineage(name: &str) -> Lineage {
         Lineage::load(&crate::cert::testpki::lineage(name)).unwrap()
@@ -228,7 +263,7 @@ mod tests {
             let want: Vec<&[u8]> = l.fullchain().iter().map(Vec::as_slice).collect();
             assert_eq!(certs, want, "{name}");
             assert!(store_matches(&bytes, PW, &l));
-            let info = CertInfo::from_pkcs12(&bytes, PW).unwrap();
+            let info = from_pkcs12(&bytes, PW).unwrap();
             assert_eq!(info, l.leaf_info().unwrap());
         }
     }
@@ -296,7 +331,7 @@ mod tests {
         assert!(!truststore_matches(&keystore_p12(&l, PW).unwrap(), PW, &l));
         // A truststore is not a keystore.
         assert!(!store_matches(&bytes, PW, &l));
-        assert!(CertInfo::from_pkcs12(&bytes, PW).is_err());
+        assert!(from_pkcs12(&bytes, PW).is_err());
     }
 
     #[test]
@@ -351,7 +386,7 @@ mod tests {
     fn wrong_passwords_and_bad_passwords() {
         let l = lineage("live.example.test");
         let bytes = keystore_p12(&l, PW).unwrap();
-        let e = format!("{:#}", CertInfo::from_pkcs12(&bytes, "nope").unwrap_err());
+        let e = format!("{:#}", from_pkcs12(&bytes, "nope").unwrap_err());
         assert!(e.contains("opening the PKCS#12 store"), "{e}");
         let e = format!("{:#}", keystore_p12(&l, "").unwrap_err());
         assert!(e.contains("empty store password"), "{e}");

@@ -4,6 +4,7 @@
 pub mod certbot;
 pub mod deploy;
 pub mod inspect;
+pub mod key;
 pub mod keystore;
 #[cfg(any(test, feature = "test-hooks"))]
 pub mod testpki;

@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use super::{Context, parse_duration};
+use super::Context;
 use crate::ams::AmsLayout;
 use crate::ams::layout::{DEFAULT_AMS_HOME, DEFAULT_HTTP_URL};
 use crate::bail_usage;
@@ -97,7 +97,7 @@ pub struct InstallArgs {
     pub no_restart: bool,
 
     /// How long to wait for AMS to answer after the restart
-    #[arg(long, alias = "wait", value_name = "DURATION", default_value = "3m", value_parser = parse_duration)]
+    #[arg(long, alias = "wait", value_name = "DURATION", default_value = "3m", value_parser = super::parse_wait)]
     pub ams_wait: Duration,
 
     /// URL that answers once AMS is up
@@ -171,6 +171,12 @@ pub struct StatusArgs {
     /// Folder of HAProxy's certificates
     #[arg(long, value_name = "DIR", default_value = HAPROXY_CERTS)]
     pub haproxy_certs: PathBuf,
+}
+
+impl CertArgs {
+    pub fn is_deploy(&self) -> bool {
+        matches!(self.command, Some(CertCommand::Deploy(_)))
+    }
 }
 
 pub fn run(ctx: &Context, args: CertArgs) -> Result<()> {
@@ -303,6 +309,8 @@ fn check_hook_path(flag: &str, p: &Path) -> Result<()> {
 
 /// A domain certbot can get with HTTP-01: a DNS name, no wildcard.
 fn check_domain(d: &str) -> Result<String> {
+    let shown = crate::human::escape(d);
+    let d = shown.as_ref();
     let lower = d.trim_end_matches('.').to_ascii_lowercase();
     if lower.starts_with("*.") {
         bail_usage!(
@@ -323,6 +331,26 @@ fn check_domain(d: &str) -> Result<String> {
     Ok(lower)
 }
 
+/// `--acme-server`: an https:// directory URL without credentials (an ACME
+/// account is a key pair certbot keeps, never a password in the URL).
+fn check_acme_server(url: &str) -> Result<()> {
+    let shown = crate::human::escape(url);
+    let shown = crate::secret::redact_loose(&shown);
+    if let Ok(parsed) = reqwest::Url::parse(url) {
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            bail_usage!(
+                "--acme-server {shown}: credentials in the URL are not accepted (an ACME server knows the account by its key, which certbot keeps); give the directory URL alone"
+            );
+        }
+    }
+    crate::mongod::repo::check_url(url, "--acme-server", true).map_err(|_| {
+        crate::error::UsageError::new(format!(
+            "--acme-server {shown} is not an https:// URL of an ACME directory (e.g. https://acme-v02.api.letsencrypt.org/directory)"
+        ))
+    })?;
+    Ok(())
+}
+
 fn check_email(e: &str) -> Result<()> {
     // A leading '-' would be read by certbot as an option.
     let ok = e.len() <= 254
@@ -334,7 +362,10 @@ fn check_email(e: &str) -> Result<()> {
         && e.split_once('@')
             .is_some_and(|(user, host)| !user.is_empty() && host.contains('.'));
     if !ok {
-        bail_usage!("--email {e:?} is not an email address");
+        bail_usage!(
+            "--email {:?} is not an email address",
+            crate::human::escape(e)
+        );
     }
     Ok(())
 }
@@ -351,8 +382,7 @@ fn issue(ctx: &Context, args: IssueArgs) -> Result<()> {
         check_email(e)?;
     }
     if let Some(url) = &args.acme_server {
-        crate::mongod::repo::check_url(url, "--acme-server", true)
-            .map_err(crate::error::UsageError::new)?;
+        check_acme_server(url)?;
     }
     args.install.check(&ctx.host)?;
     if args.http_01_port == 0 {
@@ -412,6 +442,9 @@ fn issue(ctx: &Context, args: IssueArgs) -> Result<()> {
         );
         return Ok(());
     }
+    // Every host write happens under the host lock; certbot itself runs
+    // without it, because its deploy hook (`cert deploy`) takes it.
+    let lock = ctx.mutate()?;
     // An earlier run that died with the redirect lifted: put it back.
     if ctx.host.exists(Path::new(certbot::REDIRECT_MARKER)) {
         certbot::restore_redirect(&ctx.host, ctx.runner.as_ref())?;
@@ -424,15 +457,19 @@ fn issue(ctx: &Context, args: IssueArgs) -> Result<()> {
         Authenticator::Standalone { .. } => certbot::lift_redirect(&ctx.host, ctx.runner.as_ref())?,
         Authenticator::Webroot(_) => None,
     };
+    drop(lock);
     tracing::info!(
         "asking for a certificate for {}: {}",
         domains.join(", "),
         spec.display()
     );
     let result = crate::plan::run_checked(ctx.runner.as_ref(), "getting the certificate", &spec);
+    // The redirect comes back even when the lock cannot be had.
+    let lock = ctx.mutate();
     if let Some(lifted) = lifted {
         lifted.restore()?;
     }
+    let _lock = lock?;
     result?;
 
     // Inside certbot, the hook installed what certbot issued; when certbot
@@ -455,22 +492,34 @@ fn issue(ctx: &Context, args: IssueArgs) -> Result<()> {
             ),
         };
     }
-    let lineages = certbot::lineages_for(&ctx.host, ctx.runner.as_ref(), &domains)?;
-    let lineage = match lineages.as_slice() {
-        [one] => one.clone(),
+    let listed = certbot::certificates_for(&ctx.host, ctx.runner.as_ref(), &domains)?;
+    let lineage = match listed.as_slice() {
+        [one] => one.dir.clone(),
         [] => bail!(
             "certbot succeeded but lists no certificate for {}; see `certbot certificates`",
             domains.join(", ")
         ),
-        many => bail!(
-            "certbot lists {} certificates for {}: {}; install one with `ams-agent cert deploy --lineage DIR`",
-            many.len(),
-            domains.join(", "),
-            many.iter()
-                .map(|p| p.display().to_string())
+        many => {
+            let all = many
+                .iter()
+                .map(|l| l.dir.display().to_string())
                 .collect::<Vec<_>>()
-                .join(", ")
-        ),
+                .join(", ");
+            let Some((chosen, why)) = certbot::choose_lineage(many, &domains) else {
+                bail!(
+                    "certbot lists {} certificates for {}, none of them valid: {all}; see `certbot certificates`",
+                    many.len(),
+                    domains.join(", ")
+                );
+            };
+            println!(
+                "certbot lists {} certificates for {} ({all}); installing {}: {why}.",
+                many.len(),
+                domains.join(", "),
+                chosen.dir.display()
+            );
+            chosen.dir.clone()
+        }
     };
     tracing::info!(
         "certbot had nothing to renew; installing its lineage {}",
@@ -503,6 +552,8 @@ fn deploy_cmd(ctx: &Context, mut args: DeployArgs) -> Result<()> {
         );
     }
     args.install.check(&ctx.host)?;
+    // The install and its record, under the host lock.
+    let _lock = ctx.mutate()?;
     let result = deploy_lineage(ctx, &lineage, &args.install);
     if !ctx.dry_run {
         let record = DeployRecord {
@@ -529,11 +580,10 @@ fn deploy_cmd(ctx: &Context, mut args: DeployArgs) -> Result<()> {
 }
 
 /// Reads and checks the lineage, then plans and applies (or prints) the
-/// install, under the host lock.
+/// install. The caller holds the host lock (`ctx.mutate()`).
 fn deploy_lineage(ctx: &Context, dir: &Path, install: &InstallArgs) -> Result<()> {
     let lineage = Material::load(dir)
         .with_context(|| format!("reading the certbot lineage {}", dir.display()))?;
-    let _lock = ctx.mutate()?;
     let plans = install.plans(ctx, &lineage)?;
     for plan in &plans {
         if ctx.dry_run || plan.is_empty() {

@@ -45,7 +45,7 @@ pub const AGENT_UNIT: &str = crate::agent_service::UNIT;
 #[derive(Debug, Args)]
 #[command(
     long_about = "Join this node to the AMS cluster: the EC2 user-data entry point.\n\n\
-    Waits for MongoDB (with backoff, up to --wait), registers the node as `joining`, \
+    Waits for MongoDB (with backoff, up to --mongo-wait), registers the node as `joining`, \
     switches AMS to cluster mode (the instance's private IPv4 goes into /etc/hosts), \
     restarts AMS and waits for it, writes /etc/ams-agent/agent.toml, the 0600 password \
     file and the reporter's drop-in (/etc/systemd/system/ams-agent.service.d/10-ams-group.conf: \
@@ -72,11 +72,11 @@ pub struct JoinArgs {
     pub ams_home: PathBuf,
 
     /// How long to wait for MongoDB to accept us (it may still be booting)
-    #[arg(long, alias = "wait", value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, alias = "wait", value_name = "DURATION", default_value = "10m", value_parser = super::parse_wait)]
     pub mongo_wait: Duration,
 
     /// How long to wait for AMS to answer after its restart
-    #[arg(long, alias = "ams-timeout", value_name = "DURATION", default_value = "3m", value_parser = parse_duration)]
+    #[arg(long, alias = "ams-timeout", value_name = "DURATION", default_value = "3m", value_parser = super::parse_wait)]
     pub ams_wait: Duration,
 
     /// Switch AMS's files only; do not restart it
@@ -282,10 +282,6 @@ fn join_record(req: &Request, node: &NodeIdentity) -> JoinRecord {
 /// The agent's own files and the reporter service, as a plan.
 fn agent_plan(host: &Host, req: &Request, node: &NodeIdentity) -> Result<Plan> {
     let mut plan = Plan::new(format!("configure the reporter of node {}", node.id));
-    plan.secrets = req.db.secrets.clone();
-    if let Some(p) = &req.target.password {
-        plan.secrets.push(p.expose().to_string());
-    }
     let config = [
         file_change(
             host,
@@ -659,7 +655,6 @@ impl Joiner<'_> {
         let mut stages = Vec::new();
         let mut add = |plan: &mut Plan, stage: &'static str, part: Plan| {
             stages.extend(std::iter::repeat_n(stage, part.steps.len()));
-            plan.secrets.extend(part.secrets);
             plan.steps.extend(part.steps);
         };
         let single = |step: Step| Plan {

@@ -28,7 +28,7 @@ pub struct LeaveArgs {
     pub registry: RegistryArgs,
 
     /// How long to wait for MongoDB
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::parse_wait)]
     pub timeout: Duration,
 
     /// Instance-metadata endpoint
@@ -61,8 +61,6 @@ pub fn run(ctx: &Context, args: LeaveArgs) -> Result<()> {
         node.id,
         target.shown()
     ));
-    plan.secrets
-        .extend(target.password.iter().map(|p| p.expose().to_string()));
     // 1. The reporter would otherwise report the node alive again.
     plan.push(Step::Action(Arc::new(StopReporter)));
     // 2. The registry.

@@ -65,6 +65,16 @@ pub struct GlobalArgs {
     pub root: PathBuf,
 }
 
+impl Cli {
+    /// `cert deploy` run by certbot as its deploy hook (certbot sets
+    /// RENEWED_LINEAGE): progress goes to stdout, since certbot reports
+    /// anything on a hook's stderr as "ran with error output".
+    pub fn runs_as_certbot_hook(&self) -> bool {
+        matches!(&self.command, Command::Cert(c) if c.is_deploy())
+            && std::env::var_os("RENEWED_LINEAGE").is_some()
+    }
+}
+
 impl GlobalArgs {
     pub fn verbosity(&self) -> i8 {
         if self.quiet {
@@ -160,7 +170,8 @@ pub struct MongoAuthArgs {
     #[arg(long, value_name = "USER")]
     pub mongo_user: Option<String>,
 
-    /// File holding the MongoDB password (one trailing newline is ignored);
+    /// File holding the MongoDB password (one trailing newline is ignored;
+    /// a byte-order mark or a lone trailing CR is removed with a warning);
     /// or set AMS_AGENT_MONGO_PASSWORD. Without either, it is asked for on
     /// a terminal
     #[arg(long, value_name = "FILE")]
@@ -186,6 +197,14 @@ impl MongoAuthArgs {
             }
             if user.chars().any(char::is_control) {
                 bail_usage!("--mongo-user contains a newline or control character");
+            }
+            if user.trim().is_empty() {
+                bail_usage!("--mongo-user is only white space; give the MongoDB user's name");
+            }
+            if user.trim() != user {
+                bail_usage!(
+                    "--mongo-user `{user}` begins or ends with white space, which would be part of the name; remove it"
+                );
             }
         }
         Ok(Credentials {
@@ -245,14 +264,18 @@ impl MongoAuthArgs {
 /// Reads a secret from a file named by `flag`: one trailing newline is
 /// dropped; an empty or unreadable file is bad input.
 pub fn read_password_file(file: &Path, flag: &str) -> Result<String> {
-    let bytes = match std::fs::read(file) {
-        Ok(b) => b,
-        Err(e) => bail_usage!("{flag} {}: {e}", file.display()),
-    };
-    match crate::config::password_from_bytes(bytes) {
+    let shown = format!("{flag} {}", crate::human::escape(&file.to_string_lossy()));
+    let bytes =
+        match crate::host::fs::read_capped_real(file, &shown, crate::host::fs::Cap::PASSWORD) {
+            Ok(Some((b, _))) => b,
+            Ok(None) => bail_usage!("{shown}: no such file"),
+            Err(e) if crate::error::exit_code(&e) == 2 => return Err(e),
+            Err(e) => bail_usage!("{}", crate::human::escape(&format!("{e:#}"))),
+        };
+    match crate::config::password_from_bytes(bytes, &shown) {
         Ok(Some(text)) => Ok(text),
-        Ok(None) => bail_usage!("{flag} {}: the file is empty", file.display()),
-        Err(why) => bail_usage!("{flag} {}: {why}", file.display()),
+        Ok(None) => bail_usage!("{shown}: the file is empty"),
+        Err(why) => bail_usage!("{shown}: {why}"),
     }
 }
 
@@ -291,6 +314,19 @@ pub fn parse_ams_url(s: &str) -> std::result::Result<String, String> {
 /// Parses durations like `90s`, `10m`, `1h30m`.
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 90s, 10m, 1h)"))
+}
+
+/// The longest wait any flag accepts (`--mongo-wait`, `--ams-wait`,
+/// `--timeout`, ...): a day. Longer is a typo, and would hang a boot.
+pub const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+/// Parses a wait ([`parse_duration`]), at most [`MAX_WAIT`].
+pub fn parse_wait(s: &str) -> std::result::Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d > MAX_WAIT {
+        return Err(format!("{s} is longer than 24h, the longest wait accepted"));
+    }
+    Ok(d)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
-use super::{Context, MongoAuthArgs, parse_duration, parse_node_ip};
+use super::{Context, MongoAuthArgs, parse_node_ip};
 use crate::agent_service;
 use crate::ams::AmsLayout;
 use crate::ams::db::{self, DbKind, DbUrl};
@@ -79,7 +79,7 @@ pub struct SwitchOpts {
 
     /// How long to wait for the MongoDB server to answer before switching
     /// (AMS stops at start-up when it cannot reach its database)
-    #[arg(long, alias = "db-timeout", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, alias = "db-timeout", value_name = "DURATION", default_value = "30s", value_parser = super::parse_wait)]
     pub mongo_wait: Duration,
 
     /// Switch even if the MongoDB server does not answer now
@@ -87,7 +87,7 @@ pub struct SwitchOpts {
     pub skip_db_check: bool,
 
     /// How long to wait for AMS to answer after the restart
-    #[arg(long, alias = "wait", value_name = "DURATION", default_value = "3m", value_parser = parse_duration)]
+    #[arg(long, alias = "wait", value_name = "DURATION", default_value = "3m", value_parser = super::parse_wait)]
     pub ams_wait: Duration,
 
     /// URL that answers once AMS is up

@@ -54,7 +54,10 @@ impl RegistryArgs {
     pub fn load_config(&self, host: &Host) -> Result<Option<AgentConfig>> {
         match AgentConfig::load(host, &self.config) {
             Ok(c) => Ok(c),
-            Err(e) if crate::error::exit_code(&e) == 2 => Err(e),
+            // A folder, a FIFO or a huge file in its place: name the flag.
+            Err(e) if crate::error::exit_code(&e) == 2 => {
+                Err(e.context(format!("--config {}", self.config.display())))
+            }
             Err(e) => {
                 let cause = e.root_cause().to_string();
                 bail_usage!(

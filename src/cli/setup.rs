@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
-use super::{Context, parse_duration, read_password_file};
+use super::{Context, read_password_file};
 use crate::bail_usage;
 use crate::host::{net, tty};
 use crate::mongod::admin::AdminLogin;
@@ -89,12 +89,12 @@ pub struct MongoArgs {
     pub key_url: Option<String>,
 
     /// How long fetching the signing key may take
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = super::parse_wait)]
     pub key_timeout: Duration,
 
     /// How long to wait for mongod to answer after it is (re)started, and
     /// for a running mongod to say whether the admin user is in place
-    #[arg(long, alias = "wait", value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+    #[arg(long, alias = "wait", value_name = "DURATION", default_value = "2m", value_parser = super::parse_wait)]
     pub mongo_wait: Duration,
 }
 
@@ -150,7 +150,17 @@ fn setup_mongo(ctx: &Context, args: MongoArgs) -> Result<()> {
             "no admin password: pass --admin-password-file <FILE>, set {ADMIN_PASSWORD_ENV}, or --yes to generate one (no terminal to ask on)"
         );
     }
+    if let Some(binds) = &given_binds {
+        check_bind_ips_are_ours(&ctx.host, binds)?;
+    }
     let detected = net::default_route_ipv4(&ctx.host).ok();
+    if let (None, Some(ip)) = (&given_binds, detected) {
+        if !net::is_private_ipv4(ip) {
+            tracing::warn!(
+                "the default route's address {ip} is not a private address: mongod will listen on it, reachable beyond this network; pass --bind-ip with the private address the nodes use"
+            );
+        }
+    }
 
     // A person at a terminal is asked for what is missing.
     let bind_ip = match given_binds {
@@ -346,8 +356,8 @@ fn scram_usable(password: &str) -> std::result::Result<(), &'static str> {
 /// (Or the pending one, when a run died right after creating the user.)
 fn saved_password(host: &crate::host::Host) -> Result<Option<String>> {
     for file in [ADMIN_PASSWORD_FILE, setup::ADMIN_PASSWORD_PENDING] {
-        if let Some(bytes) = host.read_optional(Path::new(file))? {
-            return crate::config::password_from_bytes(bytes)
+        if let Some(bytes) = host.read_capped(Path::new(file), crate::host::fs::Cap::PASSWORD)? {
+            return crate::config::password_from_bytes(bytes, file)
                 .map_err(|why| anyhow::anyhow!("reading {file}: {why}"));
         }
     }
@@ -407,6 +417,32 @@ fn check_user(user: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// Every address literal of `--bind-ip` must be one of this host's (mongod
+/// cannot bind another and would not start). Names are resolved by mongod;
+/// "every interface" and loopback always work.
+fn check_bind_ips_are_ours(host: &crate::host::Host, binds: &[String]) -> Result<()> {
+    let Some(local) = net::local_addresses(host)? else {
+        tracing::warn!(
+            "cannot read this host's addresses (/proc/net/fib_trie): not checking that mongod can bind --bind-ip"
+        );
+        return Ok(());
+    };
+    for bind in binds {
+        let Ok(ip) = bind.parse::<IpAddr>() else {
+            continue;
+        };
+        if ip.is_unspecified() || ip.is_loopback() || local.contains(&ip) {
+            continue;
+        }
+        let list: Vec<String> = local.iter().map(IpAddr::to_string).collect();
+        bail_usage!(
+            "--bind-ip {ip} is not an address of this host, so mongod could not listen on it; this host has {}",
+            list.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// Checks `--bind-ip` entries (IPv4, IPv6, host names) and puts 127.0.0.1
 /// first: the agent and the localhost exception need it. "Every interface"
 /// (`0.0.0.0`, `::`) stands alone: mongod binds each address it is given,
@@ -456,7 +492,7 @@ pub fn parse_bind_ips(items: &[String]) -> std::result::Result<Vec<String>, Stri
         } else {
             return Err(format!(
                 "--bind-ip {:?}: not an IPv4 address, an IPv6 address or a host name",
-                raw
+                crate::human::escape(raw)
             ));
         };
         if !out.contains(&canonical) {

@@ -37,7 +37,7 @@ pub struct StatusArgs {
     pub json: bool,
 
     /// How long to wait for MongoDB
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::parse_wait)]
     pub timeout: Duration,
 }
 

@@ -159,7 +159,7 @@ impl AgentConfig {
     /// Loads `path` (a host path, root-prefixed). `Ok(None)` when the file
     /// does not exist; a malformed file is bad input naming the file.
     pub fn load(host: &Host, path: &Path) -> Result<Option<AgentConfig>> {
-        let Some(bytes) = host.read_optional(path)? else {
+        let Some(bytes) = host.read_capped(path, crate::host::fs::Cap::CONFIG)? else {
             return Ok(None);
         };
         let Ok(text) = String::from_utf8(bytes) else {
@@ -177,7 +177,7 @@ impl AgentConfig {
                 bail_usage!(
                     "{}{line}: {}",
                     path.display(),
-                    mask_uris(&e.message().lines().collect::<Vec<_>>().join(" "))
+                    crate::secret::redact_uris(&e.message().lines().collect::<Vec<_>>().join(" "))
                 )
             }
         };
@@ -318,21 +318,6 @@ pub fn validate_interval(d: Duration, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Masks the password of every URI-like word of a message.
-fn mask_uris(message: &str) -> String {
-    message
-        .split(' ')
-        .map(|word| {
-            if word.contains('@') {
-                crate::secret::redact_loose(word)
-            } else {
-                word.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,11 +376,9 @@ mod tests {
 
     #[test]
     fn the_password_file_is_read_like_the_flag_reads_it() {
-        if std::env::var_os(PASSWORD_ENV).is_some()
-            || std::env::var_os("CREDENTIALS_DIRECTORY").is_some()
-        {
-            return; // the environment would take precedence over the file
-        }
+        // The variables are passed in: whatever the test process's
+        // environment holds, this test runs.
+        let runtime_password = |h: &Host| runtime_password_from(h, None, None);
         let dir = tempfile::tempdir().unwrap();
         let h = Host::new(dir.path(), CrashPoints::default());
         h.create_dir_all(Path::new(CONFIG_DIR), 0o700).unwrap();
@@ -450,6 +433,7 @@ mod tests {
 
     #[test]
     fn password_file_round_trip_keeps_odd_passwords() {
+        let runtime_password = |h: &Host| runtime_password_from(h, None, None);
         let dir = tempfile::tempdir().unwrap();
         let h = Host::new(dir.path(), CrashPoints::default());
         h.create_dir_all(Path::new(CONFIG_DIR), 0o755).unwrap();
@@ -460,7 +444,6 @@ mod tests {
                 private_meta(0o600),
             )
             .unwrap();
-            // SAFETY-free: tests in this module do not set these variables.
             assert_eq!(runtime_password(&h).unwrap().as_deref(), Some(pw));
         }
         h.write_atomic(

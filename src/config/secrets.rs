@@ -29,12 +29,26 @@ pub fn password_file_content(password: Option<&str>) -> Vec<u8> {
 /// Where the password comes from at run time: `$CREDENTIALS_DIRECTORY/mongo-password`
 /// when systemd passed credentials, else `/etc/ams-agent/mongo-password`
 /// under the root; `AMS_AGENT_MONGO_PASSWORD` overrides both. A missing or
-/// empty file means "no password". Exactly one trailing newline is dropped.
+/// empty file means "no password". Read as [`password_from_bytes`] reads.
 pub fn runtime_password(host: &Host) -> Result<Option<String>> {
-    if let Some(p) = std::env::var(PASSWORD_ENV).ok().filter(|p| !p.is_empty()) {
+    runtime_password_from(
+        host,
+        std::env::var(PASSWORD_ENV).ok(),
+        std::env::var_os("CREDENTIALS_DIRECTORY"),
+    )
+}
+
+/// [`runtime_password`] with the two variables passed in (tests pass
+/// their own, whatever the test process's environment holds).
+pub fn runtime_password_from(
+    host: &Host,
+    env_password: Option<String>,
+    credentials_directory: Option<std::ffi::OsString>,
+) -> Result<Option<String>> {
+    if let Some(p) = env_password.filter(|p| !p.is_empty()) {
         return Ok(Some(p));
     }
-    let (real, shown) = match std::env::var_os("CREDENTIALS_DIRECTORY") {
+    let (real, shown) = match credentials_directory {
         Some(dir) => {
             let p = Path::new(&dir).join(CREDENTIAL_NAME);
             (p.clone(), p)
@@ -44,48 +58,64 @@ pub fn runtime_password(host: &Host) -> Result<Option<String>> {
             PathBuf::from(PASSWORD_FILE),
         ),
     };
-    if let Ok(m) = std::fs::metadata(&real) {
+    let shown = shown.display().to_string();
+    let read = crate::host::fs::read_capped_real(&real, &shown, crate::host::fs::Cap::PASSWORD)
+        .with_context(|| format!("run as root, or set {PASSWORD_ENV}"));
+    let (bytes, meta) = match read {
+        Ok(Some(found)) => found,
+        Ok(None) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    {
         use std::os::unix::fs::MetadataExt as _;
-        if m.mode() & 0o077 != 0 {
+        if meta.mode() & 0o077 != 0 {
             tracing::warn!(
-                "{} is readable by other users (mode {:o}); run `chmod 600` on it, or run `ams-agent join` again",
-                shown.display(),
-                m.mode() & 0o7777
+                "{shown} is readable by other users (mode {:o}); run `chmod 600` on it, or run `ams-agent join` again",
+                meta.mode() & 0o7777
             );
         }
     }
-    let bytes = match std::fs::read(&real) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(e).with_context(|| {
-                format!(
-                    "reading the MongoDB password from {} (run as root, or set {})",
-                    shown.display(),
-                    PASSWORD_ENV
-                )
-            });
-        }
-    };
-    password_from_bytes(bytes).map_err(|why| anyhow::anyhow!("reading {}: {why}", shown.display()))
+    password_from_bytes(bytes, &shown).map_err(|why| anyhow::anyhow!("reading {shown}: {why}"))
 }
 
 /// A password as a file holds it: UTF-8 text with exactly one trailing
-/// newline (LF or CRLF) dropped; a NUL is refused. `None` when empty. The
+/// newline (LF or CRLF) dropped. What editors and other systems add by
+/// mistake is removed with a warning naming the file (`shown`): a UTF-8
+/// byte-order mark at the start, a lone carriage return at the end. A NUL
+/// and a password of only whitespace are refused. `None` when empty. The
 /// one way every password file is read (`--mongo-password-file`,
 /// `--admin-password-file`, the files the agent writes).
-pub fn password_from_bytes(bytes: Vec<u8>) -> std::result::Result<Option<String>, &'static str> {
+pub fn password_from_bytes(
+    bytes: Vec<u8>,
+    shown: &str,
+) -> std::result::Result<Option<String>, &'static str> {
     let Ok(mut text) = String::from_utf8(bytes) else {
         return Err("the password is not UTF-8 text");
     };
+    if let Some(rest) = text.strip_prefix('\u{feff}') {
+        tracing::warn!(
+            "{}: removed the UTF-8 byte-order mark at the start of the password (an editor added it)",
+            crate::human::escape(shown)
+        );
+        text = rest.to_string();
+    }
     if text.ends_with('\n') {
         text.pop();
         if text.ends_with('\r') {
             text.pop();
         }
+    } else if text.ends_with('\r') {
+        text.pop();
+        tracing::warn!(
+            "{}: removed the carriage return at the end of the password (a line ending, not part of it)",
+            crate::human::escape(shown)
+        );
     }
     if text.contains('\0') {
         return Err("the password contains a NUL character");
+    }
+    if !text.is_empty() && text.chars().all(char::is_whitespace) {
+        return Err("the password is only whitespace (a file written by mistake?)");
     }
     Ok((!text.is_empty()).then_some(text))
 }
@@ -96,7 +126,7 @@ mod tests {
 
     #[test]
     fn one_trailing_newline_is_dropped() {
-        let read = |b: &[u8]| password_from_bytes(b.to_vec());
+        let read = |b: &[u8]| password_from_bytes(b.to_vec(), "pw");
         assert_eq!(read(b"pw\n").unwrap().as_deref(), Some("pw"));
         assert_eq!(read(b"pw\r\n").unwrap().as_deref(), Some("pw"));
         assert_eq!(read(b"pw\n\n").unwrap().as_deref(), Some("pw\n"));
@@ -104,5 +134,18 @@ mod tests {
         assert_eq!(read(b"\n").unwrap(), None);
         assert!(read(b"p\0w").is_err());
         assert!(read(b"\xff").is_err());
+    }
+
+    #[test]
+    fn what_editors_add_is_removed_and_blank_passwords_refused() {
+        let read = |b: &[u8]| password_from_bytes(b.to_vec(), "pw");
+        assert_eq!(read(b"\xef\xbb\xbfpw\n").unwrap().as_deref(), Some("pw"));
+        assert_eq!(read(b"pw\r").unwrap().as_deref(), Some("pw"));
+        assert_eq!(read(b"\xef\xbb\xbfpw\r").unwrap().as_deref(), Some("pw"));
+        for blank in [&b" "[..], b"  \n", b"\t\r\n", b"\xef\xbb\xbf \n"] {
+            let e = read(blank).unwrap_err();
+            assert!(e.contains("only whitespace"), "{blank:?}: {e}");
+        }
+        assert_eq!(read(b"\xef\xbb\xbf").unwrap(), None);
     }
 }

@@ -14,6 +14,132 @@ use anyhow::{Context, Result};
 /// Directory where the agent keeps its own state (backups, journal, markers).
 pub const STATE_DIR: &str = "/var/lib/ams-agent";
 
+/// The most the agent reads of one kind of file. Every read is bounded:
+/// a file over its cap, or one that is not a regular file (a FIFO, a
+/// device such as `/dev/zero`, a socket, a folder), is refused without
+/// reading it (and without waiting for a FIFO's writer) as bad input
+/// (exit 2), naming the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cap {
+    pub bytes: u64,
+    /// What such a file is, for the message ("a password file").
+    pub what: &'static str,
+}
+
+impl Cap {
+    /// A password or a secret: far more than any real password.
+    pub const PASSWORD: Cap = Cap {
+        bytes: 4 << 10,
+        what: "a password file",
+    };
+    /// AMS's `.properties` files (a few KB in a real install).
+    pub const PROPERTIES: Cap = Cap {
+        bytes: 1 << 20,
+        what: "a properties file",
+    };
+    /// `jee-container.xml` and other XML (about 20 KB in a real install).
+    pub const XML: Cap = Cap {
+        bytes: 4 << 20,
+        what: "an XML file",
+    };
+    /// A PEM certificate bundle or key (a few KB).
+    pub const PEM: Cap = Cap {
+        bytes: 1 << 20,
+        what: "a certificate or key file",
+    };
+    /// Small configuration files: agent.toml, mongod.conf, /etc/hosts, a
+    /// Redis YAML, os-release, the agent's records.
+    pub const CONFIG: Cap = Cap {
+        bytes: 1 << 20,
+        what: "a configuration file",
+    };
+    /// Anything else the agent reads (keystores, keyrings, backups).
+    pub const FILE: Cap = Cap {
+        bytes: 64 << 20,
+        what: "a file the agent reads",
+    };
+}
+
+/// Reads a file of the real filesystem (a path as the operator gave it, or
+/// one already under the root), bounded by `cap` (see [`Cap`]): opened
+/// without blocking (a FIFO never hangs the read), refused unless it is a
+/// regular file of at most `cap.bytes`. `Ok(None)` when it does not exist.
+/// `shown` names the file in messages (the host path, or the flag and path).
+pub fn read_capped_real(
+    real: &Path,
+    shown: &str,
+    cap: Cap,
+) -> Result<Option<(Vec<u8>, std::fs::Metadata)>> {
+    Ok(open_capped(real, shown, cap)?.map(|(_, bytes, m)| (bytes, m)))
+}
+
+/// What a file that is not a regular one is, for messages.
+fn file_type_name(kind: fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_file() {
+        "a regular file"
+    } else if kind.is_dir() {
+        "a folder"
+    } else if kind.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a plain file"
+    }
+}
+
+/// [`read_capped_real`], keeping the open file.
+fn open_capped(
+    real: &Path,
+    shown: &str,
+    cap: Cap,
+) -> Result<Option<(File, Vec<u8>, fs::Metadata)>> {
+    use std::io::Read;
+    let mut f = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(real)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {shown}")),
+    };
+    let m = f.metadata().with_context(|| format!("reading {shown}"))?;
+    if !m.file_type().is_file() {
+        return Err(crate::error::UsageError::new(format!(
+            "{shown} is {}, not a regular file; {} must be a regular file; nothing was changed",
+            file_type_name(m.file_type()),
+            cap.what
+        ))
+        .into());
+    }
+    let too_big = || {
+        anyhow::Error::new(crate::error::UsageError::new(format!(
+            "{shown} is larger than {} bytes, the most {} may hold; nothing was changed",
+            cap.bytes, cap.what
+        )))
+    };
+    if m.len() > cap.bytes {
+        return Err(too_big());
+    }
+    // The size can grow while we read (or be 0, as in /proc): never read
+    // more than the cap.
+    let mut bytes = Vec::with_capacity(m.len() as usize + 1);
+    (&mut f)
+        .take(cap.bytes + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {shown}"))?;
+    if bytes.len() as u64 > cap.bytes {
+        return Err(too_big());
+    }
+    Ok(Some((f, bytes, m)))
+}
+
 /// The host as seen by the agent: a root prefix plus a fault-injection hook.
 #[derive(Debug)]
 pub struct Host {
@@ -95,17 +221,22 @@ impl Host {
         self.crash.point();
     }
 
-    /// Reads a host file; `Ok(None)` when it does not exist.
+    /// Reads a host file (bounded by [`Cap::FILE`]); `Ok(None)` when it
+    /// does not exist.
     pub fn read_optional(&self, host_path: &Path) -> Result<Option<Vec<u8>>> {
-        match fs::read(self.path(host_path)) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading {}", host_path.display())),
-        }
+        self.read_capped(host_path, Cap::FILE)
     }
 
     pub fn read(&self, host_path: &Path) -> Result<Vec<u8>> {
-        fs::read(self.path(host_path)).with_context(|| format!("reading {}", host_path.display()))
+        self.read_optional(host_path)?
+            .ok_or_else(|| anyhow::anyhow!("reading {}: no such file", host_path.display()))
+    }
+
+    /// Reads a host file bounded by `cap` (see [`Cap`]); `Ok(None)` when it
+    /// does not exist.
+    pub fn read_capped(&self, host_path: &Path, cap: Cap) -> Result<Option<Vec<u8>>> {
+        let shown = host_path.display().to_string();
+        Ok(read_capped_real(&self.path(host_path), &shown, cap)?.map(|(b, _)| b))
     }
 
     pub fn exists(&self, host_path: &Path) -> bool {
@@ -132,7 +263,12 @@ impl Host {
     pub fn file_present(&self, host_path: &Path) -> Result<bool> {
         match self.probe(host_path)? {
             Some(m) if m.is_file() => Ok(true),
-            Some(_) => anyhow::bail!("{} is not a regular file", host_path.display()),
+            Some(m) => Err(crate::error::UsageError::new(format!(
+                "{} is {}, not a regular file; nothing was changed",
+                host_path.display(),
+                file_type_name(m.file_type())
+            ))
+            .into()),
             None => Ok(false),
         }
     }
@@ -317,27 +453,24 @@ impl Host {
         Ok((f, dev))
     }
 
-    /// Reads a host file with its owner and mode in one open; `Ok(None)`
-    /// when it does not exist.
-    pub fn read_with_meta(&self, host_path: &Path) -> Result<Option<(Vec<u8>, FileMeta)>> {
-        use std::io::Read;
-        let mut f = match File::open(self.path(host_path)) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", host_path.display())),
+    /// Reads a host file that is about to be replaced, with its owner and
+    /// mode in one open, bounded by `cap`; `Ok(None)` when it does not
+    /// exist. A file that cannot be replaced (immutable) is refused.
+    pub fn read_with_meta(
+        &self,
+        host_path: &Path,
+        cap: Cap,
+    ) -> Result<Option<(Vec<u8>, FileMeta)>> {
+        let shown = host_path.display().to_string();
+        let Some((f, bytes, m)) = open_capped(&self.path(host_path), &shown, cap)? else {
+            return Ok(None);
         };
-        let m = f
-            .metadata()
-            .with_context(|| format!("reading {}", host_path.display()))?;
         if let Some(flag) = replace_blocker(&f) {
             anyhow::bail!(
                 "{} is {flag}, so it cannot be replaced; remove the flag (chattr -i -a) and run again; nothing was changed",
                 host_path.display()
             );
         }
-        let mut bytes = Vec::with_capacity(m.len() as usize + 1);
-        f.read_to_end(&mut bytes)
-            .with_context(|| format!("reading {}", host_path.display()))?;
         Ok(Some((
             bytes,
             FileMeta {

@@ -1,6 +1,6 @@
 //! This node's addresses: the IPv4 of the default route's interface.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -46,8 +46,10 @@ pub fn default_route_interface(route_table: &str) -> Option<String> {
 
 /// The IPv4 address of the default route's interface.
 pub fn default_route_ipv4(host: &Host) -> Result<Ipv4Addr> {
-    let table = std::fs::read_to_string(host.path(Path::new("/proc/net/route")))
-        .context("reading /proc/net/route")?;
+    let table = host
+        .read_capped(Path::new("/proc/net/route"), super::fs::Cap::FILE)?
+        .context("reading /proc/net/route: no such file")?;
+    let table = String::from_utf8_lossy(&table);
     let iface = default_route_interface(&table)
         .context("this host has no default route, so its address is unknown; pass --ip")?;
     let addrs = nix::ifaddrs::getifaddrs().context("listing network interfaces")?;
@@ -62,6 +64,45 @@ pub fn default_route_ipv4(host: &Host) -> Result<Ipv4Addr> {
     anyhow::bail!("interface {iface} (default route) has no IPv4 address; pass --ip")
 }
 
+/// The addresses of this host's interfaces, read under the root: IPv4
+/// from the kernel's local routing table (`/proc/net/fib_trie`, the
+/// `/32 host LOCAL` entries), IPv6 from `/proc/net/if_inet6`. `Ok(None)`
+/// when the kernel's tables are not there (no /proc under the root).
+pub fn local_addresses(host: &Host) -> Result<Option<Vec<IpAddr>>> {
+    use super::fs::Cap;
+    let Some(trie) = host.read_capped(Path::new("/proc/net/fib_trie"), Cap::FILE)? else {
+        return Ok(None);
+    };
+    let mut out: Vec<IpAddr> = Vec::new();
+    let mut last: Option<Ipv4Addr> = None;
+    for line in String::from_utf8_lossy(&trie).lines() {
+        let line = line.trim_start_matches([' ', '|', '+', '-']);
+        if let Ok(ip) = line.trim().parse::<Ipv4Addr>() {
+            last = Some(ip);
+        } else if line.trim() == "/32 host LOCAL" {
+            if let Some(ip) = last.filter(|ip| !out.contains(&IpAddr::V4(*ip))) {
+                out.push(IpAddr::V4(ip));
+            }
+        }
+    }
+    if let Some(v6) = host.read_capped(Path::new("/proc/net/if_inet6"), Cap::FILE)? {
+        for line in String::from_utf8_lossy(&v6).lines() {
+            let Some(hex) = line.split_whitespace().next().filter(|h| h.len() == 32) else {
+                continue;
+            };
+            if let Ok(bits) = u128::from_str_radix(hex, 16) {
+                out.push(IpAddr::V6(std::net::Ipv6Addr::from(bits)));
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
+/// A private IPv4 (RFC 1918, or the shared 100.64.0.0/10 of carrier NAT).
+pub fn is_private_ipv4(ip: Ipv4Addr) -> bool {
+    ip.is_private() || (ip.octets()[0] == 100 && (ip.octets()[1] & 0xc0) == 64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,5 +115,15 @@ ens6\t00000000\t0101000A\t0003\t0\t0\t200\t00000000\t0\t0\t0\n\
 ens5\t00000000\t0100000A\t0003\t0\t0\t100\t00000000\t0\t0\t0\n";
         assert_eq!(default_route_interface(table).as_deref(), Some("ens5"));
         assert_eq!(default_route_interface("Iface\tDestination\n"), None);
+    }
+
+    #[test]
+    fn private_addresses() {
+        for ip in ["10.0.1.5", "172.31.0.1", "192.168.1.1", "100.64.0.1"] {
+            assert!(is_private_ipv4(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["8.8.8.8", "100.128.0.1", "172.32.0.1"] {
+            assert!(!is_private_ipv4(ip.parse().unwrap()), "{ip}");
+        }
     }
 }

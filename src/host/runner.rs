@@ -102,13 +102,27 @@ pub trait CommandRunner: Send + Sync {
     fn run(&self, spec: &CommandSpec) -> Result<Output>;
 }
 
-/// Spawns real processes.
+/// The environment variables that carry the agent's secrets (the MongoDB
+/// passwords, systemd's credentials folder). The agent reads them; no child
+/// (`systemctl`, `certbot`, `apt-get`, a hook) ever inherits them.
+pub const SECRET_ENV: &[&str] = &[
+    "AMS_AGENT_MONGO_PASSWORD",
+    "AMS_AGENT_MONGO_ADMIN_PASSWORD",
+    "CREDENTIALS_DIRECTORY",
+];
+
+/// Spawns real processes, without the agent's secret variables
+/// ([`SECRET_ENV`]) in their environment.
 #[derive(Debug, Default)]
 pub struct SystemRunner;
 
 impl CommandRunner for SystemRunner {
     fn run(&self, spec: &CommandSpec) -> Result<Output> {
-        let mut child = Command::new(&spec.program)
+        let mut command = Command::new(&spec.program);
+        for key in SECRET_ENV {
+            command.env_remove(key);
+        }
+        let mut child = command
             .args(&spec.args)
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(if spec.stdin.is_some() {

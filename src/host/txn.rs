@@ -18,6 +18,14 @@
 //! run, every file of the change is either entirely old or entirely new, and
 //! all of them agree. Flushing whole filesystems instead of each file costs
 //! a handful of flushes per change whatever the number of files.
+//!
+//! Backups: the original of a file everyone may read (`jee-container.xml`,
+//! `/etc/hosts`) is kept once, before the agent's first change. A file not
+//! readable by everyone, before or after the change, may hold a secret (the
+//! AMS properties with the MongoDB URI or the store password, keys,
+//! keystores, password files): its backup lives only while its transaction
+//! runs (the recovery instructions point at it) and is removed once the
+//! transaction is complete, so no old key or password piles up.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -48,12 +56,22 @@ struct Journal {
     /// versions have none: nothing to compare.)
     #[serde(default)]
     held: BTreeMap<PathBuf, Option<String>>,
+    /// Backups of files that may hold a secret: removed once complete.
+    #[serde(default)]
+    transient_backups: Vec<PathBuf>,
 }
 
 /// The SHA-256 of a file's content (hex), None for no file.
 fn digest(content: Option<&[u8]>) -> Option<String> {
     use sha2::Digest as _;
     content.map(|c| format!("{:x}", sha2::Sha256::digest(c)))
+}
+
+/// A file not readable by everyone (now or after the write) may hold a
+/// secret; its backup does not outlive the transaction.
+fn holds_secret(host: &Host, w: &FileWrite) -> Result<bool> {
+    let now = host.meta(&w.path)?;
+    Ok(w.meta.mode & 0o004 == 0 || now.is_some_and(|m| m.mode & 0o004 == 0))
 }
 
 fn journal_path() -> PathBuf {
@@ -129,6 +147,11 @@ fn prepare(
     temps: &mut Vec<PathBuf>,
     devices: &mut Devices,
 ) -> Result<()> {
+    for w in writes.iter().filter(|w| w.backup) {
+        if holds_secret(host, w)? {
+            journal.transient_backups.push(backup_path(&w.path));
+        }
+    }
     let backups: Vec<&FileWrite> = writes
         .iter()
         .filter(|w| w.backup && !host.exists(&backup_path(&w.path)))
@@ -399,6 +422,10 @@ fn roll_forward(host: &Host, journal: &Journal, devices: Option<&Devices>) -> Re
         None => devices_of(host, &targets)?,
     };
     sync_devices(host, &devices).context("flushing the replaced files to disk")?;
+    for backup in &journal.transient_backups {
+        host.remove(backup)
+            .context("removing the backup of a file that may hold a secret")?;
+    }
     host.remove(&journal_path())
         .context("removing the transaction journal")
 }
@@ -452,6 +479,7 @@ mod tests {
             renames: Vec::new(),
             removals: vec![target.to_path_buf()],
             held: [(target.to_path_buf(), digest(Some(b"at commit")))].into(),
+            ..Default::default()
         };
         let write_journal = || {
             std::fs::write(
@@ -474,6 +502,74 @@ mod tests {
         assert!(recover(&host).unwrap());
         assert!(!host.exists(target));
         assert!(!host.exists(&journal_path()));
+    }
+
+    #[test]
+    fn backups_of_files_that_may_hold_a_secret_do_not_outlive_the_change() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let host = Host::new(dir.path(), CrashPoints::default());
+        host.create_dir_all(Path::new("/conf"), 0o755).unwrap();
+        let set = |path: &str, text: &str, mode: u32| {
+            let real = host.path(Path::new(path));
+            std::fs::write(&real, text).unwrap();
+            std::fs::set_permissions(&real, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        set("/conf/public.xml", "old xml", 0o644);
+        set("/conf/red5.properties", "clusterdb.host=", 0o644);
+        set("/conf/keystore.jks", "old key", 0o600);
+        // A backup an earlier version kept forever.
+        let stale = backup_path(Path::new("/conf/keystore.jks"));
+        host.create_dir_all(stale.parent().unwrap(), 0o700).unwrap();
+        std::fs::write(host.path(&stale), "older key").unwrap();
+        let write = |path: &str, text: &str, mode: u32| FileWrite {
+            path: path.into(),
+            contents: Some(text.as_bytes().to_vec()),
+            meta: private_meta(mode),
+            backup: true,
+        };
+        let writes = [
+            write("/conf/public.xml", "new xml", 0o644),
+            // Gains a password: no longer world-readable.
+            write(
+                "/conf/red5.properties",
+                "clusterdb.host=mongodb://u:pw@h",
+                0o640,
+            ),
+            write("/conf/keystore.jks", "new key", 0o600),
+        ];
+        // A crash right after the commit point: the recovery removes them too.
+        let journal = {
+            let mut j = Journal::default();
+            let mut temps = Vec::new();
+            let mut devices = Devices::new();
+            prepare(&host, &writes, &mut j, &mut temps, &mut devices).unwrap();
+            j
+        };
+        assert!(host.exists(&backup_path(Path::new("/conf/red5.properties"))));
+        host.write_atomic(
+            &journal_path(),
+            &serde_json::to_vec(&journal).unwrap(),
+            private_meta(0o600),
+        )
+        .unwrap();
+        assert!(recover(&host).unwrap());
+        assert_eq!(
+            host.read(Path::new("/conf/keystore.jks")).unwrap(),
+            b"new key"
+        );
+        assert_eq!(
+            host.read(&backup_path(Path::new("/conf/public.xml")))
+                .unwrap(),
+            b"old xml"
+        );
+        for secret in ["/conf/red5.properties", "/conf/keystore.jks"] {
+            assert!(!host.exists(&backup_path(Path::new(secret))), "{secret}");
+        }
+        // And a plain commit.
+        commit(&host, &[write("/conf/keystore.jks", "newer key", 0o600)]).unwrap();
+        assert!(!host.exists(&backup_path(Path::new("/conf/keystore.jks"))));
+        assert!(host.exists(&backup_path(Path::new("/conf/public.xml"))));
     }
 
     /// Every file below `root`, relative, with its content.

@@ -233,13 +233,8 @@ impl Registry {
             Ok(Ok(o)) => o,
             Ok(Err(e)) => {
                 let mut err = RegistryError::from_driver(&e, &shown, "reading the URI");
-                let forms = target
-                    .password
-                    .as_ref()
-                    .map(|p| crate::uri::password_forms(p.expose()));
-                for secret in forms.iter().flatten() {
-                    err.message = err.message.replace(secret.as_str(), "****");
-                }
+                // By position: a URI the message quotes loses its password.
+                err.message = crate::secret::redact_uris(&err.message);
                 return Err(err);
             }
             Err(_) => {

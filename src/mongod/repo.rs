@@ -2,7 +2,7 @@
 //! of its own (never `apt-key`), and the signing key, fetched over HTTPS and
 //! turned from ASCII armor into the binary keyring apt reads.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -112,8 +112,14 @@ fn extra_roots() -> Result<Vec<reqwest::Certificate>> {
         roots.extend(reqwest::Certificate::from_pem_bundle(&pem).unwrap_or_default());
     }
     if let Some(file) = std::env::var_os("SSL_CERT_FILE") {
-        let pem = std::fs::read(&file)
-            .with_context(|| format!("reading SSL_CERT_FILE {}", file.to_string_lossy()))?;
+        let shown = format!(
+            "SSL_CERT_FILE {}",
+            crate::human::escape(&file.to_string_lossy())
+        );
+        let pem =
+            crate::host::fs::read_capped_real(Path::new(&file), &shown, crate::host::fs::Cap::PEM)?
+                .map(|(bytes, _)| bytes)
+                .with_context(|| format!("reading {shown}: no such file"))?;
         roots.extend(
             reqwest::Certificate::from_pem_bundle(&pem)
                 .with_context(|| format!("reading SSL_CERT_FILE {}", file.to_string_lossy()))?,

@@ -163,9 +163,6 @@ pub fn plan_configure(
     installed: bool,
 ) -> Result<Plan> {
     let mut plan = Plan::new(format!("configure mongod {}", req.series()));
-    plan.secrets.push(req.login.password.expose().to_string());
-    plan.secrets
-        .extend(crate::uri::password_forms(req.login.password.expose()));
 
     let units_before = plan.steps.len();
     plan.files(
@@ -217,7 +214,7 @@ pub fn plan_configure(
     }
 
     let conf_path = Path::new(MONGOD_CONF);
-    let (conf_text, meta) = match host.read_with_meta(conf_path)? {
+    let (conf_text, meta) = match host.read_with_meta(conf_path, crate::host::fs::Cap::CONFIG)? {
         Some((bytes, meta)) => (
             String::from_utf8(bytes)
                 .map_err(|_| anyhow::anyhow!("{MONGOD_CONF} is not UTF-8 text"))?,

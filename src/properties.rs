@@ -1,4 +1,5 @@
-//! A `.properties` editor that changes only the keys it is asked to change:
+//! Java's `.properties` format (AMS's configuration files): an editor that
+//! changes only the keys it is asked to change:
 //! every other line, comment, blank line and the order stay byte-for-byte.
 //! Values are escaped the way `java.util.Properties.load` reads them back.
 
@@ -91,6 +92,25 @@ impl Properties {
             self.lines.push(format!("{line}{}", self.newline));
         }
         Ok(())
+    }
+
+    /// The text as a dry run shows it: every entry for which `mask(key,
+    /// value)` gives a replacement (the value still escaped, continuation
+    /// lines joined) is written on one line with it; everything else as
+    /// it is. So a secret is masked where it is, whole, even when split
+    /// across continuation lines.
+    pub fn masked(&self, mask: impl Fn(&str, &str) -> Option<String>) -> String {
+        let mut lines = self.lines.clone();
+        for e in self.entries().into_iter().rev() {
+            let Some(shown) = mask(&e.key, &e.value) else {
+                continue;
+            };
+            let last = &self.lines[e.last];
+            let ending = &last[strip_eol(last).len()..];
+            let line = format!("{}={shown}{ending}", escape_key(&e.key));
+            lines.splice(e.first..=e.last, std::iter::once(line));
+        }
+        lines.concat()
     }
 
     fn entries(&self) -> Vec<Entry<'_>> {
