@@ -843,6 +843,9 @@ fn normalize_json(text: &str, h: &NodeHost) -> String {
     v["startedAt"] = Value::from("DATE");
     for c in v["checks"].as_array_mut().unwrap() {
         c["durationMs"] = Value::from(0);
+        if c["id"] == "disk.ams" {
+            c["result"] = Value::from(mask_digits(c["result"].as_str().unwrap()));
+        }
     }
     let pretty = serde_json::to_string_pretty(&v).unwrap();
     normalize(

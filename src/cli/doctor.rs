@@ -154,13 +154,14 @@ fn admin_password(ctx: &Context, args: &DoctorArgs) -> Result<Option<(Secret, St
     }
     // What `setup mongo --yes` kept; unreadable (not root) counts as none.
     let saved = std::path::Path::new(crate::mongod::setup::ADMIN_PASSWORD_FILE);
+    let shown = saved.display().to_string();
     Ok(ctx
         .host
-        .read_optional(saved)
+        .read_capped(saved, crate::host::fs::Cap::PASSWORD)
         .ok()
         .flatten()
-        .and_then(|b| crate::config::password_from_bytes(b).ok().flatten())
-        .map(|pw| (Secret::new(pw), saved.display().to_string())))
+        .and_then(|b| crate::config::password_from_bytes(b, &shown).ok().flatten())
+        .map(|pw| (Secret::new(pw), shown)))
 }
 
 pub fn run(ctx: &Context, args: DoctorArgs) -> Result<()> {

@@ -15,10 +15,10 @@ use mongodb::bson::{DateTime, Document};
 use super::Role;
 use crate::ams::AmsLayout;
 use crate::ams::layout::DEFAULT_AMS_HOME;
-use crate::ams::properties::Properties;
 use crate::config::{AgentConfig, JoinRecord};
 use crate::host::{CommandRunner, CommandSpec, Host};
 use crate::mongo::registry::{Deadlines, Registry, Target};
+use crate::properties::Properties;
 use crate::secret::Secret;
 
 /// How long the node's MongoDB session may take to be ready (TCP,
@@ -390,13 +390,21 @@ pub fn nonempty(s: &str, otherwise: &str) -> String {
 }
 
 fn read_ams(host: &Host, layout: AmsLayout) -> anyhow::Result<AmsFiles> {
-    use crate::ams::files::read_text;
+    use crate::ams::files::{Kind, read_text};
     layout.check(host)?;
-    let red5 = Properties::parse(&read_text(host, &layout.red5_properties())?);
-    let jee = read_text(host, &layout.jee_container())?;
+    let red5 = Properties::parse(&read_text(
+        host,
+        &layout.red5_properties(),
+        Kind::Properties,
+    )?);
+    let jee = read_text(host, &layout.jee_container(), Kind::Xml)?;
     let mut apps = Vec::new();
     for app in layout.applications(host)? {
-        let props = Properties::parse(&read_text(host, &layout.webapp_properties(&app))?);
+        let props = Properties::parse(&read_text(
+            host,
+            &layout.webapp_properties(&app),
+            Kind::Properties,
+        )?);
         apps.push((app, props));
     }
     Ok(AmsFiles {

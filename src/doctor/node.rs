@@ -39,6 +39,16 @@ pub const DISK_WARN_PERCENT: f64 = 15.0;
 /// A stand-in WebRTC client on the internet (TEST-NET-3).
 const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 
+/// A measured time: tenths of a millisecond below 10 ms (`0.4ms`), else
+/// as messages show durations.
+pub fn took(d: Duration) -> String {
+    if d < Duration::from_millis(10) {
+        format!("{:.1}ms", d.as_secs_f64() * 1000.0)
+    } else {
+        show_duration(d)
+    }
+}
+
 fn shown_uri(uri: &str) -> String {
     escape(&crate::uri::redact(uri)).into_owned()
 }
@@ -191,13 +201,13 @@ pub fn ams_http(env: &Env) -> Outcome {
         Ok(code) if code >= 500 => Outcome::warn(
             format!(
                 "AMS answers on {url} with HTTP {code} (in {})",
-                show_duration(t0.elapsed())
+                took(t0.elapsed())
             ),
             "AMS is up but failing: see /usr/local/antmedia/log/ant-media-server.log",
         ),
         Ok(code) => Outcome::ok(format!(
             "AMS answers HTTP on {url} ({code}, in {})",
-            show_duration(t0.elapsed())
+            took(t0.elapsed())
         )),
         Err(e) => Outcome::fail(
             format!("AMS does not answer HTTP on {url}: {e:#}"),
@@ -541,7 +551,7 @@ pub fn mongo_reach(env: &Env) -> Outcome {
     let tcp = match &s.tcp {
         Some(hosts) => hosts
             .iter()
-            .map(|(a, d)| format!("TCP {} {}", escape(a), show_duration(*d)))
+            .map(|(a, d)| format!("TCP {} {}", escape(a), took(*d)))
             .collect::<Vec<_>>()
             .join(", "),
         None => "TCP through the SRV records".into(),
@@ -554,8 +564,8 @@ pub fn mongo_reach(env: &Env) -> Outcome {
         "{} ({}): {tcp}, {login} in {}, ping {}",
         escape(s.registry.shown_uri()),
         s.source,
-        show_duration(s.connect),
-        show_duration(s.rtt)
+        took(s.connect),
+        took(s.rtt)
     ))
 }
 
@@ -567,7 +577,7 @@ pub fn clock_skew(env: &Env) -> Outcome {
         Err(o) => return o,
     };
     let skew = s.skew_seconds();
-    let over = format!("measured over a {} round trip", show_duration(s.hello_rtt));
+    let over = format!("measured over a {} round trip", took(s.hello_rtt));
     let text = if (skew * 10.0).round() == 0.0 {
         format!("this host's clock agrees with MongoDB's to 0.1s ({over})")
     } else {
@@ -909,7 +919,7 @@ pub fn secrets_files(env: &Env) -> Outcome {
     // through its group).
     if let Ok(files) = env.ams() {
         let layout = &files.layout;
-        let holds = |p: &crate::ams::properties::Properties, keys: &[&str]| {
+        let holds = |p: &crate::properties::Properties, keys: &[&str]| {
             keys.iter().any(|k| {
                 p.get(k).is_some_and(|v| {
                     crate::uri::has_password(&v)
