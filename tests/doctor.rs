@@ -375,10 +375,23 @@ struct NodeHost {
 }
 
 impl NodeHost {
-    fn new() -> NodeHost {
+    /// None (the test is skipped, a failure under CI) without root: the
+    /// AMS install lives on a tmpfs of its own (in a private mount
+    /// namespace), so free space is the same on every machine.
+    fn new() -> Option<NodeHost> {
+        if !fixture::needs_root("a node with its AMS volume on a tmpfs") {
+            return None;
+        }
+        fixture::private_mount_namespace();
         let t = Tree::new();
         // A node has no mongod.
         fs::remove_file(t.path("etc/mongod.conf")).unwrap();
+        let ams_dir = t.path(AMS);
+        let aside = t.dir.path().join("ams-files");
+        fs::rename(&ams_dir, &aside).unwrap();
+        fs::create_dir_all(&ams_dir).unwrap();
+        mount_tmpfs(&ams_dir, "size=8g,mode=0755", 0);
+        copy_tree(&aside, &ams_dir);
         let mut peer = MongoPeer::start(PeerOptions {
             auth: true,
             ..Default::default()
@@ -448,12 +461,14 @@ impl NodeHost {
             _imds: imds,
         };
         h.reset();
-        h
+        Some(h)
     }
 
     /// Back to healthy: the tree as built, the peer's clock and documents.
     fn reset(&mut self) {
-        fs::remove_dir_all(self.t.root()).unwrap();
+        // Everything but the AMS volume's mount point itself.
+        clear_dir(&self.t.root(), &self.t.path(AMS));
+        mount_tmpfs(&self.t.path(AMS), "size=8g", libc::MS_REMOUNT);
         copy_tree(self.template.path(), &self.t.root());
         // copy_tree does not keep modes: the password file is 0600 again.
         for f in ["etc/ams-agent/mongo-password"] {
@@ -509,6 +524,46 @@ impl NodeHost {
             &stdout(out),
             &[(self.peer.port, "PORT"), (port_of(&self.ams), "AMSPORT")],
         )
+    }
+}
+
+/// Mounts (or remounts) a tmpfs at `at` with `options`.
+fn mount_tmpfs(at: &Path, options: &str, flags: libc::c_ulong) {
+    let c = |s: &str| std::ffi::CString::new(s).unwrap();
+    let (src, dst, fstype, opts) = (c("tmpfs"), c(at.to_str().unwrap()), c("tmpfs"), c(options));
+    // SAFETY: plain mount(2) with NUL-terminated strings that outlive it.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            opts.as_ptr().cast(),
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "mount tmpfs {options} at {}: {}",
+        at.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Removes everything under `dir`, keeping the folder `keep` (a mount
+/// point) but not what is in it.
+fn clear_dir(dir: &Path, keep: &Path) {
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p == keep {
+            clear_dir(&p, Path::new("/nonexistent"));
+        } else if keep.starts_with(&p) {
+            clear_dir(&p, keep);
+        } else if fs::symlink_metadata(&p).unwrap().is_dir() {
+            fs::remove_dir_all(&p).unwrap();
+        } else {
+            fs::remove_file(&p).unwrap();
+        }
     }
 }
 
@@ -596,7 +651,7 @@ fn expired_certificate(dir: &Path) -> PathBuf {
 
 #[test]
 fn node_healthy_then_each_fault_alone() {
-    let mut h = NodeHost::new();
+    let Some(mut h) = NodeHost::new() else { return };
     let mut report = String::new();
 
     // Healthy: exit 0, every check ok or skipped for a reason, the tree
@@ -823,6 +878,13 @@ fn node_healthy_then_each_fault_alone() {
     h.peer.add_user("ams", PASSWORD, &[]);
     fault(
         &mut h,
+        "the AMS volume nearly full (a 64 MiB tmpfs)",
+        &|h| mount_tmpfs(&h.t.path(AMS), "size=64m", libc::MS_REMOUNT),
+        &[("disk.ams", "[FAIL]")],
+        1,
+    );
+    fault(
+        &mut h,
         "the reporter stopped",
         &|h| {
             unit(
@@ -856,7 +918,7 @@ fn normalize_json(text: &str, h: &NodeHost) -> String {
 
 #[test]
 fn exit_codes_strict_only_and_skip() {
-    let mut h = NodeHost::new();
+    let Some(mut h) = NodeHost::new() else { return };
     unit(
         &h.fakes,
         "antmedia",
@@ -959,7 +1021,7 @@ fn exit_codes_strict_only_and_skip() {
 
 #[test]
 fn a_stalled_mongodb_costs_at_most_its_checks_deadline() {
-    let mut h = NodeHost::new();
+    let Some(mut h) = NodeHost::new() else { return };
     h.reset();
     // The peer accepts connections and the handshake, then never answers.
     h.peer.control("fault ping stall");
@@ -1018,7 +1080,7 @@ fn a_stalled_mongodb_costs_at_most_its_checks_deadline() {
 
 #[test]
 fn other_nodes_data_and_program_output_are_printed_escaped() {
-    let mut h = NodeHost::new();
+    let Some(mut h) = NodeHost::new() else { return };
     h.reset();
     // A forged document: a state with a newline and a terminal escape.
     h.peer.control(&format!(
@@ -1630,4 +1692,102 @@ fn lb_healthy_then_each_fault_alone_with_real_haproxy_and_nginx() {
         changed(&nginx, &text)
     ));
     golden("lb.txt", &report);
+}
+
+#[test]
+fn on_a_terminal_results_stream_as_they_complete_under_a_spinner() {
+    let Some(mut h) = NodeHost::new() else { return };
+    h.reset();
+    // systemd answers last: its checks come last on a terminal.
+    fs::write(h.fakes.join("units/antmedia.delay"), "1.5").unwrap();
+    let mut term = common::pty::OnTerminal::start(h.command(&["--only", "ams,cert"]));
+    term.wait_for_text("checking");
+    let status = term.wait_within(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{}", term.screen());
+    let screen = term.screen();
+    let at = |id: &str| {
+        screen
+            .find(&format!(" {id} "))
+            .unwrap_or_else(|| panic!("no {id} in {screen:?}"))
+    };
+    assert!(at("cert.renewal") < at("ams.service"), "{screen:?}");
+    assert!(at("ams.mode") < at("ams.limits"), "{screen:?}");
+    assert!(screen.contains("(exit 0: healthy)"), "{screen:?}");
+
+    // Without a terminal: plain lines in the registry's order, no spinner.
+    let out = h.doctor(&["--only", "ams,cert"]);
+    let text = stdout(&out);
+    assert!(
+        !text.contains("checking") && !text.contains('\u{1b}'),
+        "{text:?}"
+    );
+    let pos = |id: &str| text.find(&format!(" {id} ")).unwrap();
+    assert!(pos("ams.service") < pos("cert.renewal"), "{text}");
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+}
+
+#[test]
+fn the_man_page_and_completions_know_doctor() {
+    let dir = tempfile::tempdir().unwrap();
+    for what in ["man", "completions"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ams-agent"))
+            .args(["generate", what])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let man = fs::read_to_string(dir.path().join("ams-agent-doctor.1")).unwrap();
+    for needle in ["\\-\\-strict", "\\-\\-only", "\\-\\-role", "schema"] {
+        assert!(man.contains(needle), "{needle} not in the man page");
+    }
+    let bash = fs::read_to_string(dir.path().join("ams-agent.bash")).unwrap();
+    assert!(
+        bash.contains("doctor") && bash.contains("--strict"),
+        "bash completion"
+    );
+    let help = Command::new(env!("CARGO_BIN_EXE_ams-agent"))
+        .args(["doctor", "--help"])
+        .output()
+        .unwrap();
+    let text = stdout(&help);
+    assert!(text.contains("Exit code: 0 all ok"), "{text}");
+    for v in ["node", "db", "lb"] {
+        assert!(text.contains(v), "{text}");
+    }
+}
+
+#[test]
+fn fifos_devices_and_garbage_in_place_of_files_hang_nothing() {
+    let Some(mut h) = NodeHost::new() else { return };
+    h.reset();
+    let fifo = |p: PathBuf| {
+        let _ = fs::remove_file(&p);
+        nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    };
+    fifo(h.t.path("etc/ams-agent/agent.toml"));
+    fifo(h.t.path(&format!("{AMS}/conf/red5.properties")));
+    fs::remove_file(h.t.path("proc/net/tcp")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", h.t.path("proc/net/tcp")).unwrap();
+    fs::write(
+        h.t.path(&format!("{AMS}/conf/fullchain.pem")),
+        b"\xff\xfe not a certificate\n",
+    )
+    .unwrap();
+    let start = Instant::now();
+    let out = h.doctor(&["--role", "node"]);
+    let text = stdout(&out);
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}\n{}", stderr(&out));
+    assert_eq!(status_of(&text, "agent.config"), "[FAIL]", "{text}");
+    assert!(text.contains("FIFO"), "{text}");
+    assert_eq!(status_of(&text, "ams.mode"), "[FAIL]", "{text}");
+    assert_ne!(status_of(&text, "ams.ports"), "[ok]", "{text}");
+    for l in text.lines() {
+        assert!(!l.chars().any(|c| c.is_control()), "{l:?}");
+    }
 }

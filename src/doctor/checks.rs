@@ -282,7 +282,8 @@ pub static CHECKS: &[Check] = &[
         role: Role::Lb,
         category: "lb",
         reads: "the balancer's configuration, checked by `haproxy -c -f` / `nginx -t -c`",
-        deadline: Duration::from_secs(11),
+        // Both balancers' checkers, each within its budget and a second of grace.
+        deadline: Duration::from_secs(20),
         fix_hung: "haproxy -c or nginx -t did not finish: run it by hand",
         run: lb::lb_config,
     },

@@ -185,7 +185,17 @@ impl Env {
 
     /// Runs a read-only program within [`COMMAND_BUDGET`].
     pub fn command(&self, program: &str, args: &[&str]) -> Result<crate::host::Output, String> {
-        let spec = CommandSpec::new(program, args).timeout(COMMAND_BUDGET);
+        self.command_within(program, args, COMMAND_BUDGET)
+    }
+
+    /// Runs a read-only program within `budget`.
+    pub fn command_within(
+        &self,
+        program: &str,
+        args: &[&str],
+        budget: Duration,
+    ) -> Result<crate::host::Output, String> {
+        let spec = CommandSpec::new(program, args).timeout(budget);
         self.runner.run(&spec).map_err(|e| format!("{e:#}"))
     }
 

@@ -19,6 +19,10 @@ use super::env::Env;
 use crate::human::escape;
 use crate::mongo::alive;
 
+/// How long `haproxy -c` / `nginx -t` may take (a file with many
+/// certificates takes a while to load).
+pub const CHECKER_BUDGET: std::time::Duration = std::time::Duration::from_secs(8);
+
 pub const HAPROXY: (&str, &str) = ("# BEGIN ams-agent lb", "# END ams-agent lb");
 pub const NGINX_MAIN: (&str, &str) = ("# BEGIN ams-agent lb (main)", "# END ams-agent lb (main)");
 pub const NGINX_HTTP: (&str, &str) = ("# BEGIN ams-agent lb (http)", "# END ams-agent lb (http)");
@@ -207,7 +211,7 @@ pub fn lb_config(env: &Env) -> Outcome {
             "{program} {}",
             if b.kind == Kind::Haproxy { "-c" } else { "-t" }
         );
-        match env.command(program, &args) {
+        match env.command_within(program, &args, CHECKER_BUDGET) {
             Ok(out) if out.success() => oks.push(format!("{shown} accepts {}", b.file.display())),
             Ok(out) => {
                 return Outcome::fail(

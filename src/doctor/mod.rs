@@ -284,3 +284,109 @@ pub fn run(
         .map(|f| f.expect("every check reported"))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::runner::RecordingRunner;
+
+    fn quick(_: &Env) -> Outcome {
+        Outcome::ok("fine")
+    }
+
+    fn hangs(_: &Env) -> Outcome {
+        std::thread::sleep(Duration::from_secs(30));
+        Outcome::ok("never seen")
+    }
+
+    fn warns(_: &Env) -> Outcome {
+        Outcome::warn("line\nbreak \u{1b}[2J", "do\nthis")
+    }
+
+    fn crashes(_: &Env) -> Outcome {
+        panic!("a bug")
+    }
+
+    fn check(id: &'static str, deadline_ms: u64, run: fn(&Env) -> Outcome) -> Check {
+        Check {
+            id,
+            role: Role::Node,
+            category: "test",
+            reads: "nothing",
+            deadline: Duration::from_millis(deadline_ms),
+            fix_hung: "wait less",
+            run,
+        }
+    }
+
+    fn env() -> Arc<Env> {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            config: "/etc/ams-agent/agent.toml".into(),
+            ams_home: None,
+            ams_url: "http://127.0.0.1:1/".into(),
+            mongod_conf: "/etc/mongod.conf".into(),
+            admin_user: "admin".into(),
+            admin_password: None,
+            haproxy_config: "/etc/haproxy/haproxy.cfg".into(),
+            nginx_config: "/etc/nginx/nginx.conf".into(),
+            registry: None,
+        };
+        Arc::new(Env::new(
+            dir.path(),
+            Arc::new(RecordingRunner::new()),
+            settings,
+        ))
+    }
+
+    #[test]
+    fn a_hung_check_costs_its_deadline_and_says_what_it_reads() {
+        let checks: &'static [Check] = Box::leak(Box::new([
+            check("t.hangs", 700, hangs),
+            check("t.quick", 5000, quick),
+            check("t.warns", 5000, warns),
+            check("t.crashes", 5000, crashes),
+        ]));
+        let selected: Vec<&'static Check> = checks.iter().collect();
+        let start = Instant::now();
+        let mut order = Vec::new();
+        let found = run(env(), &selected, |i, _| order.push(i));
+        let took = start.elapsed();
+        assert!(took < Duration::from_millis(1500), "{took:?}");
+        assert!(took >= Duration::from_millis(700), "{took:?}");
+        // In registry order; the hung one reported last.
+        let ids: Vec<&str> = found.iter().map(|f| f.id).collect();
+        assert_eq!(ids, ["t.hangs", "t.quick", "t.warns", "t.crashes"]);
+        assert_eq!(*order.last().unwrap(), 0);
+        assert_eq!(found[0].status, Status::Fail);
+        assert_eq!(
+            found[0].result,
+            "did not finish within its deadline of 700ms (it reads nothing)"
+        );
+        assert_eq!(found[0].fix.as_deref(), Some("wait less"));
+        assert_eq!(found[0].duration_ms, 700);
+        assert_eq!(found[1].status, Status::Ok);
+        // One line each, controls escaped.
+        assert_eq!(found[2].result, "line\\nbreak \\u{1b}[2J");
+        assert_eq!(found[2].fix.as_deref(), Some("do\\nthis"));
+        assert_eq!(found[3].status, Status::Fail);
+        assert!(found[3].result.contains("crashed"), "{}", found[3].result);
+        let s = Summary::of(&found);
+        assert_eq!((s.ok, s.warn, s.fail, s.skip), (1, 1, 2, 0));
+    }
+
+    #[test]
+    fn exit_codes() {
+        let s = |ok, warn, fail, skip| Summary {
+            ok,
+            warn,
+            fail,
+            skip,
+        };
+        assert_eq!(s(3, 0, 0, 2).exit_code(false), 0);
+        assert_eq!(s(3, 1, 0, 0).exit_code(false), 2);
+        assert_eq!(s(3, 1, 0, 0).exit_code(true), 1);
+        assert_eq!(s(3, 1, 1, 0).exit_code(false), 1);
+        assert_eq!(s(0, 0, 0, 5).exit_code(true), 0);
+    }
+}
