@@ -470,11 +470,7 @@ impl NodeHost {
         clear_dir(&self.t.root(), &self.t.path(AMS));
         mount_tmpfs(&self.t.path(AMS), "size=8g", libc::MS_REMOUNT);
         copy_tree(self.template.path(), &self.t.root());
-        // copy_tree does not keep modes: the password file is 0600 again.
-        for f in ["etc/ams-agent/mongo-password"] {
-            let src = fs::metadata(self.template.path().join(f)).unwrap();
-            fs::set_permissions(self.t.path(f), src.permissions()).unwrap();
-        }
+        // (fs::copy keeps the modes: the password file is 0600 again.)
         let f = &self.fakes;
         let _ = fs::remove_file(f.join("calls.log"));
         for e in fs::read_dir(f.join("units")).unwrap() {
@@ -647,6 +643,111 @@ fn expired_certificate(dir: &Path) -> PathBuf {
     cert
 }
 
+// ------------------------------------------------------------ one fault at a time
+
+/// A host doctor runs on, that a test puts back to healthy between faults.
+trait Scenario {
+    fn reset(&mut self);
+    fn root(&self) -> PathBuf;
+    fn fakes(&self) -> &Path;
+    fn run(&self) -> Output;
+    fn text(&self, out: &Output) -> String;
+}
+
+/// Back to healthy, `plant` one fault, run doctor: the tree unchanged,
+/// only reporting programs run, each `expect`ed status and the exit code;
+/// the lines that differ from the healthy run go to `report`. Returns what
+/// doctor printed.
+fn fault<H: Scenario>(
+    h: &mut H,
+    report: &mut String,
+    healthy: &str,
+    name: &str,
+    plant: &dyn Fn(&mut H),
+    expect: &[(&str, &str)],
+    code: i32,
+) -> String {
+    h.reset();
+    plant(h);
+    let before = snapshot(&h.root());
+    let out = h.run();
+    let text = h.text(&out);
+    assert_eq!(
+        snapshot(&h.root()),
+        before,
+        "{name}: doctor changed the tree"
+    );
+    assert_read_only_calls(h.fakes());
+    for (id, status) in expect {
+        assert_eq!(status_of(&text, id), *status, "{name}: {id} in\n{text}");
+    }
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{name}:\n{text}\n{}",
+        stderr(&out)
+    );
+    report.push_str(&format!(
+        "== fault: {name} (exit {code})\n{}",
+        changed(healthy, &text)
+    ));
+    stdout(&out)
+}
+
+impl Scenario for NodeHost {
+    fn reset(&mut self) {
+        NodeHost::reset(self)
+    }
+    fn root(&self) -> PathBuf {
+        self.t.root()
+    }
+    fn fakes(&self) -> &Path {
+        &self.fakes
+    }
+    fn run(&self) -> Output {
+        self.doctor(&[])
+    }
+    fn text(&self, out: &Output) -> String {
+        NodeHost::text(self, out)
+    }
+}
+
+impl Scenario for DbHost {
+    fn reset(&mut self) {
+        DbHost::reset(self)
+    }
+    fn root(&self) -> PathBuf {
+        DbHost::root(self)
+    }
+    fn fakes(&self) -> &Path {
+        &self.fakes
+    }
+    fn run(&self) -> Output {
+        self.doctor(&[])
+    }
+    fn text(&self, out: &Output) -> String {
+        DbHost::text(self, out)
+    }
+}
+
+impl Scenario for LbHost {
+    fn reset(&mut self) {
+        LbHost::reset(self)
+    }
+    fn root(&self) -> PathBuf {
+        LbHost::root(self)
+    }
+    fn fakes(&self) -> &Path {
+        &self.fakes
+    }
+    fn run(&self) -> Output {
+        self.doctor(&[])
+    }
+    fn text(&self, out: &Output) -> String {
+        LbHost::text(self, out)
+    }
+}
+
 // ------------------------------------------------------------ node
 
 #[test]
@@ -683,40 +784,10 @@ fn node_healthy_then_each_fault_alone() {
     assert_eq!(v["roles"][0]["source"], "detected");
     golden("node.json", &normalize_json(&stdout(&json), &h));
 
-    let mut fault = |h: &mut NodeHost,
-                     name: &str,
-                     plant: &dyn Fn(&mut NodeHost),
-                     expect: &[(&str, &str)],
-                     code: i32| {
-        h.reset();
-        plant(h);
-        let before = snapshot(&h.t.root());
-        let out = h.doctor(&[]);
-        let text = h.text(&out);
-        assert_eq!(
-            snapshot(&h.t.root()),
-            before,
-            "{name}: doctor changed the tree"
-        );
-        assert_read_only_calls(&h.fakes);
-        for (id, status) in expect {
-            assert_eq!(status_of(&text, id), *status, "{name}: {id} in\n{text}");
-        }
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "{name}:\n{text}\n{}",
-            stderr(&out)
-        );
-        report.push_str(&format!(
-            "== fault: {name} (exit {code})\n{}",
-            changed(&healthy, &text)
-        ));
-        stdout(&out)
-    };
-
     fault(
         &mut h,
+        &mut report,
+        &healthy,
         "a webapp left in standalone",
         &|h| {
             let p = h.t.path(&format!(
@@ -741,6 +812,8 @@ fn node_healthy_then_each_fault_alone() {
     );
     fault(
         &mut h,
+        &mut report,
+        &healthy,
         "a 0644 password file",
         &|h| {
             fs::set_permissions(
@@ -754,6 +827,8 @@ fn node_healthy_then_each_fault_alone() {
     );
     fault(
         &mut h,
+        &mut report,
+        &healthy,
         "a low LimitNOFILE from systemctl show",
         &|h| {
             unit(
@@ -767,6 +842,8 @@ fn node_healthy_then_each_fault_alone() {
     );
     fault(
         &mut h,
+        &mut report,
+        &healthy,
         "a stale registry document",
         &|h| h.node_doc(95.0, "ready"),
         &[("registry.node", "[FAIL]"), ("agent.service", "[FAIL]")],
@@ -774,6 +851,8 @@ fn node_healthy_then_each_fault_alone() {
     );
     fault(
         &mut h,
+        &mut report,
+        &healthy,
         "a stale clusternode row",
         &|h| h.clusternode(now_ms() - 60_000),
         &[("ams.clusternode", "[FAIL]")],
@@ -781,6 +860,8 @@ fn node_healthy_then_each_fault_alone() {
     );
     let skewed = fault(
         &mut h,
+        &mut report,
+        &healthy,
         "this host's clock 30 s ahead of MongoDB's (hello.localTime)",
         &|h| {
             // MongoDB's clock is 30 s behind: it stamps lastSeen with it;
@@ -803,6 +884,8 @@ fn node_healthy_then_each_fault_alone() {
     );
     fault(
         &mut h,
+        &mut report,
+        &healthy,
         "an expired certificate (made by openssl now)",
         &|h| {
             let cert = expired_certificate(h.t.dir.path());
@@ -817,6 +900,8 @@ fn node_healthy_then_each_fault_alone() {
     );
     fault(
         &mut h,
+        &mut report,
+        &healthy,
         "a firewall that drops the WebRTC range",
         &|h| {
             fs::write(
@@ -833,6 +918,8 @@ fn node_healthy_then_each_fault_alone() {
     );
     fault(
         &mut h,
+        &mut report,
+        &healthy,
         "an nftables chain that drops TCP 5000 between nodes",
         &|h| {
             fs::write(h.fakes.join("iptables-save"), "").unwrap();
@@ -847,6 +934,8 @@ fn node_healthy_then_each_fault_alone() {
     );
     fault(
         &mut h,
+        &mut report,
+        &healthy,
         "AMS stopped",
         &|h| {
             unit(
@@ -866,6 +955,8 @@ fn node_healthy_then_each_fault_alone() {
     h.ams = ams;
     fault(
         &mut h,
+        &mut report,
+        &healthy,
         "MongoDB refuses the credentials",
         &|h| h.peer.add_user("ams", "another-password", &[]),
         &[
@@ -878,6 +969,8 @@ fn node_healthy_then_each_fault_alone() {
     h.peer.add_user("ams", PASSWORD, &[]);
     fault(
         &mut h,
+        &mut report,
+        &healthy,
         "the AMS volume nearly full (a 64 MiB tmpfs)",
         &|h| mount_tmpfs(&h.t.path(AMS), "size=64m", libc::MS_REMOUNT),
         &[("disk.ams", "[FAIL]")],
@@ -885,6 +978,8 @@ fn node_healthy_then_each_fault_alone() {
     );
     fault(
         &mut h,
+        &mut report,
+        &healthy,
         "the reporter stopped",
         &|h| {
             unit(
@@ -1255,41 +1350,10 @@ fn db_healthy_then_each_fault_alone() {
         ),
     );
 
-    let mut fault = |h: &mut DbHost,
-                     name: &str,
-                     plant: &dyn Fn(&mut DbHost),
-                     expect: &[(&str, &str)],
-                     code: i32|
-     -> String {
-        h.reset();
-        plant(h);
-        let before = snapshot(&h.root());
-        let out = h.doctor(&[]);
-        let text = h.text(&out);
-        assert_eq!(
-            snapshot(&h.root()),
-            before,
-            "{name}: doctor changed the tree"
-        );
-        assert_read_only_calls(&h.fakes);
-        for (id, status) in expect {
-            assert_eq!(status_of(&text, id), *status, "{name}: {id} in\n{text}");
-        }
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "{name}:\n{text}\n{}",
-            stderr(&out)
-        );
-        report.push_str(&format!(
-            "== fault: {name} (exit {code})\n{}",
-            changed(&healthy, &text)
-        ));
-        stdout(&out)
-    };
-
     fault(
         &mut h,
+        &mut report,
+        &healthy,
         "THP off under MongoDB 8.0",
         &|h| {
             h.thp(
@@ -1303,6 +1367,8 @@ fn db_healthy_then_each_fault_alone() {
     );
     fault(
         &mut h,
+        &mut report,
+        &healthy,
         "THP on under MongoDB 7.0 (it wants never)",
         &|h| h.peer.control("version 7.0.14"),
         &[("mongod.thp", "[warn]"), ("mongod.version", "[ok]")],
@@ -1310,6 +1376,8 @@ fn db_healthy_then_each_fault_alone() {
     );
     fault(
         &mut h,
+        &mut report,
+        &healthy,
         "a mongod answering anonymous commands, bound to every address",
         &|h| {
             h.write("etc/mongod.conf", &h.conf("0.0.0.0", false));
@@ -1320,6 +1388,8 @@ fn db_healthy_then_each_fault_alone() {
     );
     fault(
         &mut h,
+        &mut report,
+        &healthy,
         "authorization off on loopback only",
         &|h| {
             h.write("etc/mongod.conf", &h.conf("127.0.0.1", false));
@@ -1330,6 +1400,8 @@ fn db_healthy_then_each_fault_alone() {
     );
     let warned = fault(
         &mut h,
+        &mut report,
+        &healthy,
         "startup warnings from getLog (one with a terminal escape)",
         &|h| {
             h.peer.control(r#"startup-warnings ["{\"t\":{\"$date\":\"2026-12-01T12:00:00.000+00:00\"},\"s\":\"W\",\"c\":\"CONTROL\",\"id\":22178,\"ctx\":\"initandlisten\",\"msg\":\"/sys/kernel/mm/transparent_hugepage/enabled is 'never'. We suggest setting it to 'always'\",\"tags\":[\"startupWarnings\"]}", "{\"msg\":\"forged \u001b[2J\\nerror: line\"}"]"#)
@@ -1346,6 +1418,8 @@ fn db_healthy_then_each_fault_alone() {
     assert!(warned.contains("\"id\":22178"), "verbatim: {warned}");
     fault(
         &mut h,
+        &mut report,
+        &healthy,
         "the clock not synchronized",
         &|h| {
             fs::write(
@@ -1359,6 +1433,8 @@ fn db_healthy_then_each_fault_alone() {
     );
     fault(
         &mut h,
+        &mut report,
+        &healthy,
         "no timedatectl answer, chrony synchronized",
         &|h| {
             fs::remove_file(h.fakes.join("timedatectl")).unwrap();
@@ -1369,6 +1445,8 @@ fn db_healthy_then_each_fault_alone() {
     );
     fault(
         &mut h,
+        &mut report,
+        &healthy,
         "dbPath on ext4",
         &|h| {
             h.write(
@@ -1381,6 +1459,8 @@ fn db_healthy_then_each_fault_alone() {
     );
     fault(
         &mut h,
+        &mut report,
+        &healthy,
         "mongod.service limits from systemctl show",
         &|h| {
             unit(
@@ -1394,6 +1474,8 @@ fn db_healthy_then_each_fault_alone() {
     );
     fault(
         &mut h,
+        &mut report,
+        &healthy,
         "mongod stopped",
         &|h| {
             unit(
@@ -1575,37 +1657,10 @@ fn lb_healthy_then_each_fault_alone_with_real_haproxy_and_nginx() {
         ),
     );
 
-    let mut fault = |h: &mut LbHost,
-                     name: &str,
-                     plant: &dyn Fn(&mut LbHost),
-                     expect: &[(&str, &str)],
-                     code: i32| {
-        h.reset();
-        plant(h);
-        let before = snapshot(&h.root());
-        let out = h.doctor(&[]);
-        let text = h.text(&out);
-        assert_eq!(
-            snapshot(&h.root()),
-            before,
-            "{name}: doctor changed the tree"
-        );
-        for (id, status) in expect {
-            assert_eq!(status_of(&text, id), *status, "{name}: {id} in\n{text}");
-        }
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "{name}:\n{text}\n{}",
-            stderr(&out)
-        );
-        report.push_str(&format!(
-            "== fault: {name} (exit {code})\n{}",
-            changed(&healthy, &text)
-        ));
-    };
     fault(
         &mut h,
+        &mut report,
+        &healthy,
         "a node in rotation that the registry counts dead",
         &|h| h.node(EDGE_C, "edge", "10.0.2.7", "ready", 95.0),
         &[("lb.members", "[FAIL]")],
@@ -1613,6 +1668,8 @@ fn lb_healthy_then_each_fault_alone_with_real_haproxy_and_nginx() {
     );
     fault(
         &mut h,
+        &mut report,
+        &healthy,
         "an alive node missing from the balancer",
         &|h| h.node("i-0bbbbbbbbbbbbbbb7", "edge", "10.0.2.8", "ready", 1.0),
         &[("lb.members", "[FAIL]")],
@@ -1620,6 +1677,8 @@ fn lb_healthy_then_each_fault_alone_with_real_haproxy_and_nginx() {
     );
     fault(
         &mut h,
+        &mut report,
+        &healthy,
         "a configuration haproxy -c refuses",
         &|h| {
             let p = "etc/haproxy/haproxy.cfg";
@@ -1634,6 +1693,8 @@ fn lb_healthy_then_each_fault_alone_with_real_haproxy_and_nginx() {
     );
     fault(
         &mut h,
+        &mut report,
+        &healthy,
         "the section's end marker removed",
         &|h| {
             let p = "etc/haproxy/haproxy.cfg";
@@ -1645,6 +1706,8 @@ fn lb_healthy_then_each_fault_alone_with_real_haproxy_and_nginx() {
     );
     fault(
         &mut h,
+        &mut report,
+        &healthy,
         "an expired certificate (made by openssl now)",
         &|h| {
             let cert = expired_certificate(h.dir.path());

@@ -6,8 +6,8 @@ use std::path::Path;
 use mongodb::bson::{Bson, Document, doc};
 
 use super::Outcome;
-use super::env::{Env, MONGO_BUDGET, QUERY_BUDGET, UnitProps};
-use super::node::soft_limit;
+use super::env::{Env, MONGO_BUDGET, QUERY_BUDGET};
+use super::node::{active_unit, get, installed_unit, soft_limit};
 use crate::human::escape;
 use crate::mongo::error::RegistryError;
 use crate::mongod::admin::{AdminLogin, LocalMongod};
@@ -146,37 +146,18 @@ fn installed_series(env: &Env) -> Result<(String, &'static str), String> {
     }
 }
 
-fn unit(env: &Env, unit: &str) -> Result<UnitProps, Outcome> {
-    env.unit(unit).map_err(|e| {
-        Outcome::warn(
-            format!("cannot ask systemd about {unit}: {e}"),
-            "run doctor on the host itself, where systemd is PID 1",
-        )
-    })
-}
-
-fn get<'a>(p: &'a UnitProps, k: &str) -> &'a str {
-    p.get(k).map_or("", String::as_str)
-}
-
 pub fn mongod_service(env: &Env) -> Outcome {
-    let props = match unit(env, "mongod") {
+    let props = match active_unit(
+        env,
+        "mongod",
+        "sudo ams-agent setup mongo (installs and configures mongodb-org)",
+        "sudo systemctl start mongod; see `journalctl -u mongod`",
+        "",
+    ) {
         Ok(p) => p,
         Err(o) => return o,
     };
-    if get(&props, "LoadState") == "not-found" {
-        return Outcome::fail(
-            "mongod.service is not installed",
-            "sudo ams-agent setup mongo (installs and configures mongodb-org)",
-        );
-    }
     let (active, sub) = (get(&props, "ActiveState"), get(&props, "SubState"));
-    if active != "active" {
-        return Outcome::fail(
-            format!("mongod.service is {active} ({sub})"),
-            "sudo systemctl start mongod; see `journalctl -u mongod`",
-        );
-    }
     let enabled = get(&props, "UnitFileState");
     if !enabled.is_empty() && enabled != "enabled" {
         return Outcome::warn(
@@ -345,13 +326,10 @@ pub fn mongod_thp(env: &Env) -> Outcome {
 }
 
 pub fn mongod_limits(env: &Env) -> Outcome {
-    let props = match unit(env, "mongod") {
+    let props = match installed_unit(env, "mongod", "mongod.service") {
         Ok(p) => p,
         Err(o) => return o,
     };
-    if get(&props, "LoadState") == "not-found" {
-        return Outcome::skip("mongod.service is not installed (see mongod.service)");
-    }
     let want = tuning::LIMIT as u64;
     let mut low = Vec::new();
     let mut shown = Vec::new();

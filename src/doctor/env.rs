@@ -56,6 +56,9 @@ pub struct Settings {
 /// A unit as `systemctl show` describes it.
 pub type UnitProps = HashMap<String, String>;
 
+/// One unit's `systemctl show`, asked at most once.
+type UnitCell = OnceLock<Result<UnitProps, String>>;
+
 /// The properties asked of every unit.
 const UNIT_PROPERTIES: &str = "LoadState,ActiveState,SubState,UnitFileState,LimitNOFILE,LimitNOFILESoft,LimitNPROC,LimitNPROCSoft,ActiveEnterTimestamp";
 
@@ -132,7 +135,7 @@ pub struct Env {
     rt: OnceLock<Result<tokio::runtime::Runtime, String>>,
     config: OnceLock<Result<Option<AgentConfig>, String>>,
     ams: OnceLock<Result<AmsFiles, String>>,
-    units: Mutex<HashMap<String, Arc<OnceLock<Result<UnitProps, String>>>>>,
+    units: Mutex<HashMap<String, Arc<UnitCell>>>,
     session: OnceLock<Result<Arc<Session>, SessionError>>,
     node_doc: OnceLock<Result<Option<Document>, String>>,
     firewall: OnceLock<super::firewall::Rulesets>,

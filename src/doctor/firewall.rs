@@ -140,11 +140,11 @@ struct Walk {
 fn settle(end: End, doubts: &[(Doubt, Target)]) -> Verdict {
     // A doubtful rule matters when, had it matched, the packet would have
     // gone the other way.
-    let against = doubts.iter().find(|(_, t)| match (&end, t) {
-        (End::Accept, Target::Accept) => false,
-        (End::Drop(_), Target::Drop) => false,
-        (_, Target::Continue) => false,
-        _ => true,
+    let against = doubts.iter().find(|(_, t)| {
+        !matches!(
+            (&end, t),
+            (End::Accept, Target::Accept) | (End::Drop(_), Target::Drop) | (_, Target::Continue)
+        )
     });
     match (end, against) {
         (_, Some((d, _))) => Verdict::Unclear {
@@ -577,6 +577,11 @@ fn parse_rule(line: &str, rest: &[String]) -> IptRule {
 
 // ------------------------------------------------------------ nftables
 
+/// (family, table, chain).
+type ChainKey = (String, String, String);
+/// A rule's expressions and its printable form.
+type NftRule = (Vec<Value>, String);
+
 #[derive(Debug, Clone, Default)]
 pub struct Nft {
     /// Base chains on the input hook (family, table, chain, policy), in
@@ -584,7 +589,7 @@ pub struct Nft {
     base: Vec<(String, String, String, String)>,
     /// Rules per (family, table, chain), in order: their expressions and
     /// a printable form.
-    rules: HashMap<(String, String, String), Vec<(Vec<Value>, String)>>,
+    rules: HashMap<ChainKey, Vec<NftRule>>,
 }
 
 fn prio(v: &Value) -> i64 {
@@ -863,7 +868,7 @@ fn nft_match(e: &Value, p: &Probe, why: &mut String) -> M {
     let right = v.get("right").cloned().unwrap_or(Value::Null);
     // `ct state & (established | related) != 0`: the flags are the set.
     let (op, right) = match left.get("&").and_then(Value::as_array).cloned() {
-        Some(parts) if parts.len() == 2 && right == Value::from(0) => {
+        Some(parts) if parts.len() == 2 && right == 0 => {
             left = parts[0].clone();
             (if op == "!=" { "in" } else { "!=" }, parts[1].clone())
         }

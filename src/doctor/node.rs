@@ -69,7 +69,7 @@ fn session(env: &Env) -> Result<&Arc<Session>, Outcome> {
     }
 }
 
-fn unit_or_outcome(env: &Env, unit: &str) -> Result<super::env::UnitProps, Outcome> {
+pub(super) fn unit_or_outcome(env: &Env, unit: &str) -> Result<super::env::UnitProps, Outcome> {
     env.unit(unit).map_err(|e| {
         Outcome::warn(
             format!("cannot ask systemd about {unit}: {e}"),
@@ -78,8 +78,51 @@ fn unit_or_outcome(env: &Env, unit: &str) -> Result<super::env::UnitProps, Outco
     })
 }
 
-fn get<'a>(props: &'a super::env::UnitProps, key: &str) -> &'a str {
+pub(super) fn get<'a>(props: &'a super::env::UnitProps, key: &str) -> &'a str {
     props.get(key).map_or("", String::as_str)
+}
+
+/// A unit that must be installed and active: its properties, or the
+/// outcome saying it is not (`install` and `start` are the fixes; `idle`
+/// follows the state when it is not active).
+pub(super) fn active_unit(
+    env: &Env,
+    unit: &str,
+    install: &str,
+    start: &str,
+    idle: &str,
+) -> Result<super::env::UnitProps, Outcome> {
+    let props = unit_or_outcome(env, unit)?;
+    if get(&props, "LoadState") == "not-found" {
+        return Err(Outcome::fail(
+            format!("{unit}.service is not installed"),
+            install,
+        ));
+    }
+    let (active, sub) = (get(&props, "ActiveState"), get(&props, "SubState"));
+    if active != "active" {
+        return Err(Outcome::fail(
+            format!("{unit}.service is {active} ({sub}){idle}"),
+            start,
+        ));
+    }
+    Ok(props)
+}
+
+/// A unit whose settings a check reads: its properties; skipped when it
+/// is not installed (`see` names the check that reports that).
+pub(super) fn installed_unit(
+    env: &Env,
+    unit: &str,
+    see: &str,
+) -> Result<super::env::UnitProps, Outcome> {
+    let props = unit_or_outcome(env, unit)?;
+    if get(&props, "LoadState") == "not-found" {
+        return Err(Outcome::skip(format!(
+            "{unit}.service is not installed (see {see})"
+        )));
+    }
+    Ok(props)
 }
 
 /// A limit as `systemctl show` prints it (a number or `infinity`).
@@ -153,25 +196,17 @@ pub fn agent_config(env: &Env) -> Outcome {
 
 pub fn ams_service(env: &Env) -> Outcome {
     let unit = crate::ams::layout::SERVICE;
-    let props = match unit_or_outcome(env, unit) {
+    let props = match active_unit(
+        env,
+        unit,
+        "install Ant Media Server (its installer creates antmedia.service)",
+        "sudo systemctl start antmedia; see `journalctl -u antmedia` and /usr/local/antmedia/log/antmedia-error.log",
+        "",
+    ) {
         Ok(p) => p,
         Err(o) => return o,
     };
-    if get(&props, "LoadState") == "not-found" {
-        return Outcome::fail(
-            format!("{unit}.service is not installed"),
-            "install Ant Media Server (its installer creates antmedia.service)",
-        );
-    }
     let (active, sub) = (get(&props, "ActiveState"), get(&props, "SubState"));
-    if active != "active" {
-        return Outcome::fail(
-            format!("{unit}.service is {active} ({sub})"),
-            format!(
-                "sudo systemctl start {unit}; see `journalctl -u {unit}` and /usr/local/antmedia/log/antmedia-error.log"
-            ),
-        );
-    }
     if env.host.exists(&crate::ams::mode::restart_marker()) {
         return Outcome::warn(
             format!(
@@ -464,13 +499,10 @@ fn mode_command(env: &Env, uri: &str) -> String {
 
 pub fn ams_limits(env: &Env) -> Outcome {
     let unit = crate::ams::layout::SERVICE;
-    let props = match unit_or_outcome(env, unit) {
+    let props = match installed_unit(env, unit, "ams.service") {
         Ok(p) => p,
         Err(o) => return o,
     };
-    if get(&props, "LoadState") == "not-found" {
-        return Outcome::skip(format!("{unit}.service is not installed (see ams.service)"));
-    }
     match soft_limit(&props, "LimitNOFILE") {
         Some(n) if n >= AMS_NOFILE => Outcome::ok(format!(
             "LimitNOFILE of {unit}.service is {} (AMS wants at least {AMS_NOFILE})",
@@ -815,24 +847,17 @@ pub fn agent_service(env: &Env) -> Outcome {
     if let Some(o) = not_joined(env) {
         return o;
     }
-    let unit = "ams-agent";
-    let props = match unit_or_outcome(env, unit) {
+    let props = match active_unit(
+        env,
+        "ams-agent",
+        "install the ams-agent package (apt install ./ams-agent_<version>_amd64.deb)",
+        "sudo systemctl enable --now ams-agent; see `journalctl -u ams-agent`",
+        ": nothing heartbeats this node",
+    ) {
         Ok(p) => p,
         Err(o) => return o,
     };
-    if get(&props, "LoadState") == "not-found" {
-        return Outcome::fail(
-            "ams-agent.service is not installed",
-            "install the ams-agent package (apt install ./ams-agent_<version>_amd64.deb)",
-        );
-    }
     let (active, sub) = (get(&props, "ActiveState"), get(&props, "SubState"));
-    if active != "active" {
-        return Outcome::fail(
-            format!("ams-agent.service is {active} ({sub}): nothing heartbeats this node"),
-            "sudo systemctl enable --now ams-agent; see `journalctl -u ams-agent`",
-        );
-    }
     let enabled = get(&props, "UnitFileState");
     let boot = if enabled == "enabled" {
         String::new()
@@ -1432,15 +1457,17 @@ pub fn cert_names(env: &Env) -> Outcome {
     }
 }
 
-/// certbot's lineages under the root: (name, leaf DER, renewal conf text).
-fn lineages(
-    env: &Env,
-) -> Vec<(
+/// A certbot lineage: its name, its leaf (DER) and what that says, and
+/// the text of its renewal configuration.
+type Lineage = (
     String,
     Option<Vec<u8>>,
     Option<crate::cert::inspect::CertInfo>,
     String,
-)> {
+);
+
+/// certbot's lineages under the root.
+fn lineages(env: &Env) -> Vec<Lineage> {
     let dir = Path::new(crate::cert::certbot::CONFIG_DIR).join("renewal");
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(env.host.path(&dir)) else {
