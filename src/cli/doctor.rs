@@ -197,6 +197,8 @@ pub fn run(ctx: &Context, args: DoctorArgs) -> Result<()> {
         haproxy_config: args.haproxy_config.clone(),
         nginx_config: args.nginx_config.clone(),
     };
+    // The checks run on threads of their own, which outlive a hung one:
+    // they share a runner of their own (the real one, as ctx's is).
     let mut env = Env::new(ctx.host.root(), Arc::new(SystemRunner), settings);
     let roles: Vec<RoleEntry> = if args.role.is_empty() {
         let found = doctor::detect::detect(&env);
