@@ -13,6 +13,7 @@ use crate::host::lock::HostLock;
 use crate::host::{CommandRunner, Host, SystemRunner, tty, txn};
 
 pub mod cert;
+pub mod doctor;
 pub mod generate;
 pub mod join;
 pub mod leave;
@@ -93,6 +94,7 @@ pub enum Command {
     Leave(leave::LeaveArgs),
     Setup(setup::SetupArgs),
     Cert(cert::CertArgs),
+    Doctor(doctor::DoctorArgs),
     #[command(hide = true)]
     Generate(generate::GenerateArgs),
 }
@@ -154,6 +156,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Status(args) => status::run(&ctx, args),
         Command::Leave(args) => leave::run(&ctx, args),
         Command::Setup(args) => setup::run(&ctx, args),
+        Command::Doctor(args) => doctor::run(&ctx, args),
         Command::Generate(args) => generate::run(args),
     }
 }
