@@ -11,6 +11,7 @@ pub mod ams;
 pub mod cert;
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod error;
 pub mod host;
 pub mod human;

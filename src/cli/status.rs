@@ -21,11 +21,10 @@ use serde::Serialize;
 use super::Context;
 use super::run::{RegistryArgs, Resolved};
 use crate::host::runtime;
+use crate::mongo::alive::{number as num, shown};
 use crate::mongo::registry::{Deadlines, Registry};
 
-pub use crate::mongo::registry::{
-    ALIVE_INTERVALS, CLOCK_TOLERANCE_SECONDS, DEFAULT_INTERVAL_SECONDS,
-};
+pub use crate::mongo::alive::ALIVE_INTERVALS;
 
 /// Show every node of the cluster and a per-role summary
 #[derive(Debug, Args)]
@@ -77,21 +76,10 @@ pub struct StatusView {
     pub roles: BTreeMap<String, RoleSummary>,
 }
 
-use crate::mongo::registry::doc_number as num;
-
 fn text(doc: &Document, key: &str) -> Option<String> {
     match doc.get(key)? {
         Bson::String(s) => Some(s.clone()),
         _ => None,
-    }
-}
-
-/// A number as a message shows it (`1e30`, not thirty zeros).
-fn shown(v: f64) -> String {
-    if v.is_finite() && v.abs() < 1e6 {
-        format!("{v}")
-    } else {
-        format!("{v:e}")
     }
 }
 
@@ -119,35 +107,11 @@ pub fn view(docs: &[Document], now: DateTime) -> StatusView {
             None => continue,
         };
         let health = d.get_document("health").ok();
-        let mut warnings = Vec::new();
-        let age = d
-            .get_datetime("lastSeen")
-            .ok()
-            .map(|t| (now.timestamp_millis() - t.timestamp_millis()) as f64 / 1000.0);
-        // A lastSeen ahead of the server's clock would count as alive
-        // forever: it is clock skew, or a forged document.
-        let skewed = age.is_some_and(|a| a < -CLOCK_TOLERANCE_SECONDS);
-        if let Some(a) = age.filter(|_| skewed) {
-            warnings.push(format!(
-                "lastSeen is {}s ahead of the server's clock (clock skew?): not counted alive",
-                shown((-a).round())
-            ));
-        }
-        let age = age.map(|a| if skewed { a } else { a.max(0.0) });
-        let interval = match num(d, "intervalSeconds") {
-            // The reporter's own range (500ms to 1h).
-            Some(v) if v.is_finite() && (0.5..=3600.0).contains(&v) => v,
-            Some(v) => {
-                warnings.push(format!(
-                    "intervalSeconds {} is out of range (0.5-3600): liveness uses {DEFAULT_INTERVAL_SECONDS}s",
-                    shown(v)
-                ));
-                DEFAULT_INTERVAL_SECONDS
-            }
-            None => DEFAULT_INTERVAL_SECONDS,
-        };
+        let live = crate::mongo::alive::liveness(d, now);
+        let mut warnings = live.warnings;
+        let age = live.age_seconds;
+        let alive = live.alive;
         let state = text(d, "state").unwrap_or_else(|| "unknown".into());
-        let alive = crate::mongo::registry::is_alive(&state, age, Some(interval));
         let cpu = percent(health.and_then(|h| num(h, "cpu")), "cpu", &mut warnings);
         let memory = percent(
             health.and_then(|h| num(h, "memoryUsed")),
@@ -249,7 +213,27 @@ pub fn render(v: &StatusView) -> String {
         "LAST SEEN",
         "PRIVATE IP",
     ];
-    out.push_str(&crate::human::table(&head, &rows));
+    let mut widths = head.map(str::len);
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut l = String::new();
+        for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(c);
+            } else {
+                let _ = write!(l, "{c:<w$}  ");
+            }
+        }
+        l.trim_end().to_string()
+    };
+    let _ = writeln!(out, "{}", line(&head.map(String::from)));
+    for r in &rows {
+        let _ = writeln!(out, "{}", line(r));
+    }
     let notes: Vec<String> = v
         .nodes
         .iter()

@@ -25,7 +25,6 @@ use serde::{Deserialize, Serialize};
 
 use super::model::{Member, MemberState, Membership, NodeId, parse_node_addr};
 use crate::human::escape;
-use crate::mongo::registry::{doc_number as num, is_alive};
 use crate::node::Role;
 
 /// Where a registered node stands, as the registry says.
@@ -132,13 +131,10 @@ pub fn view(docs: &[Document], now: DateTime) -> RegistryView {
             continue;
         };
         let state = text(d, "state").unwrap_or("unknown").to_string();
-        // Unclamped: a lastSeen ahead of the server's clock is skew (or
-        // forged), never alive.
-        let age = d
-            .get_datetime("lastSeen")
-            .ok()
-            .map(|t| (now_ms - t.timestamp_millis()) as f64 / 1000.0);
-        let alive = is_alive(&state, age, num(d, "intervalSeconds"));
+        // The registry's alive rule (`status` uses the same): server clock,
+        // clock skew never alive, an impossible interval replaced.
+        let live = crate::mongo::alive::liveness(d, now);
+        let (age, alive) = (live.age_seconds, live.alive);
         let standing = match state.as_str() {
             "left" | "leaving" => Standing::Left,
             _ if !alive => Standing::Ineligible {

@@ -115,50 +115,6 @@ impl NodeState {
     }
 }
 
-/// A node is alive while its last heartbeat is younger than this many of
-/// its own heartbeat intervals (AMS's rule for its `clusternode` rows).
-pub const ALIVE_INTERVALS: u32 = 4;
-/// The interval assumed for a document that does not say its own, or says
-/// one outside the reporter's range.
-pub const DEFAULT_INTERVAL_SECONDS: f64 = 5.0;
-/// The reporter's range of intervals (500 ms to 1 h).
-pub const INTERVAL_RANGE: std::ops::RangeInclusive<f64> = 0.5..=3600.0;
-/// How far a `lastSeen` may be ahead of the server's clock before it is
-/// clock skew (members of a replica set may differ a little).
-pub const CLOCK_TOLERANCE_SECONDS: f64 = 2.0;
-
-/// A number field of a document, whatever BSON number type it came as.
-pub fn doc_number(doc: &Document, key: &str) -> Option<f64> {
-    match doc.get(key)? {
-        Bson::Double(v) => Some(*v),
-        Bson::Int32(v) => Some(*v as f64),
-        Bson::Int64(v) => Some(*v as f64),
-        _ => None,
-    }
-}
-
-/// The interval liveness is judged by: the node's own when it is in the
-/// reporter's range, else [`DEFAULT_INTERVAL_SECONDS`].
-pub fn liveness_interval(interval_seconds: Option<f64>) -> f64 {
-    interval_seconds
-        .filter(|v| v.is_finite() && INTERVAL_RANGE.contains(v))
-        .unwrap_or(DEFAULT_INTERVAL_SECONDS)
-}
-
-/// The registry's alive rule (`status` and the load balancer): not
-/// `left`, and `lastSeen` younger than [`ALIVE_INTERVALS`] of the node's
-/// interval, both times by the server's clock (`now` from
-/// `hello.localTime`), so a node's own clock cannot fake liveness; a
-/// `lastSeen` ahead of the server's clock by more than
-/// [`CLOCK_TOLERANCE_SECONDS`] is skew (or forged) and never alive.
-/// `age_seconds` (now − lastSeen, unclamped) is None when never seen.
-pub fn is_alive(state: &str, age_seconds: Option<f64>, interval_seconds: Option<f64>) -> bool {
-    let interval = liveness_interval(interval_seconds);
-    state != NodeState::Left.name()
-        && age_seconds
-            .is_some_and(|a| a >= -CLOCK_TOLERANCE_SECONDS && a < interval * ALIVE_INTERVALS as f64)
-}
-
 /// Everything a heartbeat says about the node.
 #[derive(Debug, Clone)]
 pub struct NodeReport {
@@ -509,6 +465,61 @@ impl Registry {
         };
         let docs = self.bounded("listing the nodes", deadline, fetch).await?;
         Ok((docs, now))
+    }
+
+    /// The server's clock (`hello.localTime`), within the operation deadline.
+    pub async fn server_time(&self) -> Result<mongodb::bson::DateTime, RegistryError> {
+        let hello = self
+            .bounded(
+                "asking the server's time",
+                self.deadlines.op,
+                self.db.run_command(doc! { "hello": 1 }),
+            )
+            .await?;
+        hello.get_datetime("localTime").copied().map_err(|_| {
+            RegistryError::new(
+                Failure::Server,
+                format!(
+                    "asking the server's time: MongoDB at {} sent no localTime in hello",
+                    self.shown
+                ),
+            )
+        })
+    }
+
+    /// One node's document, by id (None when there is none).
+    pub async fn find_node(&self, id: &str) -> Result<Option<Document>, RegistryError> {
+        self.bounded(
+            "reading the node document",
+            self.deadlines.op,
+            self.coll.find_one(doc! { "_id": id }),
+        )
+        .await
+    }
+
+    /// At most `limit` documents of another collection on the same server
+    /// (AMS's own `clusternode` rows), within the operation deadline.
+    pub async fn find_in(
+        &self,
+        database: &str,
+        collection: &str,
+        filter: Document,
+        limit: i64,
+    ) -> Result<Vec<Document>, RegistryError> {
+        let coll = self
+            .client
+            .database(database)
+            .collection::<Document>(collection);
+        let what = format!("reading {database}.{collection}");
+        let fetch = async {
+            let mut cursor = coll.find(filter).limit(limit).await?;
+            let mut docs = Vec::new();
+            while cursor.advance().await? {
+                docs.push(cursor.deserialize_current()?);
+            }
+            Ok(docs)
+        };
+        self.bounded(&what, self.deadlines.op, fetch).await
     }
 
     /// Closes the pool (ends sessions politely) within a short deadline.
