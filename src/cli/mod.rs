@@ -16,6 +16,7 @@ pub mod cert;
 pub mod doctor;
 pub mod generate;
 pub mod join;
+pub mod lb;
 pub mod leave;
 pub mod mode;
 pub mod run;
@@ -94,6 +95,7 @@ pub enum Command {
     Leave(leave::LeaveArgs),
     Setup(setup::SetupArgs),
     Cert(cert::CertArgs),
+    Lb(lb::LbArgs),
     Doctor(doctor::DoctorArgs),
     #[command(hide = true)]
     Generate(generate::GenerateArgs),
@@ -156,6 +158,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Status(args) => status::run(&ctx, args),
         Command::Leave(args) => leave::run(&ctx, args),
         Command::Setup(args) => setup::run(&ctx, args),
+        Command::Lb(args) => lb::run(&ctx, args),
         Command::Doctor(args) => doctor::run(&ctx, args),
         Command::Generate(args) => generate::run(args),
     }
