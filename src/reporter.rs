@@ -133,6 +133,8 @@ impl<'a> Gatherer<'a> {
             ams,
             health,
             interval: self.settings.reporter.interval,
+            drain: None,
+            notices: Vec::new(),
         }
     }
 }
