@@ -115,6 +115,23 @@ fn valid_name(s: &str, max: usize, extra: &[char]) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || extra.contains(&c))
 }
 
+/// An SSM parameter name (`/ams/mongo-password`, `name`) or its ARN.
+pub fn valid_parameter_name(s: &str) -> bool {
+    let name = match s.strip_prefix("arn:") {
+        Some(rest) => match rest.split_once(":parameter") {
+            Some((_, n)) if !n.is_empty() => n,
+            _ => return false,
+        },
+        None => s,
+    };
+    !name.is_empty()
+        && s.len() <= 2048
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c))
+        && s.chars().all(|c| !c.is_control() && !c.is_whitespace())
+}
+
 /// The endpoint override from `AMS_AGENT_AWS_ENDPOINT`, if set.
 pub fn endpoint_from_env() -> Option<String> {
     std::env::var(ENDPOINT_ENV).ok().filter(|e| !e.is_empty())

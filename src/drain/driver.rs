@@ -62,6 +62,33 @@ pub struct DrainSettings {
     pub watch_metadata: bool,
 }
 
+impl DrainSettings {
+    /// The defaults, and `[drain]` of agent.toml when there is one.
+    pub fn new(
+        ams_url: &str,
+        layout: AmsLayout,
+        imds_endpoint: &str,
+        config: Option<&crate::config::DrainSection>,
+    ) -> Self {
+        DrainSettings {
+            ams_url: ams_url.to_string(),
+            layout,
+            imds_endpoint: imds_endpoint.to_string(),
+            hook: HookSettings {
+                group: config.and_then(|c| c.autoscaling_group.clone()),
+                hook: config.and_then(|c| c.lifecycle_hook.clone()),
+                endpoint: crate::cloud::aws::endpoint_from_env(),
+            },
+            lifecycle_budget: config
+                .and_then(|c| c.lifecycle_deadline)
+                .unwrap_or(DEFAULT_LIFECYCLE_BUDGET),
+            poll: DEFAULT_POLL,
+            count_every: Duration::from_secs(2),
+            watch_metadata: true,
+        }
+    }
+}
+
 pub const DEFAULT_LIFECYCLE_BUDGET: Duration = Duration::from_secs(15 * 60);
 pub const DEFAULT_POLL: Duration = Duration::from_secs(5);
 const MAX_POLL_BACKOFF: Duration = Duration::from_secs(30);
