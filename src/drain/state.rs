@@ -250,9 +250,9 @@ pub fn apply(
             Event::Trigger {
                 trigger,
                 key,
+                reason,
                 deadline,
                 lifecycle,
-                ..
             },
         ) => {
             if s.seen.contains(&key) {
@@ -272,6 +272,7 @@ pub fn apply(
             if trigger != Trigger::Manual && s.trigger == Trigger::Manual {
                 // The cloud's reason is the one that matters now.
                 next.trigger = trigger;
+                next.reason = reason;
             }
             if lifecycle && next.lifecycle.is_none() {
                 next.lifecycle = Some(LifecycleRef::default());
