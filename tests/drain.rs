@@ -7,6 +7,7 @@
 
 mod common;
 mod fixture;
+mod lbkit;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -150,11 +151,15 @@ fn systemctl(t: &Tree) {
 }
 
 fn agent_toml(t: &Tree, peer: &MongoPeer, extra: &str) {
+    agent_toml_for(t, peer, NODE, extra)
+}
+
+fn agent_toml_for(t: &Tree, peer: &MongoPeer, id: &str, extra: &str) {
     std::fs::create_dir_all(t.path("etc/ams-agent")).unwrap();
     std::fs::write(
         t.path("etc/ams-agent/agent.toml"),
         format!(
-            "[mongo]\nuri = \"{}\"\n[node]\nid = \"{NODE}\"\nrole = \"edge\"\nprivate_ip = \"{IP}\"\nams_home = \"/usr/local/antmedia\"\n[reporter]\ninterval = \"1s\"\n{extra}",
+            "[mongo]\nuri = \"{}\"\n[node]\nid = \"{id}\"\nrole = \"edge\"\nprivate_ip = \"{IP}\"\nams_home = \"/usr/local/antmedia\"\n[reporter]\ninterval = \"1s\"\n{extra}",
             peer.uri()
         ),
     )
@@ -215,22 +220,34 @@ impl Drop for Reporter {
 
 /// The `$set` of every update of this node's document, in order.
 fn sets(peer: &MongoPeer) -> Vec<Value> {
+    sets_of(peer, NODE)
+}
+
+fn sets_of(peer: &MongoPeer, id: &str) -> Vec<Value> {
     peer.updates()
         .into_iter()
-        .filter(|(q, _, _)| q["_id"] == NODE)
+        .filter(|(q, _, _)| q["_id"] == id)
         .map(|(_, u, _)| u["$set"].clone())
         .collect()
 }
 
 fn heartbeats(peer: &MongoPeer) -> usize {
+    heartbeats_of(peer, NODE)
+}
+
+fn heartbeats_of(peer: &MongoPeer, id: &str) -> usize {
     peer.updates()
         .into_iter()
-        .filter(|(q, u, _)| q["_id"] == NODE && u.get("$inc").is_some())
+        .filter(|(q, u, _)| q["_id"] == id && u.get("$inc").is_some())
         .count()
 }
 
 fn states(peer: &MongoPeer) -> Vec<String> {
-    sets(peer)
+    states_of(peer, NODE)
+}
+
+fn states_of(peer: &MongoPeer, id: &str) -> Vec<String> {
+    sets_of(peer, id)
         .iter()
         .filter_map(|s| s["state"].as_str().map(str::to_string))
         .collect()
@@ -539,5 +556,213 @@ fn metadata_down_for_a_minute_is_no_drain_and_notices_count_once_it_is_back() {
         states(&peer).iter().any(|s| s == "draining")
     });
     assert_eq!(drain_state(&t)["trigger"], "lifecycle-hook");
+    r.signal(Signal::SIGTERM);
+}
+
+/// A lifecycle-hook drain against moto (behind our shim), the instance
+/// role from the IMDS peer: heartbeats while the node empties, then
+/// `CompleteLifecycleAction CONTINUE`; without the permission, one warning
+/// each and the drain still ends, before the hook's own timeout.
+#[test]
+fn a_lifecycle_hook_drain_sends_heartbeats_then_completes_with_continue() {
+    use common::aws::{AwsPeer, give_role};
+    let Some(aws) = AwsPeer::start() else { return };
+    let lifecycle = [
+        "autoscaling:DescribeAutoScalingInstances",
+        "autoscaling:DescribeLifecycleHooks",
+        "autoscaling:RecordLifecycleActionHeartbeat",
+        "autoscaling:CompleteLifecycleAction",
+    ];
+    let setup = aws.setup(json!({
+        "roles": {
+            "ams-node": lifecycle,
+            "describe-only": &lifecycle[..2],
+        },
+        "group": { "name": "ams-edge", "hook": "ams-drain", "heartbeatTimeout": 30, "defaultResult": "ABANDON" },
+    }));
+    let instance = setup["instance"].as_str().unwrap().to_string();
+    aws.enforce_iam();
+
+    let t = Tree::new();
+    systemctl(&t);
+    let peer = MongoPeer::start(PeerOptions::default());
+    agent_toml_for(&t, &peer, &instance, "");
+    let imds = Imds::start(&instance, IP);
+    give_role(&imds, &setup, "ams-node", &instance);
+    let ams = FakeAms::start();
+    ams.set("LiveApp", |a| a.webrtc = 2);
+    let aws_url = aws.url();
+    let mut r = Reporter::start(
+        &t,
+        &imds.url,
+        &ams.url,
+        &[("AMS_AGENT_AWS_ENDPOINT", &aws_url)],
+    );
+    wait_for("a heartbeat", Duration::from_secs(15), || {
+        heartbeats_of(&peer, &instance) > 0
+    });
+    // The group scales the instance in: its hook waits, the metadata says so.
+    aws.terminate(&instance);
+    imds.set("autoscaling/target-lifecycle-state", "Terminated");
+    wait_for("draining", Duration::from_secs(8), || {
+        states_of(&peer, &instance).iter().any(|s| s == "draining")
+    });
+    let d = sets_of(&peer, &instance)
+        .into_iter()
+        .find(|s| s["state"] == "draining")
+        .unwrap();
+    assert_eq!(d["drain"]["trigger"], "lifecycle-hook");
+    wait_for("a lifecycle heartbeat", Duration::from_secs(10), || {
+        aws.actions()["actions"][0]["heartbeats"].as_u64() >= Some(1)
+    });
+    assert!(r.log().contains("heartbeat timeout 30s"), "{}", r.log());
+    ams.set("LiveApp", |a| a.webrtc = 0);
+    wait_for("the action completed", Duration::from_secs(10), || {
+        aws.actions()["actions"][0]["state"] == "Terminating:Proceed"
+    });
+    let a = aws.actions()["actions"][0].clone();
+    assert_eq!(
+        (a["result"].as_str(), a["timedOut"].as_bool()),
+        (Some("CONTINUE"), Some(false)),
+        "{a}"
+    );
+    assert_eq!(
+        states_of(&peer, &instance).last().map(String::as_str),
+        Some("left")
+    );
+    let log = r.log();
+    assert!(
+        log.contains("CompleteLifecycleAction CONTINUE sent"),
+        "{log}"
+    );
+    assert!(!log.contains("may not call"), "{log}");
+    r.signal(Signal::SIGTERM);
+
+    // The same, with a role that may not send heartbeats nor complete.
+    let t = Tree::new();
+    systemctl(&t);
+    let peer = MongoPeer::start(PeerOptions::default());
+    agent_toml_for(&t, &peer, &instance, "");
+    give_role(&imds, &setup, "describe-only", &instance);
+    imds.unset("autoscaling/target-lifecycle-state");
+    ams.set("LiveApp", |a| a.webrtc = 2);
+    let mut r = Reporter::start(
+        &t,
+        &imds.url,
+        &ams.url,
+        &[("AMS_AGENT_AWS_ENDPOINT", &aws_url)],
+    );
+    wait_for("a heartbeat", Duration::from_secs(15), || {
+        heartbeats_of(&peer, &instance) > 0
+    });
+    aws.terminate(&instance);
+    imds.set("autoscaling/target-lifecycle-state", "Terminated");
+    let start = Instant::now();
+    wait_for("left", Duration::from_secs(30), || {
+        states_of(&peer, &instance).last().map(String::as_str) == Some("left")
+    });
+    // The hook times out after 30s: the drain ended before it.
+    assert!(
+        start.elapsed() < Duration::from_secs(25),
+        "{:?}",
+        start.elapsed()
+    );
+    let log = r.log();
+    assert_eq!(
+        log.matches("may not call autoscaling:RecordLifecycleActionHeartbeat")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("may not call autoscaling:CompleteLifecycleAction")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("the hook runs to its timeout (30s)"), "{log}");
+    let calls = aws.actions()["calls"].as_array().unwrap().clone();
+    assert!(
+        calls.iter().any(|c| c["refused"] == "AccessDenied"),
+        "{calls:?}"
+    );
+    r.signal(Signal::SIGTERM);
+}
+
+/// The balancer's side: once the reporter wrote `draining`, `lb haproxy`
+/// drains the node through HAProxy's Runtime API (admin state DRAIN, no
+/// reload), and new clients go to the other edge.
+#[test]
+fn after_draining_lb_haproxy_drains_the_node_through_the_runtime_api() {
+    use lbkit::*;
+    let t = Tree::new();
+    systemctl(&t);
+    let ports = Ports::new();
+    let _b = Backends::start(ports.node, &[("127.0.0.71", "e1"), ("127.0.0.72", "e2")]);
+    let mut peer = MongoPeer::start(PeerOptions::default());
+    std::fs::create_dir_all(t.path("etc/ams-agent")).unwrap();
+    std::fs::write(
+        t.path("etc/ams-agent/agent.toml"),
+        format!(
+            "[mongo]\nuri = \"{}\"\n[node]\nid = \"{NODE}\"\nrole = \"edge\"\nprivate_ip = \"127.0.0.71\"\nams_home = \"/usr/local/antmedia\"\n[reporter]\ninterval = \"1s\"\n",
+            peer.uri()
+        ),
+    )
+    .unwrap();
+    put_node(&mut peer, "i-e2", "edge", "127.0.0.72", "ready", 1);
+    let imds = Imds::start(NODE, "127.0.0.71");
+    let ams = FakeAms::start();
+    ams.set("LiveApp", |a| a.webrtc = 1);
+    let mut r = Reporter::start(&t, &imds.url, &ams.url, &[]);
+    wait_for("a heartbeat", Duration::from_secs(15), || {
+        heartbeats(&peer) > 0
+    });
+    let _h = Haproxy::start(&t);
+    let lb = |extra: &[&str]| {
+        run_lb(
+            &t,
+            "haproxy",
+            &peer,
+            &ports,
+            &["--state-file", "/var/lib/haproxy/state"],
+            extra,
+        )
+    };
+    ok(&lb(&["--settle", "0s"]));
+    eventually("both edges in rotation", Duration::from_secs(10), || {
+        let mut seen = spread(ports.play, "/", 8);
+        seen.sort();
+        seen.dedup();
+        seen == ["e1", "e2"]
+    });
+    let worker = Haproxy::worker(&t);
+
+    assert!(
+        t.run(&["drain", "--reason", "scale-in test"])
+            .status
+            .success()
+    );
+    wait_for("draining", Duration::from_secs(5), || {
+        states(&peer).iter().any(|s| s == "draining")
+    });
+    let out = ok(&lb(&[]));
+    assert!(
+        out.contains(&format!("~ {NODE} (edge) is now draining")),
+        "{out}"
+    );
+    assert!(out.contains("Runtime API"), "{out}");
+    let servers = admin(&t, "show servers state ams_edge");
+    let row = servers
+        .lines()
+        .find(|l| l.contains("127.0.0.71"))
+        .unwrap_or_else(|| panic!("{servers}"));
+    let admin_state: u32 = row.split(' ').nth(6).unwrap().parse().unwrap();
+    assert_eq!(
+        admin_state & 0x08,
+        0x08,
+        "DRAIN (SRV_ADMF_FDRAIN) in: {row}"
+    );
+    assert!(spread(ports.play, "/", 6).iter().all(|n| n == "e2"));
+    assert_eq!(Haproxy::worker(&t), worker, "no reload");
     r.signal(Signal::SIGTERM);
 }
