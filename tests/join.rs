@@ -1027,7 +1027,14 @@ fn mongo_password_ssm_reads_the_password_with_the_instance_role() {
             &t,
             &imds,
             &ams,
-            &["--mongo", &mongo, "--mongo-user", "ams", "--mongo-password-ssm", name],
+            &[
+                "--mongo",
+                &mongo,
+                "--mongo-user",
+                "ams",
+                "--mongo-password-ssm",
+                name,
+            ],
         )
         .env("AMS_AGENT_AWS_ENDPOINT", aws.url())
         .output()
@@ -1035,22 +1042,41 @@ fn mongo_password_ssm_reads_the_password_with_the_instance_role() {
     };
     let out = join("/ams/nope");
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(error_line(&out).contains("--mongo-password-ssm /ams/nope"), "{}", stderr(&out));
-    assert!(error_line(&out).contains("ParameterNotFound"), "{}", stderr(&out));
+    assert!(
+        error_line(&out).contains("--mongo-password-ssm /ams/nope"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        error_line(&out).contains("ParameterNotFound"),
+        "{}",
+        stderr(&out)
+    );
     assert!(!t.path("etc/ams-agent/agent.toml").exists());
 
     give_role(&imds, &setup, "nothing", "i-0aaaaaaaaaaaaa55a");
     let out = join("/ams/mongo-password");
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(error_line(&out).contains("ssm:GetParameter"), "{}", stderr(&out));
+    assert!(
+        error_line(&out).contains("ssm:GetParameter"),
+        "{}",
+        stderr(&out)
+    );
 
     give_role(&imds, &setup, "ams-node", "i-0aaaaaaaaaaaaa55a");
     let out = join("/ams/mongo-password");
     assert!(out.status.success(), "{}", stderr(&out));
-    for text in [stderr(&out), stdout(&out), t.read("etc/ams-agent/agent.toml")] {
+    for text in [
+        stderr(&out),
+        stdout(&out),
+        t.read("etc/ams-agent/agent.toml"),
+    ] {
         assert!(!text.contains("wörd") && !text.contains("ssm-p"), "{text}");
     }
-    assert_eq!(t.read("etc/ams-agent/mongo-password"), format!("{password}\n"));
+    assert_eq!(
+        t.read("etc/ams-agent/mongo-password"),
+        format!("{password}\n")
+    );
     assert!(
         peer.named("saslStart")
             .iter()
@@ -1061,7 +1087,15 @@ fn mongo_password_ssm_reads_the_password_with_the_instance_role() {
     let pw = t.dir.path().join("pw");
     std::fs::write(&pw, "x\n").unwrap();
     let out = t
-        .command(&["join", "--mongo", &mongo, "--mongo-password-file", pw.to_str().unwrap(), "--mongo-password-ssm", "/a"])
+        .command(&[
+            "join",
+            "--mongo",
+            &mongo,
+            "--mongo-password-file",
+            pw.to_str().unwrap(),
+            "--mongo-password-ssm",
+            "/a",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));

@@ -91,7 +91,7 @@ impl DrainSettings {
 
 pub const DEFAULT_LIFECYCLE_BUDGET: Duration = Duration::from_secs(15 * 60);
 pub const DEFAULT_POLL: Duration = Duration::from_secs(5);
-const MAX_POLL_BACKOFF: Duration = Duration::from_secs(30);
+const MAX_POLL_BACKOFF: Duration = Duration::from_secs(15);
 
 /// What the heartbeat reads.
 #[derive(Default)]
