@@ -115,7 +115,7 @@ else
   AWS="http://127.0.0.1:$(awk '/PORT/{print $2}' "$WORK/aws.out")"
   SETUP=$($MOTO_PY tests/peers/aws_setup.py "$AWS" eu-west-1 '{"roles":{"ams-node":["autoscaling:DescribeAutoScalingInstances","autoscaling:DescribeLifecycleHooks","autoscaling:RecordLifecycleActionHeartbeat","autoscaling:CompleteLifecycleAction"]},"group":{"name":"ams-edge","hook":"ams-drain","heartbeatTimeout":300,"defaultResult":"ABANDON"}}')
   INSTANCE=$($PY -c 'import json,sys; print(json.loads(sys.argv[1])["instance"])' "$SETUP")
-  curl -fsS -X POST --data 0 "$AWS/moto-api/reset-auth" >/dev/null
+  curl -fsS -X POST -H "Content-Type: text/plain" --data 0 "$AWS/moto-api/reset-auth" >/dev/null
   for i in 1 2 3; do
     D="$WORK/l$i"; mkdir -p "$D"
     start_mongo "$D/rec.jsonl"; start_meta "$D" "$INSTANCE"; node_tree "$D" "$INSTANCE" "$MONGO_PORT"
