@@ -521,7 +521,7 @@ fn metadata_down_for_a_minute_is_no_drain_and_notices_count_once_it_is_back() {
     assert!(!t.path("var/lib/ams-agent/drain.json").exists());
     let log = r.log();
     assert_eq!(
-        log.matches("cannot read termination notices").count(),
+        log.matches("termination notices unavailable").count(),
         1,
         "{log}"
     );

@@ -180,13 +180,11 @@ fn validate(ctx: &Context, args: &JoinArgs) -> Result<Request> {
                 creds.password_from
             );
         }
-        if !crate::cloud::aws::valid_parameter_name(name) {
-            bail_usage!(
-                "--mongo-password-ssm `{}` is not an SSM parameter name (1-2048 letters, digits and _.-/, or its ARN)",
-                crate::human::escape(name)
-            );
-        }
-        creds.password = Some(ssm_password(args, name)?.expose().to_string());
+        creds.password = Some(
+            ssm_password(&args.imds_endpoint, name, "--mongo-password-ssm")?
+                .expose()
+                .to_string(),
+        );
         creds.password_from = "--mongo-password-ssm";
     }
     let db = db::classify(&input, &creds, &ctx.host, "--mongo")?;
@@ -257,16 +255,20 @@ fn validate(ctx: &Context, args: &JoinArgs) -> Result<Request> {
     })
 }
 
-/// The password from SSM Parameter Store, with the instance role. Waits
-/// (up to a minute) while the metadata or SSM is unavailable or throttles;
-/// a parameter that does not exist is bad input naming the flag.
-fn ssm_password(args: &JoinArgs, name: &str) -> Result<crate::secret::Secret> {
+/// A password from SSM Parameter Store (`flag NAME`), with the instance
+/// role. Waits (up to a minute) while the metadata or SSM is unavailable or
+/// throttles; a name that is not one, or a parameter that does not exist,
+/// is bad input naming the flag.
+pub fn ssm_password(imds_endpoint: &str, name: &str, flag: &str) -> Result<crate::secret::Secret> {
     use crate::cloud::aws::{Aws, ErrorKind};
+    if !crate::cloud::aws::valid_parameter_name(name) {
+        bail_usage!(
+            "{flag} `{}` is not an SSM parameter name (1-2048 letters, digits and _.-/, or its ARN)",
+            crate::human::escape(name)
+        );
+    }
     let rt = runtime()?;
-    let imds = std::sync::Arc::new(imds::Imds::new(
-        &args.imds_endpoint,
-        imds::Budget::default(),
-    )?);
+    let imds = std::sync::Arc::new(imds::Imds::new(imds_endpoint, imds::Budget::default())?);
     let endpoint = crate::cloud::aws::endpoint_from_env();
     let limit = Duration::from_secs(60);
     let start = Instant::now();
@@ -282,11 +284,11 @@ fn ssm_password(args: &JoinArgs, name: &str) -> Result<crate::secret::Secret> {
             };
             match attempt.await {
                 Ok(p) => {
-                    tracing::info!("read the MongoDB password from SSM parameter {name}");
+                    tracing::info!("read the password of {flag} from SSM parameter {name}");
                     return Ok(p);
                 }
                 Err(e) if e.kind == ErrorKind::NotFound => {
-                    bail_usage!("--mongo-password-ssm {name}: {e}")
+                    bail_usage!("{flag} {name}: {e}")
                 }
                 Err(e) if e.transient() && start.elapsed() + pause < limit => {
                     tracing::debug!("SSM GetParameter {name}: {e}; trying again");
@@ -299,7 +301,7 @@ fn ssm_password(args: &JoinArgs, name: &str) -> Result<crate::secret::Secret> {
                         ErrorKind::Credentials => "; check the instance profile",
                         _ => "",
                     };
-                    anyhow::bail!("reading the MongoDB password from SSM parameter {name}: {e}{hint}")
+                    anyhow::bail!("{flag} {name}: reading the SSM parameter: {e}{hint}")
                 }
             }
         }

@@ -337,7 +337,7 @@ impl<'a> Driver<'a> {
             Err(e) => {
                 if self.meta_down.is_none() {
                     tracing::warn!(
-                        "cannot read termination notices from the instance metadata ({e:#}); this is no notice: retrying with backoff (quiet until it answers)"
+                        "termination notices unavailable: the instance metadata does not answer ({e:#}); this is no notice: retrying with backoff (quiet until it answers)"
                     );
                     self.meta_down = Some(Instant::now());
                 } else {
