@@ -596,7 +596,17 @@ impl<'a> Driver<'a> {
         }
         if system_stopping(self.runner) {
             tracing::warn!("SIGTERM while draining, and the system is shutting down: leaving now");
-            self.leave(Outcome::Shutdown, false).await;
+            // Within the unit's TimeoutStopSec (15s).
+            let limit = Duration::from_secs(12);
+            if tokio::time::timeout(limit, self.leave(Outcome::Shutdown, false))
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "leaving took longer than {}: stopped where it was",
+                    crate::human::show_duration(limit)
+                );
+            }
         } else {
             tracing::warn!(
                 "SIGTERM while draining: the reporter stops, the drain does not ({}: {}; deadline {}); it goes on when the reporter starts again, and the node stays `draining` meanwhile",
