@@ -14,6 +14,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::ams::AmsLayout;
 use crate::ams::layout::SERVICE;
 use crate::config::{self, ReporterSection, Role};
+use crate::drain::Phase;
+use crate::drain::driver::{DrainSettings, Driver, Shared};
 use crate::host::{CommandRunner, Host};
 use crate::mongo::registry::{Deadlines, NodeReport, NodeState, Registry, Target};
 use crate::node::health::{self, AmsConfig, AmsState, CpuSampler, Fallback};
@@ -37,6 +39,8 @@ pub struct ReporterSettings {
     pub node_id: Option<String>,
     /// `join --ip` (`[node] private_ip`): wins over the metadata's address.
     pub private_ip: Option<Ipv4Addr>,
+    /// Graceful scale-in (notices, AMS's REST API, the lifecycle hook).
+    pub drain: DrainSettings,
 }
 
 /// Deadlines for the reporter: an attempt never outlives about two
@@ -133,6 +137,8 @@ impl<'a> Gatherer<'a> {
             ams,
             health,
             interval: self.settings.reporter.interval,
+            drain: None,
+            notices: Vec::new(),
         }
     }
 }
@@ -308,6 +314,69 @@ pub async fn reporter_loop(
     );
 
     let mut registry: Option<Registry> = None;
+    let shared = Shared::default();
+    let mut settings_drain = s.drain.clone();
+    // EC2's notices only where there is EC2 metadata.
+    settings_drain.watch_metadata &= identity.source == identity::IdSource::Ec2;
+    let mut driver = Driver::new(
+        host,
+        runner,
+        &settings_drain,
+        &s.target,
+        deadlines,
+        &identity,
+        &shared,
+    )?;
+    let heartbeats = heartbeat_loop(s, &identity, &mut gather, &mut registry, &shared);
+    tokio::select! {
+        _ = heartbeats => {}
+        _ = driver.run() => {}
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+
+    match shared.phase() {
+        Some(Phase::Left) => return Ok(()),
+        Some(Phase::Draining) => {
+            driver.on_sigterm().await;
+            return Ok(());
+        }
+        None => {}
+    }
+    // SIGTERM/SIGINT: mark the node left, bounded by a short deadline.
+    tracing::info!("stopping: marking node {} as left", identity.id);
+    let limit = Duration::from_secs(3);
+    let leave = async {
+        let reg = match registry {
+            Some(r) => r,
+            None => Registry::open(&s.target, reporter_deadlines(interval)).await?,
+        };
+        let r = reg.set_state(&identity.id, NodeState::Left, limit).await;
+        reg.close().await;
+        r
+    };
+    match tokio::time::timeout(limit + Duration::from_secs(1), leave).await {
+        Ok(Ok(())) => tracing::info!("node {} is marked left", identity.id),
+        Ok(Err(e)) => tracing::warn!("could not mark the node left: {e}"),
+        Err(_) => tracing::warn!(
+            "could not mark the node left: MongoDB at {shown} did not answer within {}",
+            config::show_duration(limit)
+        ),
+    }
+    Ok(())
+}
+
+/// The heartbeats, every interval, until the caller stops awaiting it.
+async fn heartbeat_loop(
+    s: &ReporterSettings,
+    identity: &NodeIdentity,
+    gather: &mut Gatherer<'_>,
+    registry: &mut Option<Registry>,
+    shared: &Shared,
+) {
+    let interval = s.reporter.interval;
+    let deadlines = reporter_deadlines(interval);
+    let shown = s.target.shown();
     let mut indexes_done = false;
     // None: not yet connected; Some(true): up; Some(false): down since `down_since`.
     let mut link: Option<bool> = None;
@@ -319,19 +388,34 @@ pub async fn reporter_loop(
     let ttl = s.ttl;
 
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(next) => {}
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        }
+        tokio::time::sleep_until(next).await;
         let started = tokio::time::Instant::now();
-        let report = gather.report(&identity, None).await;
+        let drain = shared.phase();
+        if drain == Some(Phase::Left) {
+            // Drained and left: nothing is reported any more.
+            next = started + interval;
+            continue;
+        }
+        let mut report = gather
+            .report(
+                identity,
+                (drain == Some(Phase::Draining)).then_some(NodeState::Draining),
+            )
+            .await;
+        report.drain = shared.fields();
+        report.notices = shared.notices();
         let attempt = async {
             if registry.is_none() {
-                registry = Some(Registry::open(&s.target, deadlines).await?);
+                *registry = Some(Registry::open(&s.target, deadlines).await?);
             }
             let reg = registry.as_ref().expect("opened above");
-            reg.heartbeat(&report, false).await?;
+            {
+                let _w = shared.write.lock().await;
+                // A drain that ended meanwhile wrote `left`: not undone.
+                if shared.phase() != Some(Phase::Left) {
+                    reg.heartbeat(&report, false).await?;
+                }
+            }
             if !indexes_done {
                 match reg.ensure_indexes(ttl).await {
                     Ok(()) => indexes_done = true,
@@ -345,11 +429,7 @@ pub async fn reporter_loop(
             }
             Ok::<(), crate::mongo::error::RegistryError>(())
         };
-        let result = tokio::select! {
-            r = attempt => r,
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        };
+        let result = attempt.await;
         match result {
             Ok(()) => {
                 match link {
@@ -396,35 +476,13 @@ pub async fn reporter_loop(
                 cause = Some(now_cause);
                 link = Some(false);
                 if e.failure == crate::mongo::error::Failure::Config {
-                    registry = None;
+                    *registry = None;
                 }
                 backoff = next_backoff(backoff, e.transient(), interval);
                 next = tokio::time::Instant::now() + backoff / 2 + jitter(backoff / 2);
             }
         }
     }
-
-    // SIGTERM/SIGINT: mark the node left, bounded by a short deadline.
-    tracing::info!("stopping: marking node {} as left", identity.id);
-    let limit = Duration::from_secs(3);
-    let leave = async {
-        let reg = match registry {
-            Some(r) => r,
-            None => Registry::open(&s.target, reporter_deadlines(interval)).await?,
-        };
-        let r = reg.set_state(&identity.id, NodeState::Left, limit).await;
-        reg.close().await;
-        r
-    };
-    match tokio::time::timeout(limit + Duration::from_secs(1), leave).await {
-        Ok(Ok(())) => tracing::info!("node {} is marked left", identity.id),
-        Ok(Err(e)) => tracing::warn!("could not mark the node left: {e}"),
-        Err(_) => tracing::warn!(
-            "could not mark the node left: MongoDB at {shown} did not answer within {}",
-            config::show_duration(limit)
-        ),
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -215,3 +215,69 @@ fn a_stored_id_survives_a_metadata_outage_but_not_another_instance() {
     assert_eq!(id.id, "0123456789abcdef0123456789abcdef");
     assert_eq!(id.source, IdSource::MachineId);
 }
+
+/// The termination notices the drain reads, through the same client: the
+/// lifecycle state and a Spot action drain, rebalance and maintenance are
+/// advisory, an expired token is renewed, and a failing service (503, 429)
+/// is an error, never a notice.
+#[test]
+fn termination_notices_are_read_and_a_failing_service_is_never_one() {
+    use ams_agent::drain::notices::{self, Budgets};
+    use ams_agent::drain::state::{Event, Trigger};
+    let server = ImdsServer::start("i-0notice000000001", "10.0.1.40");
+    let client = Imds::new(&server.url, Budget::default()).unwrap();
+    let rt = rt();
+    let budgets = Budgets {
+        lifecycle: Duration::from_secs(900),
+    };
+    let now = std::time::SystemTime::now();
+    let poll = |c: &Imds| rt.block_on(notices::poll(c, budgets, now));
+    // Nothing: no notice (404 everywhere).
+    let f = poll(&client).unwrap();
+    assert!(f.events.is_empty() && f.advisories.is_empty(), "{f:?}");
+    server.set("autoscaling/target-lifecycle-state", "InService");
+    assert!(poll(&client).unwrap().events.is_empty());
+
+    server.set("autoscaling/target-lifecycle-state", "Terminated");
+    server.set(
+        "spot/instance-action",
+        r#"{"action": "terminate", "time": "2030-01-01T00:02:00Z"}"#,
+    );
+    server.set(
+        "events/recommendations/rebalance",
+        r#"{"noticeTime": "2030-01-01T00:00:00Z"}"#,
+    );
+    server.set(
+        "events/maintenance/scheduled",
+        r#"[{"Code": "system-reboot", "Description": "scheduled reboot\nX", "EventId": "instance-event-1", "NotBefore": "21 Jan 2030 09:00:43 GMT", "State": "active"}, {"Code": "system-reboot", "EventId": "old", "State": "Completed"}]"#,
+    );
+    server.expire_tokens();
+    let f = poll(&client).unwrap();
+    let triggers: Vec<Trigger> = f
+        .events
+        .iter()
+        .map(|e| match e {
+            Event::Trigger { trigger, .. } => *trigger,
+            Event::Cancel => panic!(),
+        })
+        .collect();
+    assert_eq!(
+        triggers,
+        [Trigger::LifecycleHook, Trigger::SpotInterruption]
+    );
+    assert_eq!(f.advisories.len(), 2, "{:?}", f.advisories);
+    assert!(f.advisories[1].contains("system-reboot (instance-event-1): scheduled reboot\\nX"));
+    assert!(
+        server.state.unauthorized.load(Ordering::SeqCst) >= 1,
+        "the token was renewed"
+    );
+
+    // The service fails: an error, not "terminate".
+    server.fail("spot/instance-action", 429);
+    assert!(poll(&client).is_err());
+    server.fail_all(Some(503));
+    assert!(poll(&client).is_err());
+    server.fail_all(None);
+    server.state.failures.lock().unwrap().clear();
+    assert_eq!(poll(&client).unwrap().events.len(), 2);
+}

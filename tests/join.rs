@@ -995,3 +995,108 @@ fn the_reporter_reads_the_ams_files_a_password_join_protects() {
     assert!(stdout(&out).contains("nothing to do"), "{}", stdout(&out));
     assert_eq!(t.systemctl_calls().len(), calls);
 }
+
+/// `--mongo-password-ssm`: the password read from SSM Parameter Store (a
+/// SecureString, decrypted) with the instance role the metadata hands out,
+/// against moto with IAM enforced; it logs in for real, lands in the 0600
+/// file only, and is never in a log line or the output. A parameter that
+/// does not exist is bad input naming the flag; a role without
+/// ssm:GetParameter is one line saying so.
+#[test]
+fn mongo_password_ssm_reads_the_password_with_the_instance_role() {
+    use common::aws::{AwsPeer, give_role};
+    let Some(aws) = AwsPeer::start() else { return };
+    let password = "ssm-p@ss:/?#% wörd";
+    let setup = aws.setup(json!({
+        "roles": { "ams-node": ["ssm:GetParameter"], "nothing": ["ec2:DescribeInstances"] },
+        "parameters": { "/ams/mongo-password": password },
+    }));
+    aws.enforce_iam();
+    let t = Tree::new();
+    let imds = Imds::start("i-0aaaaaaaaaaaaa55a", IP);
+    give_role(&imds, &setup, "ams-node", "i-0aaaaaaaaaaaaa55a");
+    let mut peer = MongoPeer::start(PeerOptions {
+        auth: true,
+        ..Default::default()
+    });
+    peer.add_user("ams", password, &["SCRAM-SHA-256"]);
+    let mongo = format!("127.0.0.1:{}", peer.port);
+    let ams = fake_ams_http();
+    let join = |name: &str| {
+        join_cmd(
+            &t,
+            &imds,
+            &ams,
+            &[
+                "--mongo",
+                &mongo,
+                "--mongo-user",
+                "ams",
+                "--mongo-password-ssm",
+                name,
+            ],
+        )
+        .env("AMS_AGENT_AWS_ENDPOINT", aws.url())
+        .output()
+        .unwrap()
+    };
+    let out = join("/ams/nope");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        error_line(&out).contains("--mongo-password-ssm /ams/nope"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        error_line(&out).contains("ParameterNotFound"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!t.path("etc/ams-agent/agent.toml").exists());
+
+    give_role(&imds, &setup, "nothing", "i-0aaaaaaaaaaaaa55a");
+    let out = join("/ams/mongo-password");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        error_line(&out).contains("ssm:GetParameter"),
+        "{}",
+        stderr(&out)
+    );
+
+    give_role(&imds, &setup, "ams-node", "i-0aaaaaaaaaaaaa55a");
+    let out = join("/ams/mongo-password");
+    assert!(out.status.success(), "{}", stderr(&out));
+    for text in [
+        stderr(&out),
+        stdout(&out),
+        t.read("etc/ams-agent/agent.toml"),
+    ] {
+        assert!(!text.contains("wörd") && !text.contains("ssm-p"), "{text}");
+    }
+    assert_eq!(
+        t.read("etc/ams-agent/mongo-password"),
+        format!("{password}\n")
+    );
+    assert!(
+        peer.named("saslStart")
+            .iter()
+            .any(|c| c["doc"]["mechanism"] == "SCRAM-SHA-256")
+    );
+
+    // Both a file and SSM: bad input.
+    let pw = t.dir.path().join("pw");
+    std::fs::write(&pw, "x\n").unwrap();
+    let out = t
+        .command(&[
+            "join",
+            "--mongo",
+            &mongo,
+            "--mongo-password-file",
+            pw.to_str().unwrap(),
+            "--mongo-password-ssm",
+            "/a",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}

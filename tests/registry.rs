@@ -69,6 +69,8 @@ fn report(id: &str, state: NodeState) -> NodeReport {
             uptime_seconds: 1234,
         },
         interval: Duration::from_secs(5),
+        drain: None,
+        notices: Vec::new(),
     }
 }
 
@@ -107,6 +109,8 @@ fn heartbeat_is_one_upsert_by_node_id_with_server_time_and_a_counter() {
                 "memoryUsed": 61.0, "diskUsed": 33.3, "uptime": 1234
             },
             "state": "joining",
+            "drain": null,
+            "notices": [],
             "intervalSeconds": 5.0,
             "agentVersion": env!("CARGO_PKG_VERSION"),
         })

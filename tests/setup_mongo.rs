@@ -982,3 +982,73 @@ fn a_dry_run_asks_the_running_mongod_within_mongo_wait_and_says_so() {
     assert!(stdout(&out).contains("admin"), "{}", stdout(&out));
     assert_eq!(s.peer.named("createUser").len(), 1, "the dry run wrote");
 }
+
+/// `--admin-password-ssm`: the admin password from SSM Parameter Store (a
+/// SecureString, decrypted) with the instance role, against moto with IAM
+/// enforced: the admin is created with it, it is never printed; a
+/// parameter that does not exist is bad input, nothing touched.
+#[test]
+fn the_admin_password_can_come_from_ssm() {
+    use common::aws::{AwsPeer, give_role};
+    let Some(aws) = AwsPeer::start() else { return };
+    let pw = "Ssm-Admin:p@ss/wörd";
+    let setup = aws.setup(serde_json::json!({
+        "roles": { "db": ["ssm:GetParameter"] },
+        "parameters": { "/ams/mongo-password": pw },
+    }));
+    aws.enforce_iam();
+    let imds = common::Imds::start("i-0db00000000000001", "10.0.1.5");
+    give_role(&imds, &setup, "db", "i-0db00000000000001");
+    let s = Setup::new(true);
+    let before = s.host.snapshot();
+    let out = s
+        .host
+        .command(&[
+            "setup",
+            "mongo",
+            "--bind-ip",
+            "10.0.1.5",
+            "--admin-password-ssm",
+            "/ams/nope",
+        ])
+        .env("AMS_AGENT_IMDS_ENDPOINT", &imds.url)
+        .env("AMS_AGENT_AWS_ENDPOINT", aws.url())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        error_line(&out).contains("--admin-password-ssm /ams/nope"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(s.host.snapshot(), before);
+
+    let key_url = s.apt.key_url();
+    let repo_url = format!("{}/apt/ubuntu", s.apt.repo_url());
+    let out = s
+        .host
+        .command(&[
+            "setup",
+            "mongo",
+            "--bind-ip",
+            "10.0.1.5",
+            "--key-url",
+            &key_url,
+            "--repo-url",
+            &repo_url,
+            "--mongo-wait",
+            "20s",
+            "--admin-password-ssm",
+            "/ams/mongo-password",
+        ])
+        .env("SSL_CERT_FILE", s.apt.ca_file())
+        .env("AMS_AGENT_IMDS_ENDPOINT", &imds.url)
+        .env("AMS_AGENT_AWS_ENDPOINT", aws.url())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("wörd") && !stderr(&out).contains("wörd"));
+    let created = s.peer.named("createUser");
+    assert_eq!(created.len(), 1, "{created:?}");
+    assert_eq!(created[0]["doc"]["pwd"], pw);
+}

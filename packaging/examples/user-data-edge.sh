@@ -18,10 +18,17 @@ AMS_AGENT_DEB_URL="https://example.com/ams-agent_0.1.0_amd64.deb"
 MONGO="10.0.1.5"
 # Optional: the SSM Parameter Store SecureString holding the password of
 # the MongoDB user "ams" (user-data-mongodb.sh creates that user from the
-# same parameter). Empty: MongoDB without authentication, reachable only
-# from the cluster's security group. The instance role needs
-# ssm:GetParameter (and kms:Decrypt for a customer key).
+# same parameter). ams-agent reads it itself with the instance role: no aws
+# CLI, no temporary file, never on a command line or in this log. Empty:
+# MongoDB without authentication, reachable only from the cluster's
+# security group. The instance role needs ssm:GetParameter on it (and
+# kms:Decrypt for a customer key): docs/scale-in.md has the policy.
 MONGO_PASSWORD_PARAMETER=""
+# Optional: the Auto Scaling group and its EC2_INSTANCE_TERMINATING
+# lifecycle hook; empty: found from the instance (DescribeAutoScalingInstances,
+# DescribeLifecycleHooks). A scale-in then drains the node before it goes.
+AUTOSCALING_GROUP=""
+LIFECYCLE_HOOK=""
 ROLE="edge"
 
 export DEBIAN_FRONTEND=noninteractive
@@ -32,24 +39,11 @@ curl -fsSL --retry 10 --retry-connrefused -o /tmp/ams-agent.deb "$AMS_AGENT_DEB_
 apt-get -o DPkg::Lock::Timeout=600 install -y /tmp/ams-agent.deb
 rm -f /tmp/ams-agent.deb
 
-# 2. The MongoDB password, if any: into a 0600 file on tmpfs, never on a
-#    command line, never in this log.
-auth=()
+# 2. Join the cluster.
+args=(--mongo "$MONGO" --role "$ROLE")
 if [ -n "$MONGO_PASSWORD_PARAMETER" ]; then
-	if ! command -v aws >/dev/null && [ ! -x /snap/bin/aws ]; then
-		snap install aws-cli --classic
-	fi
-	PATH="$PATH:/snap/bin"
-	imds_token=$(curl -fsS -X PUT http://169.254.169.254/latest/api/token \
-		-H "X-aws-ec2-metadata-token-ttl-seconds: 300")
-	region=$(curl -fsS -H "X-aws-ec2-metadata-token: $imds_token" \
-		http://169.254.169.254/latest/meta-data/placement/region)
-	password_file=$(umask 077 && mktemp /run/ams-mongo-password.XXXXXX)
-	trap 'rm -f "$password_file"' EXIT
-	aws ssm get-parameter --region "$region" --name "$MONGO_PASSWORD_PARAMETER" \
-		--with-decryption --query Parameter.Value --output text >"$password_file"
-	auth=(--mongo-user ams --mongo-password-file "$password_file")
+	args+=(--mongo-user ams --mongo-password-ssm "$MONGO_PASSWORD_PARAMETER")
 fi
-
-# 3. Join the cluster.
-ams-agent join --mongo "$MONGO" --role "$ROLE" "${auth[@]}"
+[ -z "$AUTOSCALING_GROUP" ] || args+=(--autoscaling-group "$AUTOSCALING_GROUP")
+[ -z "$LIFECYCLE_HOOK" ] || args+=(--lifecycle-hook "$LIFECYCLE_HOOK")
+ams-agent join "${args[@]}"

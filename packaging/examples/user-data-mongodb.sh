@@ -18,8 +18,9 @@ MONGODB_VERSION="8.0"
 # The SSM Parameter Store SecureString holding the password of the MongoDB
 # user "ams" (the same parameter user-data-origin.sh and user-data-edge.sh
 # read). Empty: ams-agent generates a password and keeps it 0600 in
-# /etc/ams-agent/mongo-admin-password on this host. The instance role needs
-# ssm:GetParameter (and kms:Decrypt for a customer key).
+# /etc/ams-agent/mongo-admin-password on this host. ams-agent reads it
+# itself with the instance role (no aws CLI, no temporary file); the role
+# needs ssm:GetParameter (and kms:Decrypt for a customer key).
 MONGO_PASSWORD_PARAMETER=""
 
 export DEBIAN_FRONTEND=noninteractive
@@ -34,19 +35,11 @@ imds_token=$(curl -fsS -X PUT http://169.254.169.254/latest/api/token \
 	-H "X-aws-ec2-metadata-token-ttl-seconds: 300")
 imds() { curl -fsS -H "X-aws-ec2-metadata-token: $imds_token" "http://169.254.169.254/latest/meta-data/$1"; }
 
-# 2. The password, if any: into a 0600 file on tmpfs, never on a command
+# 2. The password, if any: read by ams-agent from SSM, never on a command
 #    line, never in this log.
 password=(--yes)
 if [ -n "$MONGO_PASSWORD_PARAMETER" ]; then
-	if ! command -v aws >/dev/null && [ ! -x /snap/bin/aws ]; then
-		snap install aws-cli --classic
-	fi
-	PATH="$PATH:/snap/bin"
-	password_file=$(umask 077 && mktemp /run/ams-mongo-password.XXXXXX)
-	trap 'rm -f "$password_file"' EXIT
-	aws ssm get-parameter --region "$(imds placement/region)" --name "$MONGO_PASSWORD_PARAMETER" \
-		--with-decryption --query Parameter.Value --output text >"$password_file"
-	password=(--admin-password-file "$password_file")
+	password=(--admin-password-ssm "$MONGO_PASSWORD_PARAMETER")
 fi
 
 # 3. MongoDB, configured and secured; prints the nodes' join line.

@@ -111,6 +111,30 @@ pub struct JoinArgs {
     /// Instance-metadata endpoint
     #[arg(long, hide = true, env = imds::ENDPOINT_ENV, default_value = imds::DEFAULT_ENDPOINT)]
     pub imds_endpoint: String,
+
+    /// Read the MongoDB password from this SSM Parameter Store parameter
+    /// (a SecureString, decrypted; with the instance role, no aws CLI)
+    #[arg(long, value_name = "NAME", conflicts_with = "mongo_password_file")]
+    pub mongo_password_ssm: Option<String>,
+
+    /// The Auto Scaling group whose termination lifecycle hook the drain
+    /// completes (default: the instance's, from DescribeAutoScalingInstances);
+    /// written to agent.toml
+    #[arg(long, value_name = "NAME", value_parser = parse_aws_name)]
+    pub autoscaling_group: Option<String>,
+
+    /// That lifecycle hook (default: the group's hook for
+    /// EC2_INSTANCE_TERMINATING); written to agent.toml
+    #[arg(long, value_name = "NAME", value_parser = parse_aws_name)]
+    pub lifecycle_hook: Option<String>,
+}
+
+fn parse_aws_name(s: &str) -> std::result::Result<String, String> {
+    if config::valid_aws_name(s) {
+        Ok(s.to_string())
+    } else {
+        Err("expected 1-255 letters, digits and -_./@:".into())
+    }
 }
 
 /// The MongoDB argument: the flag, else a question on a terminal, else a
@@ -148,7 +172,21 @@ struct Request {
 
 fn validate(ctx: &Context, args: &JoinArgs) -> Result<Request> {
     let input = mongo_input(args)?;
-    let creds = args.auth.credentials()?;
+    let mut creds = args.auth.credentials()?;
+    if let Some(name) = &args.mongo_password_ssm {
+        if creds.password.is_some() {
+            bail_usage!(
+                "--mongo-password-ssm and {} both give the MongoDB password; keep one",
+                creds.password_from
+            );
+        }
+        creds.password = Some(
+            ssm_password(&args.imds_endpoint, name, "--mongo-password-ssm")?
+                .expose()
+                .to_string(),
+        );
+        creds.password_from = "--mongo-password-ssm";
+    }
     let db = db::classify(&input, &creds, &ctx.host, "--mongo")?;
     if db.kind != DbKind::MongoDb {
         bail_usage!(
@@ -198,6 +236,11 @@ fn validate(ctx: &Context, args: &JoinArgs) -> Result<Request> {
             interval: args.interval,
             ..ReporterSection::default()
         },
+        drain: config::DrainSection {
+            autoscaling_group: args.autoscaling_group.clone(),
+            lifecycle_hook: args.lifecycle_hook.clone(),
+            ..config::DrainSection::default()
+        },
     };
     Ok(Request {
         target: Target {
@@ -209,6 +252,59 @@ fn validate(ctx: &Context, args: &JoinArgs) -> Result<Request> {
         db,
         config,
         layout,
+    })
+}
+
+/// A password from SSM Parameter Store (`flag NAME`), with the instance
+/// role. Waits (up to a minute) while the metadata or SSM is unavailable or
+/// throttles; a name that is not one, or a parameter that does not exist,
+/// is bad input naming the flag.
+pub fn ssm_password(imds_endpoint: &str, name: &str, flag: &str) -> Result<crate::secret::Secret> {
+    use crate::cloud::aws::{Aws, ErrorKind};
+    if !crate::cloud::aws::valid_parameter_name(name) {
+        bail_usage!(
+            "{flag} `{}` is not an SSM parameter name (1-2048 letters, digits and _.-/, or its ARN)",
+            crate::human::escape(name)
+        );
+    }
+    let rt = runtime()?;
+    let imds = std::sync::Arc::new(imds::Imds::new(imds_endpoint, imds::Budget::default())?);
+    let endpoint = crate::cloud::aws::endpoint_from_env();
+    let limit = Duration::from_secs(60);
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(500);
+    rt.block_on(async {
+        let mut aws: Option<Aws> = None;
+        loop {
+            let attempt = async {
+                if aws.is_none() {
+                    aws = Some(Aws::new(imds.clone(), endpoint.clone()).await?);
+                }
+                aws.as_ref().expect("made above").ssm_parameter(name).await
+            };
+            match attempt.await {
+                Ok(p) => {
+                    tracing::info!("read the password of {flag} from SSM parameter {name}");
+                    return Ok(p);
+                }
+                Err(e) if e.kind == ErrorKind::NotFound => {
+                    bail_usage!("{flag} {name}: {e}")
+                }
+                Err(e) if e.transient() && start.elapsed() + pause < limit => {
+                    tracing::debug!("SSM GetParameter {name}: {e}; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(8));
+                }
+                Err(e) => {
+                    let hint = match e.kind {
+                        ErrorKind::Denied => "; the instance role needs ssm:GetParameter on it (and kms:Decrypt for a customer key; docs/scale-in.md)",
+                        ErrorKind::Credentials => "; check the instance profile",
+                        _ => "",
+                    };
+                    anyhow::bail!("{flag} {name}: reading the SSM parameter: {e}{hint}")
+                }
+            }
+        }
     })
 }
 
@@ -251,6 +347,7 @@ fn already_joined(host: &Host, node: &NodeIdentity, req: &Request, restart: bool
         && rec.role == req.config.node.role
         && on_disk == req.config
         && password_same
+        && crate::drain::state::load(host, &node.id).is_none()
 }
 
 fn file_change(
@@ -477,6 +574,12 @@ pub fn run(ctx: &Context, args: JoinArgs) -> Result<()> {
         ttl: args.ttl,
         node_id: Some(node.id.clone()),
         private_ip: args.ip,
+        drain: crate::drain::driver::DrainSettings::new(
+            &args.ams_url,
+            req.layout.clone(),
+            &args.imds_endpoint,
+            Some(&req.config.drain),
+        ),
     };
     let session = Arc::new(JoinSession {
         rt,
@@ -493,6 +596,17 @@ pub fn run(ctx: &Context, args: JoinArgs) -> Result<()> {
     // Every local check (the AMS files, the agent's files) is made here,
     // before anything is sent to MongoDB: a plan that cannot be made must
     // not leave a stray `joining` document behind.
+    // A node drained earlier joins again: its drain is over, and its
+    // reporter (idle since it left) is owed a restart.
+    if !ctx.dry_run && crate::drain::state::load(&ctx.host, &node.id).is_some() {
+        ctx.host.write_atomic(
+            &crate::agent_service::restart_marker(),
+            b"the node was drained: a restart is owed\n",
+            private_meta(0o600),
+        )?;
+        crate::drain::state::save(&ctx.host, None)?;
+        tracing::info!("this node was drained earlier; it joins again");
+    }
     let (plan, stages) = j.plan(&req, &switch)?;
     if ctx.dry_run {
         print!("{}", plan.render());

@@ -14,6 +14,7 @@ use crate::host::{CommandRunner, Host, SystemRunner, tty, txn};
 
 pub mod cert;
 pub mod doctor;
+pub mod drain;
 pub mod generate;
 pub mod join;
 pub mod lb;
@@ -97,6 +98,7 @@ pub enum Command {
     Cert(cert::CertArgs),
     Lb(lb::LbArgs),
     Doctor(doctor::DoctorArgs),
+    Drain(drain::DrainArgs),
     #[command(hide = true)]
     Generate(generate::GenerateArgs),
 }
@@ -160,6 +162,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Setup(args) => setup::run(&ctx, args),
         Command::Lb(args) => lb::run(&ctx, args),
         Command::Doctor(args) => doctor::run(&ctx, args),
+        Command::Drain(args) => drain::run(&ctx, args),
         Command::Generate(args) => generate::run(args),
     }
 }

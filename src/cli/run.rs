@@ -220,6 +220,16 @@ pub struct RunArgs {
     /// reporting a node
     #[arg(long, value_name = "KIND", value_parser = ["haproxy", "nginx"])]
     pub lb: Option<String>,
+
+    /// The Auto Scaling group whose termination lifecycle hook a drain
+    /// completes (default: [drain] autoscaling_group, else the instance's)
+    #[arg(long, value_name = "NAME", env = "AMS_AGENT_AUTOSCALING_GROUP")]
+    pub autoscaling_group: Option<String>,
+
+    /// That lifecycle hook (default: [drain] lifecycle_hook, else the
+    /// group's hook for EC2_INSTANCE_TERMINATING)
+    #[arg(long, value_name = "NAME", env = "AMS_AGENT_LIFECYCLE_HOOK")]
+    pub lifecycle_hook: Option<String>,
 }
 
 pub fn run(ctx: &Context, args: RunArgs) -> Result<()> {
@@ -248,14 +258,36 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<()> {
         }
         reporter.interval = i;
     }
+    for (flag, v) in [
+        ("--autoscaling-group", &args.autoscaling_group),
+        ("--lifecycle-hook", &args.lifecycle_hook),
+    ] {
+        if let Some(v) = v {
+            if !config::valid_aws_name(v) {
+                bail_usage!(
+                    "{flag} `{}` is not an Auto Scaling name (1-255 letters, digits and -_./@:)",
+                    crate::human::escape(v)
+                );
+            }
+        }
+    }
+    let layout = AmsLayout::new(config.as_ref().map_or_else(
+        || crate::ams::layout::DEFAULT_AMS_HOME.into(),
+        |c| c.node.ams_home.clone(),
+    ));
+    let mut drain = crate::drain::driver::DrainSettings::new(
+        &args.ams_url,
+        layout.clone(),
+        &args.imds_endpoint,
+        config.as_ref().map(|c| &c.drain),
+    );
+    drain.hook.group = args.autoscaling_group.clone().or(drain.hook.group);
+    drain.hook.hook = args.lifecycle_hook.clone().or(drain.hook.hook);
     let settings = ReporterSettings {
         target,
         role,
         reporter,
-        layout: AmsLayout::new(config.as_ref().map_or_else(
-            || crate::ams::layout::DEFAULT_AMS_HOME.into(),
-            |c| c.node.ams_home.clone(),
-        )),
+        layout,
         fallback_mode: config.as_ref().and_then(|c| c.node.ams_mode.clone()),
         fallback_group: config.as_ref().and_then(|c| c.node.node_group.clone()),
         ams_url: args.ams_url,
@@ -263,6 +295,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<()> {
         ttl: config.as_ref().map_or(config::DEFAULT_TTL, |c| c.mongo.ttl),
         node_id: config.as_ref().and_then(|c| c.node.id.clone()),
         private_ip: config.as_ref().and_then(|c| c.node.private_ip),
+        drain,
     };
     if ctx.dry_run {
         println!(

@@ -73,6 +73,16 @@ pub struct MongoArgs {
     #[arg(long, value_name = "FILE")]
     pub admin_password_file: Option<PathBuf>,
 
+    /// Read the admin password from this SSM Parameter Store parameter (a
+    /// SecureString, decrypted; with the instance role, no aws CLI)
+    #[arg(long, value_name = "NAME", conflicts_with = "admin_password_file")]
+    pub admin_password_ssm: Option<String>,
+
+    /// Instance-metadata endpoint (the instance role for
+    /// --admin-password-ssm)
+    #[arg(long, hide = true, env = crate::node::imds::ENDPOINT_ENV, default_value = crate::node::imds::DEFAULT_ENDPOINT)]
+    pub imds_endpoint: String,
+
     /// Ask nothing: take defaults, and generate the admin password if none
     /// is given
     #[arg(short = 'y', long)]
@@ -322,6 +332,19 @@ fn node_address(binds: &[String], detected: Option<Ipv4Addr>) -> Option<String> 
 }
 
 fn given_password(args: &MongoArgs) -> Result<Option<(String, PasswordFrom)>> {
+    if let Some(name) = &args.admin_password_ssm {
+        if std::env::var(ADMIN_PASSWORD_ENV).is_ok_and(|p| !p.is_empty()) {
+            bail_usage!(
+                "--admin-password-ssm and {ADMIN_PASSWORD_ENV} both give the admin password; keep one"
+            );
+        }
+        let password =
+            super::join::ssm_password(&args.imds_endpoint, name, "--admin-password-ssm")?;
+        if let Err(why) = scram_usable(password.expose()) {
+            bail_usage!("--admin-password-ssm {name}: {why}");
+        }
+        return Ok(Some((password.expose().to_string(), PasswordFrom::Given)));
+    }
     if let Some(file) = &args.admin_password_file {
         let password = read_password_file(file, "--admin-password-file")?;
         if let Err(why) = scram_usable(&password) {

@@ -59,6 +59,36 @@ pub struct NodeRow {
     /// Values of the document that cannot be true (a `lastSeen` in the
     /// future, a CPU above 100 %), each ignored as said.
     pub warnings: Vec<String>,
+    /// A draining (or drained) node's drain: trigger, reason, time left.
+    pub drain: Option<DrainRow>,
+    /// Advisory cloud notices (rebalance recommendation, maintenance).
+    pub notices: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainRow {
+    pub trigger: String,
+    pub reason: String,
+    /// Seconds until the deadline, by the server's clock (0 once passed).
+    pub seconds_left: Option<f64>,
+    /// How it ended (`empty`, `deadline-passed`, ...), once it did.
+    pub outcome: Option<String>,
+}
+
+fn drain_row(d: &Document, now: DateTime) -> DrainRow {
+    let left = match d.get("deadline") {
+        Some(Bson::DateTime(t)) => {
+            Some(((t.timestamp_millis() - now.timestamp_millis()).max(0) as f64 / 1000.0).round())
+        }
+        _ => None,
+    };
+    DrainRow {
+        trigger: text(d, "trigger").unwrap_or_else(|| "unknown".into()),
+        reason: text(d, "reason").unwrap_or_default(),
+        seconds_left: left,
+        outcome: text(d, "outcome"),
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Default)]
@@ -137,6 +167,16 @@ pub fn view(docs: &[Document], now: DateTime) -> StatusView {
                 )
             }),
             warnings,
+            drain: d.get_document("drain").ok().map(|dr| drain_row(dr, now)),
+            notices: d
+                .get_array("notices")
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|n| n.as_str().map(str::to_string))
+                        .take(20)
+                        .collect()
+                })
+                .unwrap_or_default(),
         });
     }
     nodes.sort_by(|a, b| (&a.role, &a.id).cmp(&(&b.role, &b.id)));
@@ -223,6 +263,35 @@ pub fn render(v: &StatusView) -> String {
                 .map(move |w| format!("warning: node {}: {w}", escape(&n.id)))
         })
         .collect();
+    let mut drains = Vec::new();
+    for n in &v.nodes {
+        if let Some(d) = &n.drain {
+            let when = match (&d.outcome, d.seconds_left) {
+                (Some(o), _) => format!("ended: {}", escape(o)),
+                (None, Some(s)) => format!(
+                    "{} left",
+                    crate::human::show_duration(Duration::from_secs_f64(s.max(0.0)))
+                ),
+                (None, None) => "no deadline".into(),
+            };
+            drains.push(format!(
+                "{} {}: {} ({}), {when}",
+                escape(&n.state),
+                escape(&n.id),
+                escape(&d.trigger),
+                escape(&d.reason)
+            ));
+        }
+        for notice in &n.notices {
+            drains.push(format!("notice {}: {}", escape(&n.id), escape(notice)));
+        }
+    }
+    if !drains.is_empty() {
+        out.push('\n');
+        for line in drains {
+            let _ = writeln!(out, "{line}");
+        }
+    }
     if !notes.is_empty() {
         out.push('\n');
         for note in notes {

@@ -52,6 +52,62 @@ pub struct AgentConfig {
     pub node: NodeSection,
     #[serde(default)]
     pub reporter: ReporterSection,
+    /// Graceful scale-in (optional; `docs/scale-in.md`).
+    #[serde(default, skip_serializing_if = "DrainSection::is_default")]
+    pub drain: DrainSection,
+}
+
+/// `[drain]`: how the node drains before it goes away.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainSection {
+    /// The Auto Scaling group and its termination lifecycle hook (else
+    /// found with DescribeAutoScalingInstances / DescribeLifecycleHooks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling_group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle_hook: Option<String>,
+    /// The budget of a lifecycle-hook drain (default 15m).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_duration"
+    )]
+    pub lifecycle_deadline: Option<Duration>,
+    /// The default `--deadline` of `ams-agent drain` (default 10m).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_duration"
+    )]
+    pub deadline: Option<Duration>,
+}
+
+impl DrainSection {
+    pub fn is_default(&self) -> bool {
+        *self == DrainSection::default()
+    }
+}
+
+/// An optional humantime duration.
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map(Some)
+            .map_err(|e| D::Error::custom(format!("`{text}`: {e} (examples: 10m, 1h)")))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -241,6 +297,27 @@ impl AgentConfig {
             anyhow::bail!("[reporter] cpu_sample_interval must be at least 200ms");
         }
         validate_ttl(self.mongo.ttl, "[mongo] ttl")?;
+        for (key, v) in [
+            ("[drain] autoscaling_group", &self.drain.autoscaling_group),
+            ("[drain] lifecycle_hook", &self.drain.lifecycle_hook),
+        ] {
+            if let Some(v) = v {
+                if !valid_aws_name(v) {
+                    anyhow::bail!(
+                        "{key} `{}` is not an Auto Scaling name (1-255 letters, digits and -_./@:)",
+                        v.escape_debug()
+                    );
+                }
+            }
+        }
+        for (key, d) in [
+            ("[drain] lifecycle_deadline", self.drain.lifecycle_deadline),
+            ("[drain] deadline", self.drain.deadline),
+        ] {
+            if let Some(d) = d {
+                validate_drain_deadline(d, key)?;
+            }
+        }
         if let Some(id) = &self.node.id {
             if !valid_node_id(id) {
                 anyhow::bail!(
@@ -293,6 +370,22 @@ pub fn validate_names(database: &str, collection: &str) -> Result<()> {
     Ok(())
 }
 
+/// An Auto Scaling group or lifecycle hook name as the agent accepts it.
+pub fn valid_aws_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./@:".contains(c))
+}
+
+/// A drain's budget: 10s to 48h (Auto Scaling's longest lifecycle wait).
+pub fn validate_drain_deadline(d: Duration, what: &str) -> Result<()> {
+    if d < Duration::from_secs(10) || d > Duration::from_secs(48 * 3600) {
+        anyhow::bail!("{what} {} is out of range (10s to 48h)", show_duration(d));
+    }
+    Ok(())
+}
+
 /// A node id as the registry uses it: an EC2 instance id or a machine id.
 pub fn valid_node_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
@@ -340,6 +433,7 @@ mod tests {
                 node_group: Some("default".into()),
             },
             reporter: ReporterSection::default(),
+            drain: DrainSection::default(),
         }
     }
 

@@ -124,6 +124,38 @@ pub struct NodeReport {
     pub ams: AmsState,
     pub health: Health,
     pub interval: Duration,
+    /// While the node drains: why, what started it, until when.
+    pub drain: Option<DrainFields>,
+    /// Advisory cloud notices (rebalance recommendation, scheduled
+    /// maintenance), one line each.
+    pub notices: Vec<String>,
+}
+
+/// The `drain` sub-document of a draining (or drained) node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DrainFields {
+    pub trigger: String,
+    pub reason: String,
+    pub since: std::time::SystemTime,
+    pub deadline: std::time::SystemTime,
+    /// How it ended (`empty`, `deadline-passed`, ...), once it did.
+    pub outcome: Option<String>,
+}
+
+impl DrainFields {
+    pub fn to_doc(&self) -> Document {
+        use mongodb::bson::DateTime;
+        let mut d = doc! {
+            "trigger": &self.trigger,
+            "reason": &self.reason,
+            "since": DateTime::from_system_time(self.since),
+            "deadline": DateTime::from_system_time(self.deadline),
+        };
+        if let Some(o) = &self.outcome {
+            d.insert("outcome", o);
+        }
+        d
+    }
 }
 
 /// What a failed step leaves in the node's document.
@@ -178,6 +210,8 @@ impl NodeReport {
                 "uptime": h.uptime_seconds as i64,
             },
             "state": self.state.name(),
+            "drain": self.drain.as_ref().map_or(Bson::Null, |d| Bson::Document(d.to_doc())),
+            "notices": self.notices.iter().map(|n| Bson::String(n.clone())).collect::<Vec<_>>(),
             "intervalSeconds": self.interval.as_secs_f64(),
             "agentVersion": env!("CARGO_PKG_VERSION"),
         }
@@ -409,6 +443,44 @@ impl Registry {
         .await
     }
 
+    /// Sets the node's state with its `drain` sub-document (draining, or
+    /// left at the end of a drain), within `limit`.
+    pub async fn set_drain_state(
+        &self,
+        id: &str,
+        state: NodeState,
+        drain: &DrainFields,
+        limit: Duration,
+    ) -> Result<(), RegistryError> {
+        self.upsert(
+            id,
+            doc! {
+                "$set": { "state": state.name(), "drain": drain.to_doc() },
+                "$currentDate": { "lastSeen": true },
+            },
+            limit,
+        )
+        .await
+    }
+
+    /// Deletes the documents of another collection on the same server that
+    /// match `filter` (this node's own `clusternode` rows); how many.
+    pub async fn delete_in(
+        &self,
+        database: &str,
+        collection: &str,
+        filter: Document,
+    ) -> Result<u64, RegistryError> {
+        let coll = self
+            .client
+            .database(database)
+            .collection::<Document>(collection);
+        let what = format!("deleting from {database}.{collection}");
+        self.bounded(&what, self.deadlines.op, coll.delete_many(filter))
+            .await
+            .map(|r| r.deleted_count)
+    }
+
     /// Records a failed step in the node's document, within `limit`.
     pub async fn record_error(
         &self,
@@ -446,7 +518,7 @@ impl Registry {
         let projection = doc! {
             "hostname": 1, "privateIp": 1, "role": 1, "state": 1, "nodeGroup": 1,
             "health.cpu": 1, "health.memoryUsed": 1, "lastSeen": 1, "intervalSeconds": 1,
-            "lastError": 1, "ams.http": 1,
+            "lastError": 1, "ams.http": 1, "drain": 1, "notices": 1,
         };
         let deadline = self.deadlines.op;
         let fetch = async {

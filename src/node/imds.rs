@@ -140,11 +140,22 @@ impl Imds {
     /// `GET /latest/meta-data/<path>`; `Ok(None)` when the item does not
     /// exist (404, e.g. `public-ipv4` of a private instance).
     pub async fn get(&self, path: &str) -> Result<Option<String>> {
-        let url = format!("{}/latest/meta-data/{path}", self.endpoint);
+        self.read(&format!("{}/latest/meta-data/{path}", self.endpoint))
+            .await
+    }
+
+    /// `GET /latest/dynamic/<path>` (e.g. `instance-identity/document`),
+    /// like [`Imds::get`].
+    pub async fn get_dynamic(&self, path: &str) -> Result<Option<String>> {
+        self.read(&format!("{}/latest/dynamic/{path}", self.endpoint))
+            .await
+    }
+
+    async fn read(&self, url: &str) -> Result<Option<String>> {
         let mut token = self.token().await?;
         for renewed in [false, true] {
             let resp = self
-                .send(|| self.client.get(&url).header(TOKEN_HEADER, &token))
+                .send(|| self.client.get(url).header(TOKEN_HEADER, &token))
                 .await
                 .with_context(|| format!("reading {url}"))?;
             match resp.status() {

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 pub mod acme;
 pub mod apt;
+pub mod aws;
 pub mod pty;
 pub mod systemd;
 
@@ -174,6 +175,17 @@ impl MongoPeer {
             .collect()
     }
 
+    /// The documents of `db.coll` now (the `dump` control line).
+    pub fn dump(&mut self, db: &str, coll: &str) -> Vec<Value> {
+        self.control(&format!("dump {db} {coll}"));
+        self.commands()
+            .into_iter()
+            .rev()
+            .find(|c| c["cmd"] == "__dump" && c["db"] == db && c["coll"] == coll)
+            .and_then(|c| c["docs"].as_array().cloned())
+            .unwrap_or_default()
+    }
+
     /// The `u` of every recorded update, with the `q` filter.
     pub fn updates(&self) -> Vec<(Value, Value, Value)> {
         self.named("update")
@@ -215,6 +227,11 @@ pub struct ImdsState {
     pub stop: AtomicBool,
     /// Items answered with this HTTP status instead of their value (e.g. 429).
     pub failures: Mutex<HashMap<String, u16>>,
+    /// Every request (token and items alike) answered with this status
+    /// (e.g. 503: the metadata service is down).
+    pub all_fail: Mutex<Option<u16>>,
+    /// The items read so far (`GET` paths under /latest/, in order).
+    pub reads: Mutex<Vec<String>>,
 }
 
 impl Imds {
@@ -234,6 +251,8 @@ impl Imds {
             unauthorized: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             failures: Mutex::new(HashMap::new()),
+            all_fail: Mutex::new(None),
+            reads: Mutex::new(Vec::new()),
         });
         let st = state.clone();
         std::thread::spawn(move || {
@@ -267,6 +286,49 @@ impl Imds {
             .insert(item.into(), status);
     }
 
+    /// An item of `/latest/dynamic/` (e.g. `instance-identity/document`).
+    pub fn set_dynamic(&self, item: &str, value: &str) {
+        self.set(&format!("dynamic:{item}"), value);
+    }
+
+    pub fn unset(&self, item: &str) {
+        self.state.items.lock().unwrap().remove(item);
+    }
+
+    /// The instance role `role` with these credentials
+    /// (`iam/security-credentials/<role>`), valid for `valid_secs`.
+    pub fn set_role(&self, role: &str, key: &str, secret: &str, token: &str, valid_secs: u64) {
+        let expiration = humantime::format_rfc3339_seconds(
+            std::time::SystemTime::now() + Duration::from_secs(valid_secs),
+        );
+        self.set("iam/security-credentials/", role);
+        self.set(
+            &format!("iam/security-credentials/{role}"),
+            &serde_json::json!({
+                "Code": "Success", "Type": "AWS-HMAC", "AccessKeyId": key,
+                "SecretAccessKey": secret, "Token": token,
+                "Expiration": expiration.to_string(), "LastUpdated": "2026-01-01T00:00:00Z",
+            })
+            .to_string(),
+        );
+    }
+
+    /// Every request answered with `status` (None: normal service again).
+    pub fn fail_all(&self, status: Option<u16>) {
+        *self.state.all_fail.lock().unwrap() = status;
+    }
+
+    /// How many times `item` was read.
+    pub fn reads_of(&self, item: &str) -> usize {
+        self.state
+            .reads
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.as_str() == item)
+            .count()
+    }
+
     /// Every token handed out so far stops working (as after its TTL).
     pub fn expire_tokens(&self) {
         self.state.tokens.lock().unwrap().clear();
@@ -295,7 +357,10 @@ fn serve_imds(mut s: TcpStream, st: &ImdsState) {
     let mut parts = request.split_whitespace();
     let method = parts.next().unwrap_or("");
     let path = parts.next().unwrap_or("");
-    let (status, body) = if method == "PUT" && path == "/latest/api/token" {
+    let all_fail = *st.all_fail.lock().unwrap();
+    let (status, body) = if let Some(status) = all_fail {
+        (status, String::new())
+    } else if method == "PUT" && path == "/latest/api/token" {
         if headers.contains_key("x-aws-ec2-metadata-token-ttl-seconds") {
             let n = st.token_puts.fetch_add(1, Ordering::SeqCst);
             let token = format!("token-{n}");
@@ -304,7 +369,9 @@ fn serve_imds(mut s: TcpStream, st: &ImdsState) {
         } else {
             (400, "missing TTL header".to_string())
         }
-    } else if method == "GET" && path.starts_with("/latest/meta-data/") {
+    } else if method == "GET"
+        && (path.starts_with("/latest/meta-data/") || path.starts_with("/latest/dynamic/"))
+    {
         st.gets.fetch_add(1, Ordering::SeqCst);
         let valid = headers
             .get("x-aws-ec2-metadata-token")
@@ -313,7 +380,12 @@ fn serve_imds(mut s: TcpStream, st: &ImdsState) {
             st.unauthorized.fetch_add(1, Ordering::SeqCst);
             (401, String::new())
         } else {
-            let item = &path["/latest/meta-data/".len()..];
+            let item = match path.strip_prefix("/latest/dynamic/") {
+                Some(rest) => format!("dynamic:{rest}"),
+                None => path["/latest/meta-data/".len()..].to_string(),
+            };
+            let item = item.as_str();
+            st.reads.lock().unwrap().push(item.to_string());
             if let Some(status) = st.failures.lock().unwrap().get(item) {
                 (*status, String::new())
             } else {
@@ -332,6 +404,7 @@ fn serve_imds(mut s: TcpStream, st: &ImdsState) {
         401 => "Unauthorized",
         429 => "Too Many Requests",
         500 => "Internal Server Error",
+        503 => "Service Unavailable",
         _ => "Not Found",
     };
     let _ = write!(

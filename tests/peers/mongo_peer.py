@@ -60,6 +60,8 @@ peer answers each with "OK <line>" on stdout:
     startup-warnings <json>                                  what getLog "startupWarnings" answers:
         a JSON array of log lines (strings), e.g. ["{\"msg\":\"Access control is not enabled\"}"]
     drop <db> <coll>                                         remove every document of a collection
+    dump <db> <coll>                                         write the collection's documents to the record
+        as {"cmd": "__dump", "db", "coll", "docs": [...]}
     insert <db> <coll> <json>                                store (or replace, by _id) a document,
         relaxed extended JSON; a value {"$ago": <seconds>} becomes the peer's
         now less that many seconds (a datetime)
@@ -663,6 +665,17 @@ class Peer:
             docs = [d for d in coll.values() if matches(d, doc.get("filter"))]
             docs.sort(key=lambda d: (str(d.get("role")), str(d.get("_id"))))
             return request.replies({"cursor": {"id": int64.Int64(0), "ns": "%s.%s" % (db, doc["find"]), "firstBatch": docs}})
+        if name == "delete":
+            coll = self.store.coll(db, doc["delete"])
+            n = 0
+            for d in doc.get("deletes", []):
+                hits = [k for k, v in coll.items() if matches(v, d.get("q"))]
+                if d.get("limit") == 1:
+                    hits = hits[:1]
+                for k in hits:
+                    coll.pop(k, None)
+                n += len(hits)
+            return request.replies({"n": n})
         if name == "getMore":
             return request.replies({"cursor": {"id": int64.Int64(0), "ns": db, "nextBatch": []}})
         if name == "killCursors":
@@ -729,6 +742,14 @@ class Peer:
             doc = resolve_ago(doc)
             with self.lock:
                 self.store.coll(parts[1], parts[2])[doc["_id"]] = doc
+        elif cmd == "dump" and len(words) == 3:
+            # The documents of a collection, as a record line
+            # {"cmd": "__dump", "db": …, "coll": …, "docs": […]}.
+            with self.lock:
+                docs = list(self.store.coll(words[1], words[2]).values())
+            entry = {"t": time.time(), "cmd": "__dump", "db": words[1], "coll": words[2],
+                     "docs": json.loads(json_util.dumps(docs, json_options=json_util.RELAXED_JSON_OPTIONS))}
+            self.record.write(json.dumps(entry) + "\n")
         elif cmd in ("fault", "fault-once"):
             with self.lock:
                 self.faults[words[1]] = (words[2], cmd == "fault-once")

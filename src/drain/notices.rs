@@ -1,0 +1,170 @@
+//! EC2's termination notices, read from the instance metadata (IMDSv2,
+//! through [`Imds::get`]):
+//!
+//! - `autoscaling/target-lifecycle-state` = `Terminated`: the Auto Scaling
+//!   group scales the instance in (with a lifecycle hook it waits in
+//!   `Terminating:Wait` until the hook is completed or times out);
+//! - `spot/instance-action`: `{"action": "terminate"|"stop"|"hibernate",
+//!   "time": …}`, two minutes ahead;
+//! - advisory, logged and shown in `status`, never a drain:
+//!   `events/recommendations/rebalance` (`{"noticeTime": …}`) and
+//!   `events/maintenance/scheduled` (a JSON list of events).
+//!
+//! A failed read is never a notice: the caller logs it once and polls
+//! again later.
+
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Result, bail};
+use serde_json::Value;
+
+use super::state::{Event, Trigger};
+use crate::node::imds::Imds;
+
+pub const LIFECYCLE_STATE: &str = "autoscaling/target-lifecycle-state";
+pub const SPOT_ACTION: &str = "spot/instance-action";
+pub const REBALANCE: &str = "events/recommendations/rebalance";
+pub const MAINTENANCE: &str = "events/maintenance/scheduled";
+
+/// What the leaving steps need after a Spot notice's deadline is reached:
+/// the drain ends this much before the instance is taken.
+pub const SPOT_MARGIN: Duration = Duration::from_secs(15);
+
+/// One poll's findings.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Findings {
+    pub events: Vec<Event>,
+    /// Advisory notices, one line each (escaped).
+    pub advisories: Vec<String>,
+}
+
+/// Budgets the caller gives each trigger.
+#[derive(Debug, Clone, Copy)]
+pub struct Budgets {
+    pub lifecycle: Duration,
+}
+
+fn parse_time(v: &Value) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(v.as_str()?).ok()
+}
+
+/// Reads the notices once. `Err` only when the metadata service itself
+/// failed for the two notices that drain (lifecycle, spot).
+pub async fn poll(imds: &Imds, budgets: Budgets, now: SystemTime) -> Result<Findings> {
+    let (lifecycle, spot, rebalance, maintenance) = tokio::join!(
+        imds.get(LIFECYCLE_STATE),
+        imds.get(SPOT_ACTION),
+        imds.get(REBALANCE),
+        imds.get(MAINTENANCE)
+    );
+    let mut f = Findings::default();
+    let lifecycle = lifecycle?;
+    let spot = spot?;
+    if let Some(state) = lifecycle.as_deref().map(str::trim) {
+        if state == "Terminated" {
+            f.events.push(Event::Trigger {
+                trigger: Trigger::LifecycleHook,
+                key: "lifecycle:Terminated".into(),
+                reason: "the Auto Scaling group is terminating this instance (target lifecycle state Terminated)".into(),
+                deadline: now + budgets.lifecycle,
+                lifecycle: true,
+            });
+        }
+    }
+    if let Some(text) = spot {
+        f.events.push(spot_event(&text, now)?);
+    }
+    if let Ok(Some(text)) = rebalance {
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let at = v["noticeTime"].as_str().unwrap_or("unknown time");
+        f.advisories.push(format!(
+            "rebalance recommendation (EC2 {}): this Spot instance is at elevated risk of interruption",
+            crate::human::escape(at)
+        ));
+    }
+    if let Ok(Some(text)) = maintenance {
+        if let Ok(Value::Array(events)) = serde_json::from_str::<Value>(&text) {
+            for e in events.iter().take(10) {
+                let state = e["State"].as_str().unwrap_or("");
+                if matches!(state, "Completed" | "Canceled") {
+                    continue;
+                }
+                let s = |k: &str| crate::human::escape(e[k].as_str().unwrap_or("?")).into_owned();
+                f.advisories.push(format!(
+                    "scheduled maintenance {} ({}): {}, not before {}",
+                    s("Code"),
+                    s("EventId"),
+                    s("Description"),
+                    s("NotBefore")
+                ));
+            }
+        }
+    }
+    Ok(f)
+}
+
+/// `spot/instance-action` as a drain trigger, its deadline
+/// [`SPOT_MARGIN`] before the time EC2 named.
+fn spot_event(text: &str, now: SystemTime) -> Result<Event> {
+    let v: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(_) => bail!("{SPOT_ACTION} is not JSON"),
+    };
+    let action = v["action"].as_str().unwrap_or("terminate");
+    if !matches!(action, "terminate" | "stop" | "hibernate") {
+        bail!(
+            "{SPOT_ACTION} names an unknown action `{}`",
+            crate::human::escape(action)
+        );
+    }
+    let time = parse_time(&v["time"]);
+    let deadline = time
+        .map(|t| t.checked_sub(SPOT_MARGIN).unwrap_or(t))
+        // Without a time: the documented two minutes, from now.
+        .unwrap_or(now + Duration::from_secs(120) - SPOT_MARGIN);
+    Ok(Event::Trigger {
+        trigger: Trigger::SpotInterruption,
+        key: format!(
+            "spot:{action}:{}",
+            v["time"]
+                .as_str()
+                .unwrap_or("")
+                .chars()
+                .take(40)
+                .collect::<String>()
+        ),
+        reason: format!(
+            "EC2 Spot interruption: {action} at {}",
+            time.map_or("an unknown time".into(), |t| {
+                humantime::format_rfc3339_seconds(t).to_string()
+            })
+        ),
+        deadline,
+        lifecycle: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spot_notice_ends_before_the_instance_is_taken() {
+        let now = humantime::parse_rfc3339("2026-05-01T12:00:00Z").unwrap();
+        let e = spot_event(
+            r#"{"action": "terminate", "time": "2026-05-01T12:02:00Z"}"#,
+            now,
+        )
+        .unwrap();
+        let Event::Trigger { deadline, key, .. } = e else {
+            panic!()
+        };
+        assert_eq!(
+            deadline.duration_since(now).unwrap(),
+            Duration::from_secs(105)
+        );
+        assert_eq!(key, "spot:terminate:2026-05-01T12:02:00Z");
+        assert!(spot_event("not json", now).is_err());
+        assert!(spot_event(r#"{"action": "explode"}"#, now).is_err());
+    }
+}
