@@ -10,6 +10,7 @@ pub mod agent_service;
 pub mod ams;
 pub mod cert;
 pub mod cli;
+pub mod cloud;
 pub mod config;
 pub mod error;
 pub mod host;
