@@ -85,6 +85,8 @@ struct View {
     elapsed_ms: u64,
     fallback: Option<String>,
     node: NodeView,
+    /// Why the node has no id (then `node.id.value` is empty).
+    unidentified: Option<String>,
     metadata: Option<CloudFacts>,
     route: Option<RouteView>,
     dmi_unreadable: Vec<String>,
@@ -101,7 +103,10 @@ fn mongo_uri(input: &str) -> Result<String> {
     if uri.to_ascii_lowercase().starts_with("mongodb+srv://") {
         return Ok(uri);
     }
-    if local::mongo_seed(&uri).is_none() {
+    let plausible = local::mongo_seed(&uri).is_some_and(|(host, _)| {
+        host.parse::<std::net::IpAddr>().is_ok() || crate::host::net::is_dns_name(&host)
+    });
+    if !plausible {
         bail_usage!(
             "--mongo `{}`: not a MongoDB address (IP, host[:port] or mongodb:// URI)",
             escape(input)
@@ -143,6 +148,7 @@ fn view(r: &Resolution, config: Option<&AgentConfig>) -> View {
         endpoint: d.endpoint.clone(),
         elapsed_ms: d.elapsed.as_millis() as u64,
         fallback: d.fallback.clone(),
+        unidentified: r.unidentified.clone(),
         node: NodeView {
             id: Sourced::new(n.id.clone(), id_source),
             hostname: Sourced::new(
@@ -202,7 +208,10 @@ fn render(v: &View) -> String {
             "",
         );
     }
-    row("node id", v.node.id.value.clone(), &v.node.id.source);
+    match &v.unidentified {
+        None => row("node id", v.node.id.value.clone(), &v.node.id.source),
+        Some(why) => row("node id", "-".into(), why),
+    }
     if let Some(m) = &v.metadata {
         let s = |o: &Option<Sourced<String>>| {
             o.as_ref()

@@ -109,6 +109,9 @@ pub struct Route {
 #[derive(Debug, Clone)]
 pub struct Resolution {
     pub identity: NodeIdentity,
+    /// Why there is no id (no metadata and no /etc/machine-id): the
+    /// identity's `id` is empty then.
+    pub unidentified: Option<String>,
     pub discovery: Discovery,
     pub route: Option<Route>,
     pub machine_id: Option<String>,
@@ -233,17 +236,21 @@ pub async fn resolve(host: &Host, lookup: &Lookup, stored: Option<&str>) -> Resu
         (Some(p), Some(iid)) => Some((p, p.node_id(&iid.value))),
         _ => None,
     };
+    let mut unidentified = None;
     let (id, source) = match (stored, &cloud_id) {
         (None, Some((p, cid))) => (cid.clone(), IdSource::Cloud(*p)),
         (None, None) => match &machine {
             Some(m) => (m.clone(), IdSource::MachineId),
-            None => bail!(
-                "cannot identify this node: {}, and no valid /etc/machine-id (run systemd-machine-id-setup)",
-                discovery
-                    .fallback
-                    .as_deref()
-                    .unwrap_or("no instance id in the metadata")
-            ),
+            None => {
+                unidentified = Some(format!(
+                    "cannot identify this node: {}, and no valid /etc/machine-id (run systemd-machine-id-setup)",
+                    discovery
+                        .fallback
+                        .as_deref()
+                        .unwrap_or("no instance id in the metadata")
+                ));
+                (String::new(), IdSource::MachineId)
+            }
         },
         (Some(s), Some((p, cid))) if cid != s => {
             let w = format!(
@@ -312,6 +319,7 @@ pub async fn resolve(host: &Host, lookup: &Lookup, stored: Option<&str>) -> Resu
     };
     Ok(Resolution {
         identity,
+        unidentified,
         discovery,
         route,
         machine_id: machine,
@@ -325,7 +333,11 @@ pub async fn resolve_stored(
     lookup: &Lookup,
     stored: Option<&str>,
 ) -> Result<NodeIdentity> {
-    Ok(resolve(host, lookup, stored).await?.identity)
+    let r = resolve(host, lookup, stored).await?;
+    if let Some(why) = r.unidentified {
+        bail!("{why}");
+    }
+    Ok(r.identity)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 pub mod acme;
 pub mod apt;
+pub mod cloud;
 pub mod pty;
 pub mod systemd;
 
