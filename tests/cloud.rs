@@ -799,3 +799,95 @@ fn bad_cloud_names_are_usage_errors() {
     );
     assert_eq!(t.snapshot(), before);
 }
+
+/// Moves this test thread (and all it starts) into a network namespace of
+/// its own, with loopback up and `198.18.0.2` (a benchmarking address,
+/// RFC 2544) on it: the "route to MongoDB" leaves from there, not from
+/// loopback, and nothing outside the namespace is reachable.
+fn private_network_with(addr: &str) {
+    // SAFETY: a plain syscall on this thread's own namespaces.
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+    assert_eq!(
+        rc,
+        0,
+        "unshare(CLONE_NEWNET): {}",
+        std::io::Error::last_os_error()
+    );
+    for args in [
+        vec!["link", "set", "lo", "up"],
+        vec!["addr", "add", &format!("{addr}/32"), "dev", "lo"],
+    ] {
+        let out = std::process::Command::new("ip")
+            .args(&args)
+            .output()
+            .expect("ip (iproute2)");
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn a_natted_host_keeps_the_metadata_address_and_is_warned() {
+    if !fixture::needs_root("a network namespace of its own") {
+        return;
+    }
+    private_network_with("198.18.0.2");
+    let t = fixture::Tree::new();
+    plant_dmi(&t.root(), "gcp");
+    let gcp = CloudPeer::gcp();
+    let env = [("AMS_AGENT_GCP_METADATA_ENDPOINT", gcp.url.as_str())];
+    let out = metadata_cmd(&t, &env, &["--json", "--mongo", "198.18.0.2"]);
+    assert!(out.status.success(), "{}", fixture::stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["route"]["to"], "198.18.0.2:27017");
+    assert_eq!(v["route"]["source"], "198.18.0.2");
+    // The documented choice: the metadata's address, with a warning.
+    assert_eq!(v["node"]["privateIpv4"]["value"], "10.132.0.2");
+    let w = v["warnings"][0].as_str().unwrap();
+    for part in [
+        "10.132.0.2",
+        "198.18.0.2",
+        "--ip 198.18.0.2",
+        "using 10.132.0.2",
+    ] {
+        assert!(w.contains(part), "{part}: {w}");
+    }
+
+    // join pins the same address in /etc/hosts, and says why.
+    let out = t
+        .command(&["--dry-run", "join", "--mongo", "198.18.0.2", "--no-restart"])
+        .env(
+            "AMS_AGENT_IMDS_ENDPOINT",
+            format!("http://127.0.0.1:{}", free_port()),
+        )
+        .env("AMS_AGENT_GCP_METADATA_ENDPOINT", &gcp.url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", fixture::stderr(&out));
+    let plan = fixture::stdout(&out);
+    assert!(plan.contains("+10.132.0.2"), "{plan}");
+    assert!(
+        fixture::stderr(&out).contains("pass --ip 198.18.0.2"),
+        "{}",
+        fixture::stderr(&out)
+    );
+
+    // No metadata at all: the route's source address is the node's.
+    let bare = fixture::Tree::new();
+    std::fs::write(
+        bare.path("etc/machine-id"),
+        "0123456789abcdef0123456789abcdef\n",
+    )
+    .unwrap();
+    let out = metadata_cmd(&bare, &[], &["--json", "--mongo", "198.18.0.2:27018"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["node"]["privateIpv4"]["value"], "198.18.0.2");
+    assert_eq!(
+        v["node"]["privateIpv4"]["source"],
+        "the source address of the route to MongoDB 198.18.0.2:27018"
+    );
+    assert!(v["warnings"].as_array().unwrap().is_empty(), "{v}");
+}
