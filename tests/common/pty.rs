@@ -84,6 +84,7 @@ impl OnTerminal {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                self.drain();
                 return status;
             }
             assert!(
@@ -92,6 +93,24 @@ impl OnTerminal {
                 self.screen()
             );
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// After the child exited, what it wrote may still sit in the pty
+    /// (the reader thread runs on its own, and never sees EOF while
+    /// `slave_probe` is open): wait until the screen stops growing for a
+    /// moment (at most 5 s), so a check of the screen sees all of it.
+    fn drain(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut seen = self.screen.lock().unwrap().len();
+        let mut quiet_since = Instant::now();
+        while Instant::now() < deadline && quiet_since.elapsed() < Duration::from_millis(150) {
+            std::thread::sleep(Duration::from_millis(10));
+            let now = self.screen.lock().unwrap().len();
+            if now != seen {
+                seen = now;
+                quiet_since = Instant::now();
+            }
         }
     }
 
