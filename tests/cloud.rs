@@ -891,3 +891,9 @@ fn a_natted_host_keeps_the_metadata_address_and_is_warned() {
     );
     assert!(v["warnings"].as_array().unwrap().is_empty(), "{v}");
 }
+
+#[test]
+fn the_test_fixture_closes_every_providers_endpoint() {
+    let vars: Vec<&str> = detect::ENV.iter().map(|(_, v, _)| *v).collect();
+    assert_eq!(vars, fixture::CLOUD_ENDPOINT_VARS);
+}

@@ -42,10 +42,14 @@ use crate::reporter::{Gatherer, ReporterSettings, jitter};
 
 pub const AGENT_UNIT: &str = crate::agent_service::UNIT;
 
-/// Join this node to the AMS cluster (EC2 user-data entry point)
+/// Join this node to the AMS cluster (the user-data entry point)
 #[derive(Debug, Args)]
 #[command(
-    long_about = "Join this node to the AMS cluster: the EC2 user-data entry point.\n\n\
+    long_about = "Join this node to the AMS cluster: the user-data entry point (EC2, Azure, GCP, \
+    DigitalOcean, Hetzner, OpenStack, Oracle, or no cloud).\n\n\
+    Identifies the node from its cloud's instance metadata (the cloud from --cloud, else \
+    detected from DMI; without metadata /etc/machine-id and the route to MongoDB; see \
+    `ams-agent metadata`). \
     Waits for MongoDB (with backoff, up to --mongo-wait), registers the node as `joining`, \
     switches AMS to cluster mode (the instance's private IPv4 goes into /etc/hosts), \
     restarts AMS and waits for it, writes /etc/ams-agent/agent.toml, the 0600 password \

@@ -192,7 +192,7 @@ fn render(v: &View) -> String {
                 other => other.to_string(),
             }
         }
-        (None, Some(d)) => format!("{d}, but its metadata did not answer"),
+        (None, Some(d)) => format!("{d}, but its metadata failed (see fallback)"),
         (None, None) => "none found".into(),
     };
     row("cloud", cloud, &v.detected_by.describe());

@@ -320,7 +320,11 @@ pub fn cloud_parser() -> impl clap::builder::TypedValueParser<Value = crate::clo
         PossibleValue::new("none").help("no cloud: probe nothing"),
     ];
     for p in crate::cloud::Provider::ALL {
-        values.push(PossibleValue::new(p.name()).help(p.title()));
+        values.push(
+            PossibleValue::new(p.name())
+                .help(p.title())
+                .aliases(p.aliases().iter().copied()),
+        );
     }
     clap::builder::PossibleValuesParser::new(values)
         .map(|s| s.parse().expect("every listed name parses"))

@@ -204,7 +204,8 @@ mod tests {
 
     #[test]
     fn each_rule_of_ds_identify() {
-        let cases: &[(&[(&'static str, &str)], Option<Provider>)] = &[
+        type Case<'a> = (&'a [(&'static str, &'a str)], Option<Provider>);
+        let cases: &[Case] = &[
             (
                 &[
                     ("chassis_asset_tag", AZURE_ASSET_TAG),

@@ -88,7 +88,7 @@ impl Provider {
     }
 
     /// Other names accepted on input (`--cloud aws`).
-    fn aliases(self) -> &'static [&'static str] {
+    pub fn aliases(self) -> &'static [&'static str] {
         match self {
             Provider::Ec2 => &["aws"],
             Provider::Gcp => &["gce", "google"],
