@@ -15,8 +15,7 @@ use ams_agent::cloud::detect::{self, DetectedBy, Discovery, Endpoints, Origin};
 use ams_agent::cloud::events::{NoticeKind, Watcher};
 use ams_agent::cloud::{CloudChoice, Provider};
 use ams_agent::host::Host;
-use ams_agent::host::fs::CrashPoints;
-use common::cloud::{CloudPeer, plant_dmi};
+use common::cloud::{CloudPeer, host_root, plant_dmi};
 use common::{Imds, free_port};
 
 fn rt() -> tokio::runtime::Runtime {
@@ -27,19 +26,7 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 fn root(dmi: Option<&str>) -> (tempfile::TempDir, Host) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("etc")).unwrap();
-    std::fs::write(
-        dir.path().join("etc/machine-id"),
-        "0123456789abcdef0123456789abcdef\n",
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("etc/hostname"), "node-7\n").unwrap();
-    if let Some(name) = dmi {
-        plant_dmi(dir.path(), name);
-    }
-    let h = Host::new(dir.path(), CrashPoints::default());
-    (dir, h)
+    host_root(dmi)
 }
 
 /// A peer for every provider; each sees what is asked of it. The ones
@@ -896,4 +883,17 @@ fn a_natted_host_keeps_the_metadata_address_and_is_warned() {
 fn the_test_fixture_closes_every_providers_endpoint() {
     let vars: Vec<&str> = detect::ENV.iter().map(|(_, v, _)| *v).collect();
     assert_eq!(vars, fixture::CLOUD_ENDPOINT_VARS);
+}
+
+#[test]
+fn an_oversized_document_is_refused_not_read_whole() {
+    let (_d, host) = root(Some("digitalocean"));
+    let peer = CloudPeer::digitalocean();
+    let huge = format!("{{\"droplet_id\": 1, \"pad\": \"{}\"}}", "x".repeat(2 << 20));
+    peer.route("GET", "/metadata/v1.json", 200, &huge);
+    let clouds = Clouds::with(Provider::DigitalOcean, peer);
+    let why = discover(&host, CloudChoice::Auto, &clouds.endpoints())
+        .fallback
+        .unwrap();
+    assert!(why.contains("more than 1048576 bytes"), "{why}");
 }

@@ -77,16 +77,7 @@ fn an_expired_token_is_renewed_once() {
 }
 
 fn host_with_machine_id() -> (tempfile::TempDir, Host) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("etc")).unwrap();
-    std::fs::write(
-        dir.path().join("etc/machine-id"),
-        "0123456789abcdef0123456789abcdef\n",
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("etc/hostname"), "node-7\n").unwrap();
-    let h = Host::new(dir.path(), CrashPoints::default());
-    (dir, h)
+    common::cloud::host_root(None)
 }
 
 #[test]

@@ -28,6 +28,16 @@ fn join(t: &Tree, env: &[(&str, &str)], ams: &str, args: &[&str]) -> Output {
     c.output().unwrap()
 }
 
+/// `join` of the Azure node `a` into group `group`.
+fn join_azure(a: &Tree, azure: &CloudPeer, ams: &str, mongo: &str, group: &str) -> Output {
+    join(
+        a,
+        &[("AMS_AGENT_AZURE_IMDS_ENDPOINT", &azure.url)],
+        ams,
+        &["--mongo", mongo, "--role", "origin", "--node-group", group],
+    )
+}
+
 fn red5(t: &Tree) -> String {
     t.read(&format!("{AMS}/conf/red5.properties"))
 }
@@ -43,19 +53,7 @@ fn a_node_group_goes_to_ams_the_registry_and_status() {
     let a = Tree::new();
     plant_dmi(&a.root(), "azure");
     let before = red5(&a);
-    let out = join(
-        &a,
-        &[("AMS_AGENT_AZURE_IMDS_ENDPOINT", &azure.url)],
-        &ams,
-        &[
-            "--mongo",
-            &peer.uri(),
-            "--role",
-            "origin",
-            "--node-group",
-            "eu-west",
-        ],
-    );
+    let out = join_azure(&a, &azure, &ams, &peer.uri(), "eu-west");
     assert!(out.status.success(), "{}", stderr(&out));
     let after = red5(&a);
     assert_eq!(after.matches("nodeGroup=").count(), 1, "{after}");
@@ -175,19 +173,7 @@ fn a_node_group_goes_to_ams_the_registry_and_status() {
     assert!(text.lines().next().unwrap().contains("GROUP"), "{text}");
 
     // Joining again with another group is a change, not "already joined".
-    let out = join(
-        &a,
-        &[("AMS_AGENT_AZURE_IMDS_ENDPOINT", &azure.url)],
-        &ams,
-        &[
-            "--mongo",
-            &peer.uri(),
-            "--role",
-            "origin",
-            "--node-group",
-            "eu-central",
-        ],
-    );
+    let out = join_azure(&a, &azure, &ams, &peer.uri(), "eu-central");
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!stdout(&out).contains("nothing to do"), "{}", stdout(&out));
     assert!(red5(&a).contains("nodeGroup=eu-central"));
@@ -200,19 +186,7 @@ fn a_node_group_goes_to_ams_the_registry_and_status() {
         "eu-central"
     );
     // And once more: nothing to do.
-    let out = join(
-        &a,
-        &[("AMS_AGENT_AZURE_IMDS_ENDPOINT", &azure.url)],
-        &ams,
-        &[
-            "--mongo",
-            &peer.uri(),
-            "--role",
-            "origin",
-            "--node-group",
-            "eu-central",
-        ],
-    );
+    let out = join_azure(&a, &azure, &ams, &peer.uri(), "eu-central");
     assert!(stdout(&out).contains("nothing to do"), "{}", stdout(&out));
 }
 

@@ -345,13 +345,5 @@ pub fn run(ctx: &Context, args: MetadataArgs) -> Result<()> {
         .block_on(identity::resolve(&ctx.host, &lookup, stored.as_deref()))
         .context("identifying this host")?;
     let v = view(&resolution, config.as_ref());
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&v).context("writing JSON")?
-        );
-    } else {
-        print!("{}", render(&v));
-    }
-    Ok(())
+    super::print_view(args.json, &v, render)
 }

@@ -330,6 +330,24 @@ pub fn cloud_parser() -> impl clap::builder::TypedValueParser<Value = crate::clo
         .map(|s| s.parse().expect("every listed name parses"))
 }
 
+/// Prints `value` as pretty JSON (`--json`), else the text `render` makes.
+pub fn print_view<T: serde::Serialize>(
+    json: bool,
+    value: &T,
+    render: impl FnOnce(&T) -> String,
+) -> Result<()> {
+    use anyhow::Context as _;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).context("writing JSON")?
+        );
+    } else {
+        print!("{}", render(value));
+    }
+    Ok(())
+}
+
 /// `--node-group NAME`: see [`crate::ams::mode::valid_node_group`].
 pub fn parse_node_group(s: &str) -> std::result::Result<String, String> {
     if crate::ams::mode::valid_node_group(s) {

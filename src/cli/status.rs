@@ -404,15 +404,7 @@ pub fn run(ctx: &Context, args: StatusArgs) -> Result<()> {
         })?;
     let now = now.unwrap_or_else(DateTime::now);
     let v = view(&docs, now);
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&v).context("writing JSON")?
-        );
-    } else {
-        print!("{}", render(&v));
-    }
-    Ok(())
+    super::print_view(args.json, &v, render)
 }
 
 #[cfg(test)]

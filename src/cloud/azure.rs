@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use super::facts::{CloudFacts, Sourced, instance_id, ipv4, token};
-use super::http::{MetaClient, refused};
+use super::http::MetaClient;
 
 pub const DEFAULT_ENDPOINT: &str = "http://169.254.169.254";
 pub const ENDPOINT_ENV: &str = "AMS_AGENT_AZURE_IMDS_ENDPOINT";
@@ -23,10 +23,7 @@ fn src(path: &str) -> String {
 /// Reads the instance from IMDS at `endpoint`.
 pub async fn read(client: &MetaClient, endpoint: &str) -> Result<CloudFacts> {
     let url = format!("{endpoint}{INSTANCE_PATH}?api-version={API_VERSION}");
-    let reply = client.get(&url, &[(HEADER, "true")]).await?;
-    if !reply.status.is_success() {
-        return Err(refused(&url, &reply));
-    }
+    let reply = client.get_ok(&url, &[(HEADER, "true")]).await?;
     parse(&reply.body).with_context(|| format!("reading the instance document of {url}"))
 }
 

@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use super::facts::{CloudFacts, Sourced, instance_id, ipv4, token};
-use super::http::{MetaClient, refused};
+use super::http::MetaClient;
 
 pub const DEFAULT_ENDPOINT: &str = "http://169.254.169.254";
 pub const ENDPOINT_ENV: &str = "AMS_AGENT_DIGITALOCEAN_METADATA_ENDPOINT";
@@ -18,10 +18,7 @@ fn src(key: &str) -> String {
 
 pub async fn read(client: &MetaClient, endpoint: &str) -> Result<CloudFacts> {
     let url = format!("{endpoint}{DOCUMENT_PATH}");
-    let reply = client.get(&url, &[]).await?;
-    if !reply.status.is_success() {
-        return Err(refused(&url, &reply));
-    }
+    let reply = client.get_ok(&url, &[]).await?;
     parse(&reply.body).with_context(|| format!("reading the droplet document of {url}"))
 }
 

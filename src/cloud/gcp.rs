@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use super::facts::{CloudFacts, Sourced, boolean, instance_id, ipv4, last_segment, token};
-use super::http::{MetaClient, refused};
+use super::http::MetaClient;
 
 pub const DEFAULT_ENDPOINT: &str = "http://169.254.169.254";
 pub const ENDPOINT_ENV: &str = "AMS_AGENT_GCP_METADATA_ENDPOINT";
@@ -23,10 +23,7 @@ fn src(key: &str) -> String {
 /// Reads the instance from the metadata server at `endpoint`.
 pub async fn read(client: &MetaClient, endpoint: &str) -> Result<CloudFacts> {
     let url = format!("{endpoint}{INSTANCE_PATH}?recursive=true");
-    let reply = client.get(&url, &[(FLAVOR_HEADER, FLAVOR)]).await?;
-    if !reply.status.is_success() {
-        return Err(refused(&url, &reply));
-    }
+    let reply = client.get_ok(&url, &[(FLAVOR_HEADER, FLAVOR)]).await?;
     if reply.header(FLAVOR_HEADER) != Some(FLAVOR) {
         bail!("{url} answered without `{FLAVOR_HEADER}: {FLAVOR}`: not a GCE metadata server");
     }

@@ -26,10 +26,7 @@ fn src(key: &str) -> String {
 
 pub async fn read(client: &MetaClient, endpoint: &str) -> Result<CloudFacts> {
     let url = format!("{endpoint}{METADATA_PATH}");
-    let reply = client.get(&url, &[]).await?;
-    if !reply.status.is_success() {
-        return Err(refused(&url, &reply));
-    }
+    let reply = client.get_ok(&url, &[]).await?;
     let mut f = parse(&reply.body).with_context(|| format!("reading {url}"))?;
     let url = format!("{endpoint}{NETWORKS_PATH}");
     match client.get(&url, &[]).await {

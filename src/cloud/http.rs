@@ -113,6 +113,16 @@ impl MetaClient {
         .await
     }
 
+    /// `GET url` with `headers`, the reply when it is a success (2xx),
+    /// else an error naming the status ([`refused`]).
+    pub async fn get_ok(&self, url: &str, headers: &[(&str, &str)]) -> Result<Reply> {
+        let reply = self.get(url, headers).await?;
+        if !reply.status.is_success() {
+            return Err(refused(url, &reply));
+        }
+        Ok(reply)
+    }
+
     /// The deadline one request can cost at most, all attempts included.
     pub fn worst_case(&self) -> Duration {
         let b = self.budget;

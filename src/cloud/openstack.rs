@@ -19,10 +19,7 @@ pub const META_DATA_PATH: &str = "/openstack/latest/meta_data.json";
 
 pub async fn read(client: &MetaClient, endpoint: &str) -> Result<CloudFacts> {
     let url = format!("{endpoint}{META_DATA_PATH}");
-    let reply = client.get(&url, &[]).await?;
-    if !reply.status.is_success() {
-        return Err(refused(&url, &reply));
-    }
+    let reply = client.get_ok(&url, &[]).await?;
     let mut f = parse(&reply.body).with_context(|| format!("reading {url}"))?;
     // The EC2-compatible tree: best effort, item by item.
     for (item, what) in [

@@ -23,10 +23,7 @@ fn src(key: &str) -> String {
 pub async fn read(client: &MetaClient, endpoint: &str) -> Result<CloudFacts> {
     let url = format!("{endpoint}{INSTANCE_PATH}");
     let auth = [(AUTH_HEADER, AUTH_VALUE)];
-    let reply = client.get(&url, &auth).await?;
-    if !reply.status.is_success() {
-        return Err(refused(&url, &reply));
-    }
+    let reply = client.get_ok(&url, &auth).await?;
     let mut f = parse(&reply.body).with_context(|| format!("reading {url}"))?;
     let url = format!("{endpoint}{VNICS_PATH}");
     match client.get(&url, &auth).await {

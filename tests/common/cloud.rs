@@ -38,6 +38,24 @@ pub fn plant_dmi(root: &Path, name: &str) {
     }
 }
 
+/// A host root with `/etc/machine-id` and `/etc/hostname` (`node-7`), and
+/// the DMI files of `tests/fixtures/dmi/<dmi>` when given.
+pub fn host_root(dmi: Option<&str>) -> (tempfile::TempDir, ams_agent::host::Host) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+    std::fs::write(
+        dir.path().join("etc/machine-id"),
+        "0123456789abcdef0123456789abcdef\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("etc/hostname"), "node-7\n").unwrap();
+    if let Some(name) = dmi {
+        plant_dmi(dir.path(), name);
+    }
+    let h = ams_agent::host::Host::new(dir.path(), ams_agent::host::fs::CrashPoints::default());
+    (dir, h)
+}
+
 /// One request as the peer saw it.
 #[derive(Debug, Clone)]
 pub struct Seen {
