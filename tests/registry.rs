@@ -55,6 +55,7 @@ fn report(id: &str, state: NodeState) -> NodeReport {
             provider: Some(Provider::Ec2),
             region: Some("eu-west-1".into()),
             spot: Some(false),
+            vm_name: None,
         },
         role: Role::Edge,
         state,

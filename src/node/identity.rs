@@ -57,6 +57,8 @@ pub struct NodeIdentity {
     pub provider: Option<Provider>,
     pub region: Option<String>,
     pub spot: Option<bool>,
+    /// The VM's name in its cloud (Azure's Scheduled Events name VMs).
+    pub vm_name: Option<String>,
 }
 
 /// What a lookup needs: the operator's choice, the endpoints, MongoDB
@@ -316,6 +318,7 @@ pub async fn resolve(host: &Host, lookup: &Lookup, stored: Option<&str>) -> Resu
         provider: discovery.provider,
         region: value(&facts.region),
         spot: facts.spot.as_ref().map(|s| s.value),
+        vm_name: value(&facts.vm_name),
     };
     Ok(Resolution {
         identity,
