@@ -12,6 +12,7 @@ pub mod cert;
 pub mod cli;
 pub mod cloud;
 pub mod config;
+pub mod doctor;
 pub mod error;
 pub mod host;
 pub mod human;

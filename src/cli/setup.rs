@@ -20,7 +20,7 @@ use crate::mongod::setup::{self, ADMIN_PASSWORD_FILE, Package, Request};
 use crate::plan::{ApplyCtx, Plan};
 
 /// The admin password from the environment (never from an argument).
-pub const ADMIN_PASSWORD_ENV: &str = "AMS_AGENT_MONGO_ADMIN_PASSWORD";
+pub use crate::config::ADMIN_PASSWORD_ENV;
 const DEFAULT_ADMIN_USER: &str = "admin";
 
 /// Set up a host of the cluster's infrastructure

@@ -23,14 +23,10 @@ use serde::Serialize;
 use super::Context;
 use super::run::{RegistryArgs, Resolved};
 use crate::host::runtime;
+use crate::mongo::alive::{number as num, shown};
 use crate::mongo::registry::{Deadlines, Registry};
 
-/// A node is alive while its last heartbeat is younger than this many intervals.
-pub const ALIVE_INTERVALS: u32 = 4;
-const DEFAULT_INTERVAL_SECONDS: f64 = 5.0;
-/// How far a `lastSeen` may be ahead of the server's clock before it is
-/// clock skew (members of a replica set may differ a little).
-const CLOCK_TOLERANCE_SECONDS: f64 = 2.0;
+pub use crate::mongo::alive::ALIVE_INTERVALS;
 
 /// Show every node of the cluster and a per-role summary
 #[derive(Debug, Args)]
@@ -98,28 +94,10 @@ pub struct StatusView {
     pub groups: BTreeMap<String, GroupSummary>,
 }
 
-fn num(doc: &Document, key: &str) -> Option<f64> {
-    match doc.get(key)? {
-        Bson::Double(v) => Some(*v),
-        Bson::Int32(v) => Some(*v as f64),
-        Bson::Int64(v) => Some(*v as f64),
-        _ => None,
-    }
-}
-
 fn text(doc: &Document, key: &str) -> Option<String> {
     match doc.get(key)? {
         Bson::String(s) => Some(s.clone()),
         _ => None,
-    }
-}
-
-/// A number as a message shows it (`1e30`, not thirty zeros).
-fn shown(v: f64) -> String {
-    if v.is_finite() && v.abs() < 1e6 {
-        format!("{v}")
-    } else {
-        format!("{v:e}")
     }
 }
 
@@ -147,37 +125,11 @@ pub fn view(docs: &[Document], now: DateTime) -> StatusView {
             None => continue,
         };
         let health = d.get_document("health").ok();
-        let mut warnings = Vec::new();
-        let age = d
-            .get_datetime("lastSeen")
-            .ok()
-            .map(|t| (now.timestamp_millis() - t.timestamp_millis()) as f64 / 1000.0);
-        // A lastSeen ahead of the server's clock would count as alive
-        // forever: it is clock skew, or a forged document.
-        let skewed = age.is_some_and(|a| a < -CLOCK_TOLERANCE_SECONDS);
-        if let Some(a) = age.filter(|_| skewed) {
-            warnings.push(format!(
-                "lastSeen is {}s ahead of the server's clock (clock skew?): not counted alive",
-                shown((-a).round())
-            ));
-        }
-        let age = age.map(|a| if skewed { a } else { a.max(0.0) });
-        let interval = match num(d, "intervalSeconds") {
-            // The reporter's own range (500ms to 1h).
-            Some(v) if v.is_finite() && (0.5..=3600.0).contains(&v) => v,
-            Some(v) => {
-                warnings.push(format!(
-                    "intervalSeconds {} is out of range (0.5-3600): liveness uses {DEFAULT_INTERVAL_SECONDS}s",
-                    shown(v)
-                ));
-                DEFAULT_INTERVAL_SECONDS
-            }
-            None => DEFAULT_INTERVAL_SECONDS,
-        };
+        let live = crate::mongo::alive::liveness(d, now);
+        let mut warnings = live.warnings;
+        let age = live.age_seconds;
+        let alive = live.alive;
         let state = text(d, "state").unwrap_or_else(|| "unknown".into());
-        let alive = state != "left"
-            && !skewed
-            && age.is_some_and(|a| a < interval * ALIVE_INTERVALS as f64);
         let cpu = percent(health.and_then(|h| num(h, "cpu")), "cpu", &mut warnings);
         let memory = percent(
             health.and_then(|h| num(h, "memoryUsed")),

@@ -14,6 +14,8 @@ pub const PASSWORD_FILE: &str = "/etc/ams-agent/mongo-password";
 pub const CREDENTIAL_NAME: &str = "mongo-password";
 /// The MongoDB password from the environment (never from an argument).
 pub const PASSWORD_ENV: &str = "AMS_AGENT_MONGO_PASSWORD";
+/// The MongoDB admin password from the environment (`setup mongo`, `doctor`).
+pub const ADMIN_PASSWORD_ENV: &str = "AMS_AGENT_MONGO_ADMIN_PASSWORD";
 
 /// The password file's content for `password`: the password and one
 /// newline, or nothing at all.

@@ -541,7 +541,7 @@ fn replace_blocker(f: &File) -> Option<&'static str> {
 
 /// Mount points in /proc/self/mountinfo escape space, tab, newline and
 /// backslash as octal (`\040`).
-fn unescape_mountinfo(s: &str) -> String {
+pub fn unescape_mountinfo(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(i) = rest.find('\\') {

@@ -2,5 +2,6 @@
 //! clear errors. Connection URIs are parsed in [`crate::uri`], below both
 //! this module and [`crate::ams`].
 
+pub mod alive;
 pub mod error;
 pub mod registry;

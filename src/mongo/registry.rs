@@ -466,6 +466,61 @@ impl Registry {
         Ok((docs, now))
     }
 
+    /// The server's clock (`hello.localTime`), within the operation deadline.
+    pub async fn server_time(&self) -> Result<mongodb::bson::DateTime, RegistryError> {
+        let hello = self
+            .bounded(
+                "asking the server's time",
+                self.deadlines.op,
+                self.db.run_command(doc! { "hello": 1 }),
+            )
+            .await?;
+        hello.get_datetime("localTime").copied().map_err(|_| {
+            RegistryError::new(
+                Failure::Server,
+                format!(
+                    "asking the server's time: MongoDB at {} sent no localTime in hello",
+                    self.shown
+                ),
+            )
+        })
+    }
+
+    /// One node's document, by id (None when there is none).
+    pub async fn find_node(&self, id: &str) -> Result<Option<Document>, RegistryError> {
+        self.bounded(
+            "reading the node document",
+            self.deadlines.op,
+            self.coll.find_one(doc! { "_id": id }),
+        )
+        .await
+    }
+
+    /// At most `limit` documents of another collection on the same server
+    /// (AMS's own `clusternode` rows), within the operation deadline.
+    pub async fn find_in(
+        &self,
+        database: &str,
+        collection: &str,
+        filter: Document,
+        limit: i64,
+    ) -> Result<Vec<Document>, RegistryError> {
+        let coll = self
+            .client
+            .database(database)
+            .collection::<Document>(collection);
+        let what = format!("reading {database}.{collection}");
+        let fetch = async {
+            let mut cursor = coll.find(filter).limit(limit).await?;
+            let mut docs = Vec::new();
+            while cursor.advance().await? {
+                docs.push(cursor.deserialize_current()?);
+            }
+            Ok(docs)
+        };
+        self.bounded(&what, self.deadlines.op, fetch).await
+    }
+
     /// Closes the pool (ends sessions politely) within a short deadline.
     pub async fn close(self) {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.client.shutdown()).await;

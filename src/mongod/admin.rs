@@ -78,8 +78,9 @@ impl LocalMongod {
             .map_err(|e| RegistryError::from_driver(&e, &self.shown(None), "preparing the client"))
     }
 
-    /// Runs one command on `admin` within `deadline`.
-    async fn command(
+    /// Runs one command on `admin` within `deadline` (a client of its own,
+    /// closed afterwards).
+    pub async fn command(
         &self,
         login: Option<&AdminLogin>,
         command: Document,

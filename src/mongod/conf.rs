@@ -42,7 +42,12 @@ pub struct Current {
     pub bind_ip: Option<String>,
     pub bind_ip_all: bool,
     pub authorization: bool,
+    /// `storage.dbPath` (mongod's default when unset).
+    pub db_path: String,
 }
+
+/// Where mongod keeps its data when `storage.dbPath` is not set.
+pub const DEFAULT_DB_PATH: &str = "/var/lib/mongodb";
 
 fn parse(text: &str) -> Result<Yaml> {
     match YamlLoader::load_from_str(text) {
@@ -68,6 +73,10 @@ pub fn current(text: &str) -> Result<Current> {
         bind_ip: doc["net"]["bindIp"].as_str().map(str::to_string),
         bind_ip_all: doc["net"]["bindIpAll"].as_bool() == Some(true),
         authorization: doc["security"]["authorization"].as_str() == Some("enabled"),
+        db_path: doc["storage"]["dbPath"]
+            .as_str()
+            .unwrap_or(DEFAULT_DB_PATH)
+            .to_string(),
     })
 }
 

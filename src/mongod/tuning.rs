@@ -16,7 +16,7 @@ pub const LIMITS_DROP_IN: &str = "/etc/systemd/system/mongod.service.d/ams-agent
 pub const LIMITS_D: &str = "/etc/security/limits.d/99-ams-agent-mongodb.conf";
 pub const THP_UNIT_NAME: &str = "ams-agent-mongod-thp.service";
 pub const THP_UNIT: &str = "/etc/systemd/system/ams-agent-mongod-thp.service";
-const THP_DIR: &str = "/sys/kernel/mm/transparent_hugepage";
+pub const THP_DIR: &str = "/sys/kernel/mm/transparent_hugepage";
 
 pub fn limits_drop_in() -> String {
     format!(
@@ -99,16 +99,21 @@ pub fn thp_in_effect(host: &Host, series: &str) -> bool {
         return true;
     }
     thp_settings(series).iter().all(|(file, value)| {
-        let Ok(Some(bytes)) = host.read_optional(&dir.join(file)) else {
-            return true;
-        };
-        let text = String::from_utf8_lossy(&bytes);
-        let text = text.trim();
-        // "always [madvise] never": the bracketed word is the current one.
-        match (text.find('['), text.find(']')) {
-            (Some(a), Some(b)) if a < b => &text[a + 1..b] == *value,
-            _ => text == *value,
-        }
+        // A file this kernel does not have is nothing to set.
+        thp_value(host, file).is_none_or(|now| now == *value)
+    })
+}
+
+/// The current value of a THP setting (`enabled`, `defrag`,
+/// `khugepaged/max_ptes_none`): the bracketed word of `always [madvise]
+/// never`, else the file's text; None when the kernel has no such file.
+pub fn thp_value(host: &Host, file: &str) -> Option<String> {
+    let bytes = host.read_optional(&Path::new(THP_DIR).join(file)).ok()??;
+    let text = String::from_utf8_lossy(&bytes);
+    let text = text.trim();
+    Some(match (text.find('['), text.find(']')) {
+        (Some(a), Some(b)) if a < b => text[a + 1..b].to_string(),
+        _ => text.to_string(),
     })
 }
 

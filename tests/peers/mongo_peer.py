@@ -49,6 +49,16 @@ peer answers each with "OK <line>" on stdout:
     hangup                                                   close every client connection
     stop / start                                             stop listening / listen again (same port)
     auth on / auth off                                       enforce authorization, or not
+    skew <seconds>                                           the peer's clock runs this far ahead
+        (negative: behind) of the machine's: hello's localTime, $currentDate and
+        $ago all follow it, as one mongod with a wrong clock would
+    version <x.y.z>                                          what buildInfo answers (default 8.0.4)
+    startup-warnings <json>                                  what getLog "startupWarnings" answers:
+        a JSON array of log lines (strings), e.g. ["{\"msg\":\"Access control is not enabled\"}"]
+    drop <db> <coll>                                         remove every document of a collection
+    insert <db> <coll> <json>                                store (or replace, by _id) a document,
+        relaxed extended JSON; a value {"$ago": <seconds>} becomes the peer's
+        now less that many seconds (a datetime)
     adduser <json>                                           add (or replace) a user, e.g.
         adduser {"user":"ams","pwd":"s3cret","roles":[{"role":"root","db":"admin"}],"mechanisms":["SCRAM-SHA-256"]}
         One line of JSON: the password may hold any character (newlines
@@ -84,7 +94,20 @@ import mockupdb
 from pymongo.saslprep import saslprep
 
 HANDSHAKE = ("hello", "ismaster", "isMaster")
-now = lambda: datetime.datetime.now(datetime.timezone.utc)
+# The peer's clock: the machine's plus SKEW seconds (control line `skew`).
+SKEW = [0.0]
+now = lambda: datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=SKEW[0])
+
+
+def resolve_ago(value):
+    """{"$ago": s} anywhere in a document becomes now() - s seconds."""
+    if isinstance(value, dict):
+        if set(value.keys()) == {"$ago"}:
+            return now() - datetime.timedelta(seconds=float(value["$ago"]))
+        return SON((k, resolve_ago(v)) for k, v in value.items())
+    if isinstance(value, list):
+        return [resolve_ago(v) for v in value]
+    return value
 
 
 class Store:
@@ -462,6 +485,8 @@ class Peer:
         self.conn_id = 0
         self.server = None
         self.port = args.port
+        self.version = "8.0.4"
+        self.startup_warnings = []
         if args.seed:
             self.seed(args.seed)
 
@@ -570,8 +595,16 @@ class Peer:
             return request.command_err(code=13, errmsg="command %s requires authentication" % name, codeName="Unauthorized")
         if not self.users.allowed(request, name):
             raise AuthError(13, "Unauthorized", "Command %s requires authentication" % name)
-        if name in ("ping", "endSessions", "buildInfo", "buildinfo"):
+        if name in ("buildInfo", "buildinfo"):
+            parts = [int(p) for p in self.version.split(".") if p.isdigit()]
+            return request.replies({"version": self.version, "versionArray": parts + [0] * (4 - len(parts)), "ok": 1})
+        if name in ("ping", "endSessions"):
             return request.replies({"ok": 1})
+        if name == "getLog":
+            if doc.get("getLog") != "startupWarnings":
+                return request.command_err(code=2, errmsg="getLog: only startupWarnings is answered by this peer", codeName="BadValue")
+            lines = list(self.startup_warnings)
+            return request.replies({"totalLinesWritten": len(lines), "log": lines, "ok": 1})
         if name == "logout":
             self.users.logout(request)
             return request.replies({"ok": 1})
@@ -664,6 +697,34 @@ class Peer:
                 self.users.enforce = words[1] == "on"
         elif cmd == "adduser":
             return self.add_user(line[len("adduser"):].strip())
+        elif cmd == "skew" and len(words) == 2:
+            SKEW[0] = float(words[1])
+        elif cmd == "version" and len(words) == 2:
+            self.version = words[1]
+        elif cmd == "startup-warnings":
+            try:
+                lines = json.loads(line[len("startup-warnings"):].strip())
+            except ValueError as e:
+                return "startup-warnings refused: %s" % e
+            if not isinstance(lines, list) or not all(isinstance(l, str) for l in lines):
+                return "startup-warnings refused: not a JSON array of strings"
+            self.startup_warnings = lines
+        elif cmd == "drop" and len(words) == 3:
+            with self.lock:
+                self.store.coll(words[1], words[2]).clear()
+        elif cmd == "insert":
+            parts = line.split(None, 3)
+            if len(parts) != 4:
+                return "insert refused: insert <db> <coll> <json>"
+            try:
+                doc = json_util.loads(parts[3], json_options=json_util.RELAXED_JSON_OPTIONS)
+            except ValueError as e:
+                return "insert refused: %s" % e
+            if not isinstance(doc, dict) or "_id" not in doc:
+                return "insert refused: a JSON object with an _id"
+            doc = resolve_ago(doc)
+            with self.lock:
+                self.store.coll(parts[1], parts[2])[doc["_id"]] = doc
         elif cmd in ("fault", "fault-once"):
             with self.lock:
                 self.faults[words[1]] = (words[2], cmd == "fault-once")

@@ -1,0 +1,654 @@
+//! The checks of the load balancer: the section `ams-agent lb` owns in
+//! HAProxy's `haproxy.cfg` or Nginx's `nginx.conf`, between its marker
+//! lines, with one server per node named by node id.
+//!
+//! The `lb` module that renders those sections is being built on another
+//! branch; until it is merged, the marker lines and the server lines are
+//! read here in the format it writes (`# BEGIN ams-agent lb` … `# END
+//! ams-agent lb` in haproxy.cfg, `server <slot> <ip:port> … # node <id>
+//! [draining]` in the backends `ams_origin`/`ams_edge`; `# BEGIN ams-agent
+//! lb (main)` and `(http)` in nginx.conf, `server <ip:port> …; # node <id>`
+//! in the upstreams `ams_origin`/`ams_edge`).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use super::Outcome;
+use super::env::Env;
+use crate::human::escape;
+use crate::mongo::alive;
+
+/// How long `haproxy -c` / `nginx -t` may take (a file with many
+/// certificates takes a while to load).
+pub const CHECKER_BUDGET: std::time::Duration = std::time::Duration::from_secs(8);
+
+pub const HAPROXY: (&str, &str) = ("# BEGIN ams-agent lb", "# END ams-agent lb");
+pub const NGINX_MAIN: (&str, &str) = ("# BEGIN ams-agent lb (main)", "# END ams-agent lb (main)");
+pub const NGINX_HTTP: (&str, &str) = ("# BEGIN ams-agent lb (http)", "# END ams-agent lb (http)");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Haproxy,
+    Nginx,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Haproxy => "haproxy",
+            Kind::Nginx => "nginx",
+        }
+    }
+}
+
+/// A balancer's file with the agent's section(s) in it.
+pub struct Balancer {
+    pub kind: Kind,
+    /// The host path.
+    pub file: PathBuf,
+    /// The text between the markers (each section).
+    pub sections: Vec<String>,
+}
+
+fn starts(line: &str, marker: &str) -> bool {
+    let t = line.trim_start();
+    match t.strip_prefix(marker) {
+        // `# BEGIN ams-agent lb` is also the start of Nginx's markers:
+        // only the marker itself, or the marker and `:`.
+        Some(rest) => {
+            rest.is_empty()
+                || rest.starts_with(':')
+                || (rest.starts_with(char::is_whitespace) && !rest.trim_start().starts_with('('))
+        }
+        None => false,
+    }
+}
+
+/// The text between `begin` and `end` (once each, in that order); None
+/// when the file has neither; why, when the markers are broken.
+pub fn section(text: &str, (begin, end): (&str, &str)) -> Result<Option<String>, String> {
+    let mut at: Option<usize> = None;
+    let mut found: Option<String> = None;
+    let lines: Vec<&str> = text.lines().collect();
+    for (n, l) in lines.iter().enumerate() {
+        if starts(l, begin) {
+            if at.is_some() || found.is_some() {
+                return Err(format!(
+                    "the marker `{begin}` appears twice (line {})",
+                    n + 1
+                ));
+            }
+            at = Some(n);
+        } else if starts(l, end) {
+            match at.take() {
+                Some(b) => found = Some(lines[b + 1..n].join("\n")),
+                None => {
+                    return Err(format!(
+                        "line {}: `{end}` without `{begin}` before it",
+                        n + 1
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(b) = at {
+        return Err(format!(
+            "line {}: `{begin}` without `{end}` after it",
+            b + 1
+        ));
+    }
+    Ok(found)
+}
+
+fn read(env: &Env, file: &Path) -> Option<Result<String, String>> {
+    match env.host.read_optional(file) {
+        Ok(Some(b)) => Some(Ok(String::from_utf8_lossy(&b).into_owned())),
+        Ok(None) => None,
+        Err(e) => Some(Err(format!("{e:#}"))),
+    }
+}
+
+/// Every balancer on this host whose file holds the agent's section (a
+/// file that cannot be read or has broken markers is returned as an error
+/// for lb.config to report).
+pub fn balancers(env: &Env) -> Vec<Result<Balancer, (Kind, PathBuf, String)>> {
+    let mut out = Vec::new();
+    let h = &env.settings.haproxy_config;
+    match read(env, h) {
+        Some(Ok(text)) => match section(&text, HAPROXY) {
+            Ok(Some(s)) => out.push(Ok(Balancer {
+                kind: Kind::Haproxy,
+                file: h.clone(),
+                sections: vec![s],
+            })),
+            Ok(None) => {}
+            Err(e) => out.push(Err((Kind::Haproxy, h.clone(), e))),
+        },
+        Some(Err(e)) => out.push(Err((Kind::Haproxy, h.clone(), e))),
+        None => {}
+    }
+    let n = &env.settings.nginx_config;
+    match read(env, n) {
+        Some(Ok(text)) => match (section(&text, NGINX_MAIN), section(&text, NGINX_HTTP)) {
+            (Ok(None), Ok(None)) => {}
+            (Ok(main), Ok(http)) => out.push(Ok(Balancer {
+                kind: Kind::Nginx,
+                file: n.clone(),
+                sections: main.into_iter().chain(http).collect(),
+            })),
+            (Err(e), _) | (_, Err(e)) => out.push(Err((Kind::Nginx, n.clone(), e))),
+        },
+        Some(Err(e)) => out.push(Err((Kind::Nginx, n.clone(), e))),
+        None => {}
+    }
+    out
+}
+
+/// For role detection: the first balancer with the agent's section.
+pub fn section_of(env: &Env) -> Option<(&'static str, PathBuf)> {
+    balancers(env).into_iter().next().map(|b| match b {
+        Ok(b) => (b.kind.name(), b.file),
+        Err((k, f, _)) => (k.name(), f),
+    })
+}
+
+fn no_section(env: &Env) -> Outcome {
+    Outcome::fail(
+        format!(
+            "neither {} nor {} holds an `ams-agent lb` section",
+            env.settings.haproxy_config.display(),
+            env.settings.nginx_config.display()
+        ),
+        "sudo ams-agent lb haproxy (or nginx) writes it; pass --haproxy-config/--nginx-config for another file",
+    )
+}
+
+/// A path as a configuration names it, as a host path: under a test root
+/// the files name real paths (the balancer reads them), which already lie
+/// under the root.
+fn host_path_of(env: &Env, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if !env.host.is_real_root() {
+        if let Ok(rel) = p.strip_prefix(env.host.root()) {
+            return Path::new("/").join(rel);
+        }
+    }
+    p.to_path_buf()
+}
+
+// ------------------------------------------------------------ lb.config
+
+pub fn lb_config(env: &Env) -> Outcome {
+    let all = balancers(env);
+    if all.is_empty() {
+        return no_section(env);
+    }
+    let mut oks = Vec::new();
+    for b in all {
+        let b = match b {
+            Ok(b) => b,
+            Err((kind, file, e)) => {
+                return Outcome::fail(
+                    format!(
+                        "{}: the agent's section is broken: {}",
+                        file.display(),
+                        escape(&e)
+                    ),
+                    format!(
+                        "restore the marker lines (or remove the section) and run `sudo ams-agent lb {}` again",
+                        kind.name()
+                    ),
+                );
+            }
+        };
+        let real = env.host.path(&b.file).display().to_string();
+        let (program, args): (&str, Vec<&str>) = match b.kind {
+            Kind::Haproxy => ("haproxy", vec!["-c", "-f", &real]),
+            Kind::Nginx => ("nginx", vec!["-t", "-q", "-c", &real]),
+        };
+        let shown = format!(
+            "{program} {}",
+            if b.kind == Kind::Haproxy { "-c" } else { "-t" }
+        );
+        match env.command_within(program, &args, CHECKER_BUDGET) {
+            Ok(out) if out.success() => oks.push(format!("{shown} accepts {}", b.file.display())),
+            Ok(out) => {
+                return Outcome::fail(
+                    format!(
+                        "{shown} refuses {}: {}",
+                        b.file.display(),
+                        escape(&super::env::nonempty(&out.tail(3), "no message"))
+                    ),
+                    format!(
+                        "fix what {program} names (the agent keeps the last good file when it renders; an edit by hand outside the markers may be the cause), then `sudo {program} {} {}`",
+                        if b.kind == Kind::Haproxy { "-c -f" } else { "-t -c" },
+                        b.file.display()
+                    ),
+                )
+                .with_details(
+                    out.stderr
+                        .lines()
+                        .chain(out.stdout.lines())
+                        .filter(|l| !l.starts_with("[NOTICE]") && !l.trim().is_empty())
+                        .take(20)
+                        .map(str::to_string),
+                );
+            }
+            Err(e) => {
+                return Outcome::fail(
+                    format!("cannot check {}: {}", b.file.display(), escape(&e)),
+                    format!("install {program} (apt-get install {program})"),
+                );
+            }
+        }
+    }
+    Outcome::ok(oks.join("; "))
+}
+
+// ------------------------------------------------------------ lb.members
+
+/// A server of the agent's section: its group, node id, address, and
+/// whether it is drained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    pub group: String,
+    pub id: String,
+    pub addr: IpAddr,
+    pub draining: bool,
+}
+
+/// The node servers of a section, in the groups the registry's roles map
+/// to (`ams_origin`, `ams_edge`).
+pub fn servers(kind: Kind, section: &str) -> Vec<Server> {
+    let mut out = Vec::new();
+    let mut group: Option<String> = None;
+    for line in section.lines() {
+        let t = line.trim();
+        let head = match kind {
+            Kind::Haproxy => t.strip_prefix("backend ").map(|r| r.trim().to_string()),
+            Kind::Nginx => t
+                .strip_prefix("upstream ")
+                .and_then(|r| r.strip_suffix('{'))
+                .map(|r| r.trim().to_string()),
+        };
+        if let Some(g) = head {
+            group = Some(g);
+            continue;
+        }
+        if kind == Kind::Haproxy
+            && ["frontend ", "global", "defaults", "listen "]
+                .iter()
+                .any(|k| t.starts_with(k))
+        {
+            group = None;
+            continue;
+        }
+        if kind == Kind::Nginx && t == "}" {
+            group = None;
+            continue;
+        }
+        let (Some(g), Some(rest)) = (&group, t.strip_prefix("server ")) else {
+            continue;
+        };
+        if g != "ams_origin" && g != "ams_edge" {
+            continue;
+        }
+        let Some((decl, note)) = rest.split_once('#') else {
+            continue;
+        };
+        let note: Vec<&str> = note.split_whitespace().collect();
+        let ["node", id, more @ ..] = note.as_slice() else {
+            continue;
+        };
+        let mut words = decl.split_whitespace();
+        let addr = match kind {
+            Kind::Haproxy => {
+                words.next();
+                words.next()
+            }
+            Kind::Nginx => words.next(),
+        };
+        let Some(addr) = addr
+            .map(|a| a.trim_end_matches(';'))
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+        else {
+            continue;
+        };
+        out.push(Server {
+            group: g.clone(),
+            id: id.to_string(),
+            addr: addr.ip(),
+            draining: more.first() == Some(&"draining"),
+        });
+    }
+    out
+}
+
+/// What the registry says a node should be in the balancer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Want {
+    In {
+        addr: Option<IpAddr>,
+        draining: bool,
+    },
+    Out {
+        why: String,
+    },
+}
+
+pub fn lb_members(env: &Env) -> Outcome {
+    let all = balancers(env);
+    let Some(Ok(b)) = all.into_iter().next() else {
+        return Outcome::skip("no readable `ams-agent lb` section (see lb.config)");
+    };
+    let session = match env.session() {
+        Ok(s) => s.clone(),
+        Err(e) if e.stage == "none" => {
+            return Outcome::warn(
+                "no registry to compare the balancer with: agent.toml does not exist and --mongo is not given",
+                "pass --mongo <MongoDB> (and --mongo-user/--mongo-password-file) as the follower gets them, or set AMS_AGENT_MONGO",
+            );
+        }
+        Err(e) => return Outcome::fail(e.message.clone(), e.fix.clone()),
+    };
+    let listed = match env.block_on(session.registry.list()) {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => {
+            return Outcome::fail(
+                e.message,
+                "check that MongoDB answers and the user may read the registry",
+            );
+        }
+        Err(e) => return Outcome::fail(e, "run it again"),
+    };
+    let (docs, now) = listed;
+    let now = now.unwrap_or_else(|| session.server_now());
+    let mut want: BTreeMap<(String, String), Want> = BTreeMap::new();
+    for d in &docs {
+        let Ok(id) = d.get_str("_id") else { continue };
+        let group = match d.get_str("role") {
+            Ok("origin") => "ams_origin",
+            Ok("edge") => "ams_edge",
+            _ => continue,
+        };
+        let live = alive::liveness(d, now);
+        let state = d.get_str("state").unwrap_or("unknown");
+        let addr = d.get_str("privateIp").ok().and_then(|s| s.parse().ok());
+        let w = match (live.alive, state) {
+            (true, "ready") => Want::In {
+                addr,
+                draining: false,
+            },
+            (true, "draining") if b.kind == Kind::Haproxy => Want::In {
+                addr,
+                draining: true,
+            },
+            (true, other) => Want::Out {
+                why: format!("{}", escape(other)),
+            },
+            (false, other) => Want::Out {
+                why: match live.age_seconds {
+                    Some(a) => format!("{}, last heartbeat {:.0}s ago", escape(other), a),
+                    None => format!("{}, never heartbeated", escape(other)),
+                },
+            },
+        };
+        want.insert((group.to_string(), id.to_string()), w);
+    }
+    let servers: Vec<Server> = b.sections.iter().flat_map(|s| servers(b.kind, s)).collect();
+    let mut problems = Vec::new();
+    for s in &servers {
+        let key = (s.group.clone(), s.id.clone());
+        match want.get(&key) {
+            None => problems.push(format!(
+                "{} serves node {} ({}), which the registry does not have in that role",
+                s.group,
+                escape(&s.id),
+                s.addr
+            )),
+            Some(Want::Out { why }) => problems.push(format!(
+                "{} still routes to node {} ({}), which the registry counts out ({why})",
+                s.group,
+                escape(&s.id),
+                s.addr
+            )),
+            Some(Want::In { addr, draining }) => {
+                if addr.is_some_and(|a| a != s.addr) {
+                    problems.push(format!(
+                        "{} sends node {} to {}, but its registry address is {}",
+                        s.group,
+                        escape(&s.id),
+                        s.addr,
+                        addr.map_or("?".into(), |a| a.to_string())
+                    ));
+                } else if *draining != s.draining {
+                    problems.push(format!(
+                        "{} has node {} {}, the registry says {}",
+                        s.group,
+                        escape(&s.id),
+                        if s.draining {
+                            "draining"
+                        } else {
+                            "in rotation"
+                        },
+                        if *draining { "draining" } else { "ready" }
+                    ));
+                }
+            }
+        }
+    }
+    for ((group, id), w) in &want {
+        if matches!(w, Want::In { .. }) && !servers.iter().any(|s| &s.group == group && &s.id == id)
+        {
+            problems.push(format!(
+                "{group} lacks node {}, alive and {} in the registry",
+                escape(id),
+                if matches!(w, Want::In { draining: true, .. }) {
+                    "draining"
+                } else {
+                    "ready"
+                }
+            ));
+        }
+    }
+    let count = |g: &str| servers.iter().filter(|s| s.group == g).count();
+    if problems.is_empty() {
+        return Outcome::ok(format!(
+            "{} {} matches the registry's alive nodes (ams_origin: {}, ams_edge: {})",
+            b.kind.name(),
+            b.file.display(),
+            count("ams_origin"),
+            count("ams_edge")
+        ));
+    }
+    let n = problems.len();
+    Outcome::fail(
+        format!(
+            "{} {} differs from the registry in {n} {}: {}",
+            b.kind.name(),
+            b.file.display(),
+            if n == 1 { "place" } else { "places" },
+            problems[0]
+        ),
+        format!(
+            "the follower applies changes within its settle time (10s by default): if this lasts, check it runs (`systemctl status ams-agent`, `ams-agent lb status`), or run `sudo ams-agent lb {}` once",
+            b.kind.name()
+        ),
+    )
+    .with_details(problems)
+}
+
+// ------------------------------------------------------------ lb.cert
+
+/// The certificate files a section serves: HAProxy's `crt` files or
+/// folders, Nginx's `ssl_certificate`.
+fn cert_files(env: &Env, b: &Balancer) -> Vec<PathBuf> {
+    let mut named = Vec::new();
+    for s in &b.sections {
+        for line in s.lines() {
+            let w: Vec<&str> = line.split_whitespace().collect();
+            match b.kind {
+                Kind::Haproxy => {
+                    for pair in w.windows(2) {
+                        if pair[0] == "crt" {
+                            named.push(pair[1].to_string());
+                        }
+                    }
+                }
+                Kind::Nginx => {
+                    if w.first() == Some(&"ssl_certificate") {
+                        if let Some(p) = w.get(1) {
+                            named.push(p.trim_end_matches(';').to_string());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    named.sort();
+    named.dedup();
+    let mut files = Vec::new();
+    for n in named {
+        let p = host_path_of(env, &n);
+        if env.host.is_dir(&p) {
+            if let Ok(entries) = std::fs::read_dir(env.host.path(&p)) {
+                let mut pems: Vec<PathBuf> = entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|e| e.extension().is_some_and(|x| x == "pem"))
+                    .filter_map(|e| e.file_name().map(|f| p.join(f)))
+                    .collect();
+                pems.sort();
+                files.extend(pems);
+            }
+        } else {
+            files.push(p);
+        }
+    }
+    files
+}
+
+pub fn lb_cert(env: &Env) -> Outcome {
+    let all = balancers(env);
+    let Some(Ok(b)) = all.into_iter().next() else {
+        return Outcome::skip("no readable `ams-agent lb` section (see lb.config)");
+    };
+    let files = cert_files(env, &b);
+    if files.is_empty() {
+        return Outcome::skip(format!(
+            "{} serves no TLS from the agent's section (no certificate named)",
+            b.kind.name()
+        ));
+    }
+    let fix = match b.kind {
+        Kind::Haproxy => {
+            "sudo certbot renew (its deploy hook `ams-agent cert deploy --for haproxy` installs it), then `ams-agent cert status`"
+        }
+        Kind::Nginx => {
+            "sudo certbot renew, then check that the renewed PEM is the file nginx names (ssl_certificate)"
+        }
+    };
+    let mut worst: Option<Outcome> = None;
+    let mut lines = Vec::new();
+    for f in &files {
+        let o = match env.host.read_optional(f) {
+            Ok(Some(bytes)) => {
+                let leaf = crate::cert::inspect::parse_pem(&bytes).and_then(|blocks| {
+                    let c = blocks
+                        .iter()
+                        .find(|b| b.tag() == "CERTIFICATE")
+                        .ok_or_else(|| anyhow::anyhow!("no certificate in it"))?;
+                    crate::cert::inspect::CertInfo::from_der(c.contents())
+                });
+                match leaf {
+                    Ok(info) => super::node::expiry_outcome(
+                        &format!("the certificate in {}", f.display()),
+                        &info,
+                        fix,
+                    ),
+                    Err(e) => Outcome::fail(
+                        format!("{}: {e:#}", f.display()),
+                        "reinstall it: sudo ams-agent cert deploy --for haproxy --lineage /etc/letsencrypt/live/<name>",
+                    ),
+                }
+            }
+            Ok(None) => Outcome::fail(
+                format!(
+                    "{} names {}, which does not exist",
+                    b.kind.name(),
+                    f.display()
+                ),
+                "sudo ams-agent cert --domain <name> --for haproxy",
+            ),
+            Err(e) => Outcome::fail(
+                format!("{e:#}"),
+                "run doctor as root (the certificates are root-only)",
+            ),
+        };
+        lines.push(format!("{}: {}", o.status.name(), o.result));
+        if worst
+            .as_ref()
+            .is_none_or(|w| o.status > w.status && o.status != super::Status::Skip)
+        {
+            worst = Some(o);
+        }
+    }
+    let worst = worst.expect("at least one file");
+    if files.len() == 1 {
+        return worst;
+    }
+    let mut o = worst;
+    o.details = lines;
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HAPROXY_SECTION: &str = "# BEGIN ams-agent lb: rendered by `ams-agent lb haproxy` from the node registry; edits inside are overwritten
+global
+    hard-stop-after 3600s
+frontend ams_publish
+    bind :443 ssl crt /etc/haproxy/certs/
+    default_backend ams_origin
+backend ams_origin
+    balance leastconn
+    server i-0aaaaaaaaaaaaaaa1 10.0.1.5:5080 cookie i-0aaaaaaaaaaaaaaa1 # node i-0aaaaaaaaaaaaaaa1
+    server i-0aaaaaaaaaaaaaaa2 10.0.1.6:5080 cookie i-0aaaaaaaaaaaaaaa2 weight 0 # node i-0aaaaaaaaaaaaaaa2 draining
+    server _slot1 127.0.0.1:1 disabled # empty
+backend ams_edge
+    server i-0bbbbbbbbbbbbbbb2 [fd00::8]:5080 cookie i-0bbbbbbbbbbbbbbb2 # node i-0bbbbbbbbbbbbbbb2
+backend ams_rtmp
+    mode tcp
+    server i-0aaaaaaaaaaaaaaa1 10.0.1.5:1935 # node i-0aaaaaaaaaaaaaaa1
+# END ams-agent lb
+";
+
+    #[test]
+    fn reads_the_haproxy_section_and_its_servers() {
+        let text = format!("global\n    daemon\n{HAPROXY_SECTION}");
+        let s = section(&text, HAPROXY).unwrap().unwrap();
+        // Nginx's markers are not HAProxy's.
+        assert_eq!(section(&text, NGINX_MAIN).unwrap(), None);
+        let v = servers(Kind::Haproxy, &s);
+        assert_eq!(v.len(), 3, "{v:?}");
+        assert_eq!(v[1].id, "i-0aaaaaaaaaaaaaaa2");
+        assert!(v[1].draining);
+        assert_eq!(v[2].addr, "fd00::8".parse::<IpAddr>().unwrap());
+        assert!(section(&format!("{text}{HAPROXY_SECTION}"), HAPROXY).is_err());
+        assert!(section("# END ams-agent lb\n", HAPROXY).is_err());
+    }
+
+    #[test]
+    fn reads_nginx_upstreams() {
+        let s = "    upstream ams_origin {\n        zone ams_origin 80k;\n        server 10.0.1.5:5080 max_fails=1 fail_timeout=5s; # node i-0aaaaaaaaaaaaaaa1\n    }\n    upstream ams_edge {\n        server 127.0.0.1:1 down; # empty: no edge in rotation (answers 502)\n    }\n    upstream ams_dashboard {\n        server 10.0.1.5:5080 max_fails=1 fail_timeout=5s; # node i-0aaaaaaaaaaaaaaa1\n    }\n";
+        let v = servers(Kind::Nginx, s);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(
+            (v[0].group.as_str(), v[0].id.as_str()),
+            ("ams_origin", "i-0aaaaaaaaaaaaaaa1")
+        );
+    }
+}
