@@ -77,7 +77,8 @@ got=$(/usr/bin/ams-agent --version)
 echo "/usr/bin/ams-agent --version: $got"
 
 # One man page per visible subcommand, each renders without a warning.
-for sub in $(/usr/bin/ams-agent --help | sed -n '/^Commands:/,/^$/p' | awk 'NR > 1 && $1 != "help" { print $1 }'); do
+# (A description wrapped onto a second line is indented deeper: not a command.)
+for sub in $(/usr/bin/ams-agent --help | sed -n '/^Commands:/,/^$/p' | awk 'NR > 1 && /^  [a-z]/ && $1 != "help" { print $1 }'); do
 	page=/usr/share/man/man1/ams-agent-$sub.1.gz
 	[ -e "$page" ] || fail "no man page for ams-agent $sub ($page)"
 done

@@ -41,6 +41,38 @@ pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// A table as people read it: every column as wide as its widest cell,
+/// two spaces between columns, the last one not padded, one line per row
+/// (the header first). Cells are printed as given: escape them first.
+pub fn table<R: AsRef<[String]>>(head: &[&str], rows: &[R]) -> String {
+    let mut widths: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r.as_ref()) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut l = String::new();
+        for (i, c) in cells.enumerate() {
+            if i + 1 == widths.len() {
+                l.push_str(c);
+            } else {
+                let pad = widths[i].saturating_sub(c.chars().count());
+                l.push_str(c);
+                l.extend(std::iter::repeat_n(' ', pad + 2));
+            }
+        }
+        let mut l = l.trim_end().to_string();
+        l.push('\n');
+        l
+    };
+    let mut out = line(&mut head.iter().copied());
+    for r in rows {
+        out.push_str(&line(&mut r.as_ref().iter().map(String::as_str)));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,6 +84,18 @@ mod tests {
         assert_eq!(show_duration(Duration::ZERO), "0s");
         assert_eq!(show_duration(Duration::from_micros(1_600)), "2ms");
         assert_eq!(show_duration(Duration::from_millis(6_999)), "7s");
+    }
+
+    #[test]
+    fn tables_align_their_columns() {
+        let rows = vec![
+            vec!["a".to_string(), "ünï".into(), "x".into()],
+            vec!["long-id".into(), "-".into(), "".into()],
+        ];
+        assert_eq!(
+            table(&["ID", "NAME", "LAST"], &rows),
+            "ID       NAME  LAST\na        ünï   x\nlong-id  -\n"
+        );
     }
 
     #[test]

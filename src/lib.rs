@@ -16,6 +16,7 @@ pub mod doctor;
 pub mod error;
 pub mod host;
 pub mod human;
+pub mod lb;
 pub mod logging;
 pub mod mongo;
 pub mod mongod;

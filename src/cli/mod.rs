@@ -16,6 +16,7 @@ pub mod cert;
 pub mod doctor;
 pub mod generate;
 pub mod join;
+pub mod lb;
 pub mod leave;
 pub mod metadata;
 pub mod mode;
@@ -96,6 +97,7 @@ pub enum Command {
     Metadata(metadata::MetadataArgs),
     Setup(setup::SetupArgs),
     Cert(cert::CertArgs),
+    Lb(lb::LbArgs),
     Doctor(doctor::DoctorArgs),
     #[command(hide = true)]
     Generate(generate::GenerateArgs),
@@ -159,6 +161,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Leave(args) => leave::run(&ctx, args),
         Command::Metadata(args) => metadata::run(&ctx, args),
         Command::Setup(args) => setup::run(&ctx, args),
+        Command::Lb(args) => lb::run(&ctx, args),
         Command::Doctor(args) => doctor::run(&ctx, args),
         Command::Generate(args) => generate::run(args),
     }

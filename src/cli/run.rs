@@ -214,9 +214,23 @@ pub struct RunArgs {
     /// Instance-metadata endpoint
     #[arg(long, hide = true, env = imds::ENDPOINT_ENV, default_value = imds::DEFAULT_ENDPOINT)]
     pub imds_endpoint: String,
+
+    /// On the load balancer's host: follow the registry into HAProxy or
+    /// Nginx (`lb KIND --watch`, settings from AMS_AGENT_LB_*) instead of
+    /// reporting a node
+    #[arg(long, value_name = "KIND", value_parser = ["haproxy", "nginx"])]
+    pub lb: Option<String>,
 }
 
 pub fn run(ctx: &Context, args: RunArgs) -> Result<()> {
+    if let Some(kind) = args.lb.as_deref() {
+        let kind = if kind == "nginx" {
+            crate::lb::Kind::Nginx
+        } else {
+            crate::lb::Kind::Haproxy
+        };
+        return super::lb::run_follower(ctx, kind, args.registry);
+    }
     let Resolved { target, config } = args.registry.resolve(&ctx.host)?;
     let Some(role) = args.role.or(config.as_ref().map(|c| c.node.role)) else {
         bail_usage!(

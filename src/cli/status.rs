@@ -266,27 +266,7 @@ pub fn render(v: &StatusView) -> String {
         "GROUP",
         "CLOUD",
     ];
-    let mut widths = head.map(str::len);
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |cells: &[String]| {
-        let mut l = String::new();
-        for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
-            if i + 1 == cells.len() {
-                l.push_str(c);
-            } else {
-                let _ = write!(l, "{c:<w$}  ");
-            }
-        }
-        l.trim_end().to_string()
-    };
-    let _ = writeln!(out, "{}", line(&head.map(String::from)));
-    for r in &rows {
-        let _ = writeln!(out, "{}", line(r));
-    }
+    out.push_str(&crate::human::table(&head, &rows));
     let notes: Vec<String> = v
         .nodes
         .iter()

@@ -59,11 +59,13 @@ pub fn read_secret(prompt: &str) -> anyhow::Result<String> {
     let mut quiet = original.clone();
     quiet.local_flags.remove(LocalFlags::ECHO);
     quiet.local_flags.insert(LocalFlags::ECHONL);
-    eprint!("{prompt}");
-    let _ = std::io::stderr().flush();
+    // Echo off before the prompt shows: whoever answers the prompt at once
+    // (a fast typist, a test) never has the answer echoed.
     let read = tcsetattr(&stdin, SetArg::TCSAFLUSH, &quiet)
         .context("turning off the terminal echo")
         .and_then(|()| {
+            eprint!("{prompt}");
+            let _ = std::io::stderr().flush();
             let mut line = String::new();
             stdin
                 .lock()

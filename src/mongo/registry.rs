@@ -95,6 +95,9 @@ pub enum NodeState {
     Joining,
     Ready,
     Degraded,
+    /// Taken out of rotation on purpose (graceful scale-in): the balancer
+    /// drains it (HAProxy `drain`, out of Nginx) while it still reports.
+    Draining,
     Leaving,
     Left,
 }
@@ -105,6 +108,7 @@ impl NodeState {
             NodeState::Joining => "joining",
             NodeState::Ready => "ready",
             NodeState::Degraded => "degraded",
+            NodeState::Draining => "draining",
             NodeState::Leaving => "leaving",
             NodeState::Left => "left",
         }

@@ -46,6 +46,10 @@ peer answers each with "OK <line>" on stdout:
     fault <command> close|stall|ok|error:<code>:<message>   every matching request
     fault-once <command> <action>                            the next one only
     clear                                                    no more faults
+    put <json>                                               upsert one node document into ams_agent.nodes
+        (relaxed extended JSON, one line; "lastSeenAgo": <seconds> sets
+        lastSeen that long before now, by this peer's clock)
+    remove <id>                                              remove one node document
     hangup                                                   close every client connection
     stop / start                                             stop listening / listen again (same port)
     auth on / auth off                                       enforce authorization, or not
@@ -731,6 +735,11 @@ class Peer:
         elif cmd == "clear":
             with self.lock:
                 self.faults.clear()
+        elif cmd == "put":
+            return self.put(line[len("put"):].strip())
+        elif cmd == "remove" and len(words) == 2:
+            with self.lock:
+                self.store.coll("ams_agent", "nodes").pop(words[1], None)
         elif cmd == "hangup":
             if self.server:
                 for s in list(self.server._server_socks):
@@ -747,6 +756,21 @@ class Peer:
             sys.exit(0)
         else:
             print("mongo_peer: unknown control line %r" % line, file=sys.stderr, flush=True)
+
+    def put(self, text):
+        """The `put <json>` control line: None, or why it was refused."""
+        try:
+            d = json_util.loads(text)
+            if not isinstance(d, dict) or "_id" not in d:
+                raise ValueError("not a JSON object with an _id")
+        except ValueError as e:
+            return "put refused: %s" % e
+        ago = d.pop("lastSeenAgo", None)
+        if ago is not None:
+            d["lastSeen"] = now() - datetime.timedelta(seconds=float(ago))
+        with self.lock:
+            self.store.coll("ams_agent", "nodes")[d["_id"]] = SON(d)
+        return None
 
     def add_user(self, text):
         """The `adduser <json>` control line: None, or why it was refused."""
