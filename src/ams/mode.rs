@@ -148,6 +148,10 @@ pub struct Extras {
     pub node_group: Option<String>,
 }
 
+/// AMS's node group when red5.properties names none (its
+/// `ServerSettings.DEFAULT_NODE_GROUP`).
+pub const DEFAULT_NODE_GROUP: &str = "default";
+
 /// A node group AMS can carry: 1 to 64 letters, digits, `-`, `_` or `.`,
 /// starting with a letter or digit (it lands in red5.properties and in
 /// every balancer's configuration as it is).

@@ -11,9 +11,8 @@ use super::Outcome;
 use super::env::Env;
 use crate::human::escape;
 
-/// AMS's default when red5.properties has no `nodeGroup` (its
-/// `ServerSettings.DEFAULT_NODE_GROUP`).
-pub const AMS_DEFAULT_GROUP: &str = "default";
+/// AMS's default when red5.properties has no `nodeGroup`.
+pub const AMS_DEFAULT_GROUP: &str = crate::ams::mode::DEFAULT_NODE_GROUP;
 
 fn fallback_has_group(doc: &Document) -> Option<String> {
     let f = doc

@@ -36,8 +36,9 @@ impl Kind {
 }
 
 /// A node's id as the balancer uses it: a server name and a cookie value,
-/// so only letters, digits and `-` (what `join` registers: EC2 instance
-/// ids, machine ids), starting with a letter or digit, at most 64. Anything
+/// so only letters, digits and `-._` (what `join` registers: cloud instance
+/// ids such as `i-…`, `gcp-…` or an Oracle OCID, machine ids), starting
+/// with a letter or digit, at most 160. Anything
 /// else is refused, never rendered.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
