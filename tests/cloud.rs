@@ -898,3 +898,84 @@ fn an_oversized_document_is_refused_not_read_whole() {
         .unwrap();
     assert!(why.contains("more than 1048576 bytes"), "{why}");
 }
+
+#[test]
+fn join_cloud_none_asks_no_metadata_service_and_is_stored() {
+    let t = fixture::Tree::new();
+    std::fs::write(
+        t.path("etc/machine-id"),
+        "0123456789abcdef0123456789abcdef\n",
+    )
+    .unwrap();
+    let imds = Imds::start("i-0aaaaaaaaaaaaaaa1", "10.0.1.21");
+    let peer = common::MongoPeer::start(common::PeerOptions::default());
+    let ams = fixture::fake_ams_http();
+    let uri = peer.uri();
+    let join = |extra: &[&str]| {
+        let mut args = vec!["join", "--mongo", &uri, "--ip", "10.0.1.30"];
+        args.extend_from_slice(extra);
+        t.command(&args)
+            .env("AMS_AGENT_IMDS_ENDPOINT", &imds.url)
+            .env("AMS_AGENT_AMS_URL", &ams)
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .output()
+            .unwrap()
+    };
+    let out = join(&["--cloud", "none"]);
+    assert!(out.status.success(), "{}", fixture::stderr(&out));
+    let asked = |i: &Imds| {
+        i.state.token_puts.load(std::sync::atomic::Ordering::SeqCst)
+            + i.state.gets.load(std::sync::atomic::Ordering::SeqCst)
+    };
+    assert_eq!(asked(&imds), 0, "--cloud none probes nothing");
+    let cfg = t.read("etc/ams-agent/agent.toml");
+    assert!(cfg.contains("cloud = \"none\""), "{cfg}");
+    assert!(
+        cfg.contains("id = \"0123456789abcdef0123456789abcdef\""),
+        "{cfg}"
+    );
+    // A later join without --cloud keeps the stored choice: still nothing asked.
+    let out = join(&[]);
+    assert!(out.status.success(), "{}", fixture::stderr(&out));
+    assert_eq!(asked(&imds), 0);
+    // --cloud auto removes it: the EC2-compatible probe finds the instance.
+    let out = join(&["--cloud", "auto"]);
+    assert!(out.status.success(), "{}", fixture::stderr(&out));
+    assert!(asked(&imds) > 0);
+    assert!(!t.read("etc/ams-agent/agent.toml").contains("cloud ="));
+}
+
+#[test]
+fn an_azure_nodes_identity_gives_the_watcher_of_its_own_events() {
+    let (_d, host) = root(Some("azure"));
+    let peer = CloudPeer::azure();
+    peer.route(
+        "GET",
+        "/metadata/scheduledevents?api-version=2020-07-01",
+        200,
+        &common::cloud::fixture("azure-scheduledevents.json"),
+    );
+    let clouds = Clouds::with(Provider::Azure, peer);
+    let lookup = ams_agent::node::identity::Lookup {
+        endpoints: clouds.endpoints(),
+        ..ams_agent::node::identity::Lookup::auto()
+    };
+    let rt = rt();
+    let id = rt
+        .block_on(ams_agent::node::identity::resolve_stored(
+            &host, &lookup, None,
+        ))
+        .unwrap();
+    assert_eq!(id.vm_name.as_deref(), Some("ams-edge-1"));
+    let w = id.notice_watcher(&clouds.endpoints()).unwrap().unwrap();
+    let n = rt.block_on(w.poll()).unwrap();
+    // Only the Preempt of ams-edge-1, not ams-edge-2's Freeze.
+    assert_eq!(n.len(), 1);
+    assert_eq!(n[0].kind, NoticeKind::Preempt);
+    // EC2 and the clouds without notices: no watcher.
+    let ec2 = ams_agent::node::identity::NodeIdentity {
+        provider: Some(Provider::Ec2),
+        ..Default::default()
+    };
+    assert!(ec2.notice_watcher(&clouds.endpoints()).is_none());
+}

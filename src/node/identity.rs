@@ -61,6 +61,19 @@ pub struct NodeIdentity {
     pub vm_name: Option<String>,
 }
 
+impl NodeIdentity {
+    /// The watcher of this node's cloud's termination notices (Azure
+    /// Scheduled Events filtered by this VM's name, GCP preemption and
+    /// maintenance), for the drain; None when its cloud has none that
+    /// [`crate::cloud::events`] reads (EC2's come from its IMDS).
+    pub fn notice_watcher(
+        &self,
+        endpoints: &Endpoints,
+    ) -> Option<Result<crate::cloud::events::Watcher>> {
+        crate::cloud::events::Watcher::new(self.provider?, endpoints, self.vm_name.clone())
+    }
+}
+
 /// What a lookup needs: the operator's choice, the endpoints, MongoDB
 /// (the route to it is the fallback address) and a pinned address.
 #[derive(Debug, Clone)]
