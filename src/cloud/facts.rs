@@ -70,13 +70,14 @@ impl CloudFacts {
     }
 }
 
-/// An instance id as clouds write them: letters, digits and `.-_:`, 1 to
-/// 128 characters (an Oracle OCID is about 90).
+/// An instance id as clouds write them: letters, digits, `-` and `.`, 1
+/// to 128 characters (an Oracle OCID is about 90), so that it is a node id
+/// ([`crate::config::valid_node_id`]) also with the provider's name in front.
 pub fn instance_id(v: &str) -> Option<String> {
     (!v.is_empty()
         && v.len() <= 128
         && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-')))
     .then(|| v.to_string())
 }
 

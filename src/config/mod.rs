@@ -248,7 +248,7 @@ impl AgentConfig {
         if let Some(id) = &self.node.id {
             if !valid_node_id(id) {
                 anyhow::bail!(
-                    "[node] id `{}` is not a node id (letters, digits and `-._`, at most 160)",
+                    "[node] id `{}` is not a node id (letters, digits, `-` and `.`, at most 160)",
                     id.escape_debug()
                 );
             }
@@ -298,13 +298,15 @@ pub fn validate_names(database: &str, collection: &str) -> Result<()> {
 }
 
 /// A node id as the registry uses it: a cloud's instance id (`i-…`,
-/// `gcp-…`, an Azure vmId, an Oracle OCID with its dots) or a machine id.
+/// `gcp-…`, an Azure vmId, an Oracle OCID with its dots) or a machine id:
+/// letters, digits, `-` and `.`, at most 160 (a balancer uses it as a
+/// server name and a cookie value).
 pub fn valid_node_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 160
         && id
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
 }
 
 /// The TTL of node documents: MongoDB takes 1 s to 2^31-1 s; below a

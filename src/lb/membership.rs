@@ -119,7 +119,7 @@ pub fn view(docs: &[Document], now: DateTime) -> RegistryView {
         };
         let Some(id) = text(d, "_id").and_then(NodeId::parse) else {
             out.refused.push(refuse(
-                "its id is not a node id (letters, digits and `-._`, at most 160)".into(),
+                "its id is not a node id (letters, digits, `-` and `.`, at most 160)".into(),
             ));
             continue;
         };
