@@ -1547,6 +1547,70 @@ fn lb_fixture(name: &str) -> String {
     .unwrap()
 }
 
+/// What `ams-agent lb` puts in rotation for the registry `LbHost` plants:
+/// the doctor reads the sections the follower's own renderer writes.
+fn lb_membership() -> ams_agent::lb::model::Membership {
+    use ams_agent::lb::model::{Member, MemberState, Membership, NodeId};
+    let member = |id: &str, ip: &str, state| Member {
+        id: NodeId::parse(id).unwrap(),
+        addr: ip.parse().unwrap(),
+        state,
+    };
+    Membership {
+        origin: vec![
+            member(ORIGIN_A, "10.0.1.5", MemberState::Ready),
+            member(ORIGIN_B, "10.0.1.6", MemberState::Draining),
+        ],
+        edge: vec![member(EDGE_C, "10.0.2.7", MemberState::Ready)],
+    }
+}
+
+fn lb_settings(root: &Path, pem: &str) -> ams_agent::lb::model::Settings {
+    use ams_agent::lb::model::{NodePorts, Settings, Tls};
+    Settings {
+        listen: BTreeMap::new(),
+        ports: NodePorts::default(),
+        tls: Some(Tls {
+            dir: root.join("etc/haproxy/certs"),
+            pem: root.join(pem),
+            digest: "lb.example.test".into(),
+        }),
+        hard_stop_after: Duration::from_secs(3600),
+        tunnel_timeout: Duration::from_secs(3600),
+        state_file: root.join("var/lib/haproxy/ams-agent-server-state"),
+        spare_slots: 2,
+    }
+}
+
+/// The fixture's file outside the agent's section(s), with the section(s)
+/// `ams-agent lb` renders for [`lb_membership`].
+fn lb_rendered(root: &Path, kind: &str) -> String {
+    use ams_agent::lb::{blocks, haproxy, nginx};
+    let bytes = match kind {
+        "haproxy" => {
+            let text = lb_fixture("lb-haproxy.cfg").into_bytes();
+            let r = blocks::find(&text, haproxy::MARKERS).unwrap().unwrap();
+            let s = lb_settings(root, "etc/haproxy/certs/lb.example.test.pem");
+            blocks::splice(
+                &text,
+                r,
+                &haproxy::render(&s, &haproxy::fresh(&lb_membership(), s.spare_slots)),
+            )
+        }
+        _ => {
+            let text = lb_fixture("lb-nginx.conf").into_bytes();
+            let s = lb_settings(root, "etc/nginx/certs/lb.example.test.pem");
+            nginx::install(
+                &text,
+                &nginx::render_main(&s, &lb_membership()),
+                &nginx::render_http(&s, &lb_membership()),
+            )
+            .unwrap()
+        }
+    };
+    String::from_utf8(bytes).unwrap()
+}
+
 /// The balancer's host: HAProxy's stock file (or Nginx's) with the
 /// section `ams-agent lb` renders, its certificate, and the registry it
 /// follows (reached with --mongo, as the follower is given it).
@@ -1579,10 +1643,6 @@ impl LbHost {
         fs::write(p, text).unwrap();
     }
 
-    fn rooted(&self, text: &str) -> String {
-        text.replace("@ROOT@", &self.root().display().to_string())
-    }
-
     /// HAProxy's PEM: the chain, then the key (what `cert deploy --for
     /// haproxy` writes).
     fn pem(&self, cert: &Path, key: &Path) -> String {
@@ -1599,7 +1659,7 @@ impl LbHost {
         self.write("etc/hostname", "lb-1\n");
         self.write(
             "etc/haproxy/haproxy.cfg",
-            &self.rooted(&lb_fixture("lb-haproxy.cfg")),
+            &lb_rendered(&self.root(), "haproxy"),
         );
         let lineage = ams_agent::cert::testpki::lineage("live.example.test");
         let pem = self.pem(&lineage.join("fullchain.pem"), &lineage.join("privkey.pem"));
@@ -1755,10 +1815,7 @@ fn lb_healthy_then_each_fault_alone_with_real_haproxy_and_nginx() {
     // Nginx, with the sections it renders into nginx.conf.
     h.reset();
     fs::remove_file(h.root().join("etc/haproxy/haproxy.cfg")).unwrap();
-    h.write(
-        "etc/nginx/nginx.conf",
-        &h.rooted(&lb_fixture("lb-nginx.conf")),
-    );
+    h.write("etc/nginx/nginx.conf", &lb_rendered(&h.root(), "nginx"));
     let lineage = ams_agent::cert::testpki::lineage("live.example.test");
     let pem = h.pem(&lineage.join("fullchain.pem"), &lineage.join("privkey.pem"));
     h.write("etc/nginx/certs/lb.example.test.pem", &pem);

@@ -1,31 +1,26 @@
 //! The checks of the load balancer: the section `ams-agent lb` owns in
 //! HAProxy's `haproxy.cfg` or Nginx's `nginx.conf`, between its marker
-//! lines, with one server per node named by node id.
-//!
-//! The `lb` module that renders those sections is being built on another
-//! branch; until it is merged, the marker lines and the server lines are
-//! read here in the format it writes (`# BEGIN ams-agent lb` … `# END
-//! ams-agent lb` in haproxy.cfg, `server <slot> <ip:port> … # node <id>
-//! [draining]` in the backends `ams_origin`/`ams_edge`; `# BEGIN ams-agent
-//! lb (main)` and `(http)` in nginx.conf, `server <ip:port> …; # node <id>`
-//! in the upstreams `ams_origin`/`ams_edge`).
+//! lines, with one server per node named by node id. The markers and the
+//! servers are read with the `lb` module's own readers, so the doctor
+//! reads exactly the format the follower writes.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use super::Outcome;
 use super::env::Env;
 use crate::human::escape;
+use crate::lb::blocks::{self, Markers};
+use crate::lb::haproxy::{self, Backend};
+use crate::lb::model::{MemberState, Membership};
+use crate::lb::nginx;
 use crate::mongo::alive;
+use crate::node::Role;
 
 /// How long `haproxy -c` / `nginx -t` may take (a file with many
 /// certificates takes a while to load).
 pub const CHECKER_BUDGET: std::time::Duration = std::time::Duration::from_secs(8);
-
-pub const HAPROXY: (&str, &str) = ("# BEGIN ams-agent lb", "# END ams-agent lb");
-pub const NGINX_MAIN: (&str, &str) = ("# BEGIN ams-agent lb (main)", "# END ams-agent lb (main)");
-pub const NGINX_HTTP: (&str, &str) = ("# BEGIN ams-agent lb (http)", "# END ams-agent lb (http)");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -49,61 +44,41 @@ pub struct Balancer {
     pub file: PathBuf,
     /// The text between the markers (each section).
     pub sections: Vec<String>,
+    /// The servers the sections route to, as the `lb` module reads them
+    /// back; None when the sections are not in its format (edited by hand).
+    pub servers: Option<Vec<Server>>,
 }
 
-fn starts(line: &str, marker: &str) -> bool {
-    let t = line.trim_start();
-    match t.strip_prefix(marker) {
-        // `# BEGIN ams-agent lb` is also the start of Nginx's markers:
-        // only the marker itself, or the marker and `:`.
-        Some(rest) => {
-            rest.is_empty()
-                || rest.starts_with(':')
-                || (rest.starts_with(char::is_whitespace) && !rest.trim_start().starts_with('('))
-        }
-        None => false,
+/// The text between one pair of markers (None when the file has neither;
+/// why, when the markers are broken).
+fn section(text: &[u8], m: Markers) -> Result<Option<String>, String> {
+    match blocks::find(text, m)? {
+        None => Ok(None),
+        Some(r) => blocks::inner(text, r)
+            .map(Some)
+            .ok_or_else(|| format!("the section after `{}` is not UTF-8", m.begin)),
     }
 }
 
-/// The text between `begin` and `end` (once each, in that order); None
-/// when the file has neither; why, when the markers are broken.
-pub fn section(text: &str, (begin, end): (&str, &str)) -> Result<Option<String>, String> {
-    let mut at: Option<usize> = None;
-    let mut found: Option<String> = None;
-    let lines: Vec<&str> = text.lines().collect();
-    for (n, l) in lines.iter().enumerate() {
-        if starts(l, begin) {
-            if at.is_some() || found.is_some() {
-                return Err(format!(
-                    "the marker `{begin}` appears twice (line {})",
-                    n + 1
-                ));
-            }
-            at = Some(n);
-        } else if starts(l, end) {
-            match at.take() {
-                Some(b) => found = Some(lines[b + 1..n].join("\n")),
-                None => {
-                    return Err(format!(
-                        "line {}: `{end}` without `{begin}` before it",
-                        n + 1
-                    ));
-                }
-            }
+/// The node servers of a membership, as the checks compare them.
+fn servers_of(m: &Membership, draining_kept: bool) -> Vec<Server> {
+    let mut out = Vec::new();
+    for (role, backend) in [(Role::Origin, Backend::Origin), (Role::Edge, Backend::Edge)] {
+        for member in m.group(role) {
+            out.push(Server {
+                group: backend.name().to_string(),
+                id: member.id.as_str().to_string(),
+                addr: member.addr,
+                draining: draining_kept && member.state == MemberState::Draining,
+            });
         }
     }
-    if let Some(b) = at {
-        return Err(format!(
-            "line {}: `{begin}` without `{end}` after it",
-            b + 1
-        ));
-    }
-    Ok(found)
+    out
 }
 
-fn read(env: &Env, file: &Path) -> Option<Result<String, String>> {
+fn read(env: &Env, file: &Path) -> Option<Result<Vec<u8>, String>> {
     match env.host.read_optional(file) {
-        Ok(Some(b)) => Some(Ok(String::from_utf8_lossy(&b).into_owned())),
+        Ok(Some(b)) => Some(Ok(b)),
         Ok(None) => None,
         Err(e) => Some(Err(format!("{e:#}"))),
     }
@@ -116,12 +91,17 @@ pub fn balancers(env: &Env) -> Vec<Result<Balancer, (Kind, PathBuf, String)>> {
     let mut out = Vec::new();
     let h = &env.settings.haproxy_config;
     match read(env, h) {
-        Some(Ok(text)) => match section(&text, HAPROXY) {
-            Ok(Some(s)) => out.push(Ok(Balancer {
-                kind: Kind::Haproxy,
-                file: h.clone(),
-                sections: vec![s],
-            })),
+        Some(Ok(text)) => match section(&text, haproxy::MARKERS) {
+            Ok(Some(s)) => {
+                let servers =
+                    haproxy::parse(&s).map(|l| servers_of(&haproxy::membership(&l), true));
+                out.push(Ok(Balancer {
+                    kind: Kind::Haproxy,
+                    file: h.clone(),
+                    sections: vec![s],
+                    servers,
+                }))
+            }
             Ok(None) => {}
             Err(e) => out.push(Err((Kind::Haproxy, h.clone(), e))),
         },
@@ -130,12 +110,14 @@ pub fn balancers(env: &Env) -> Vec<Result<Balancer, (Kind, PathBuf, String)>> {
     }
     let n = &env.settings.nginx_config;
     match read(env, n) {
-        Some(Ok(text)) => match (section(&text, NGINX_MAIN), section(&text, NGINX_HTTP)) {
+        Some(Ok(text)) => match (section(&text, nginx::MAIN), section(&text, nginx::HTTP)) {
             (Ok(None), Ok(None)) => {}
             (Ok(main), Ok(http)) => out.push(Ok(Balancer {
                 kind: Kind::Nginx,
                 file: n.clone(),
                 sections: main.into_iter().chain(http).collect(),
+                // Nginx has no draining state: a draining node is out.
+                servers: nginx::members(&text).map(|m| servers_of(&m, false)),
             })),
             (Err(e), _) | (_, Err(e)) => out.push(Err((Kind::Nginx, n.clone(), e))),
         },
@@ -258,73 +240,6 @@ pub struct Server {
     pub draining: bool,
 }
 
-/// The node servers of a section, in the groups the registry's roles map
-/// to (`ams_origin`, `ams_edge`).
-pub fn servers(kind: Kind, section: &str) -> Vec<Server> {
-    let mut out = Vec::new();
-    let mut group: Option<String> = None;
-    for line in section.lines() {
-        let t = line.trim();
-        let head = match kind {
-            Kind::Haproxy => t.strip_prefix("backend ").map(|r| r.trim().to_string()),
-            Kind::Nginx => t
-                .strip_prefix("upstream ")
-                .and_then(|r| r.strip_suffix('{'))
-                .map(|r| r.trim().to_string()),
-        };
-        if let Some(g) = head {
-            group = Some(g);
-            continue;
-        }
-        if kind == Kind::Haproxy
-            && ["frontend ", "global", "defaults", "listen "]
-                .iter()
-                .any(|k| t.starts_with(k))
-        {
-            group = None;
-            continue;
-        }
-        if kind == Kind::Nginx && t == "}" {
-            group = None;
-            continue;
-        }
-        let (Some(g), Some(rest)) = (&group, t.strip_prefix("server ")) else {
-            continue;
-        };
-        if g != "ams_origin" && g != "ams_edge" {
-            continue;
-        }
-        let Some((decl, note)) = rest.split_once('#') else {
-            continue;
-        };
-        let note: Vec<&str> = note.split_whitespace().collect();
-        let ["node", id, more @ ..] = note.as_slice() else {
-            continue;
-        };
-        let mut words = decl.split_whitespace();
-        let addr = match kind {
-            Kind::Haproxy => {
-                words.next();
-                words.next()
-            }
-            Kind::Nginx => words.next(),
-        };
-        let Some(addr) = addr
-            .map(|a| a.trim_end_matches(';'))
-            .and_then(|a| a.parse::<SocketAddr>().ok())
-        else {
-            continue;
-        };
-        out.push(Server {
-            group: g.clone(),
-            id: id.to_string(),
-            addr: addr.ip(),
-            draining: more.first() == Some(&"draining"),
-        });
-    }
-    out
-}
-
 /// What the registry says a node should be in the balancer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Want {
@@ -406,7 +321,20 @@ pub fn lb_members(env: &Env) -> Outcome {
         };
         want.insert((group.to_string(), id.to_string()), w);
     }
-    let servers: Vec<Server> = b.sections.iter().flat_map(|s| servers(b.kind, s)).collect();
+    let Some(servers) = b.servers.clone() else {
+        return Outcome::fail(
+            format!(
+                "{} {}: the agent's section is not in the form `ams-agent lb {}` writes (edited by hand?), so its servers cannot be compared",
+                b.kind.name(),
+                b.file.display(),
+                b.kind.name()
+            ),
+            format!(
+                "run `sudo ams-agent lb {}` to render it again (edits inside the markers are overwritten)",
+                b.kind.name()
+            ),
+        );
+    };
     let mut problems = Vec::new();
     for s in &servers {
         let key = (s.group.clone(), s.id.clone());
@@ -621,48 +549,18 @@ pub fn lb_cert(env: &Env) -> Outcome {
 mod tests {
     use super::*;
 
-    const HAPROXY_SECTION: &str = "# BEGIN ams-agent lb: rendered by `ams-agent lb haproxy` from the node registry; edits inside are overwritten
-global
-    hard-stop-after 3600s
-frontend ams_publish
-    bind :443 ssl crt /etc/haproxy/certs/
-    default_backend ams_origin
-backend ams_origin
-    balance leastconn
-    server i-0aaaaaaaaaaaaaaa1 10.0.1.5:5080 cookie i-0aaaaaaaaaaaaaaa1 # node i-0aaaaaaaaaaaaaaa1
-    server i-0aaaaaaaaaaaaaaa2 10.0.1.6:5080 cookie i-0aaaaaaaaaaaaaaa2 weight 0 # node i-0aaaaaaaaaaaaaaa2 draining
-    server _slot1 127.0.0.1:1 disabled # empty
-backend ams_edge
-    server i-0bbbbbbbbbbbbbbb2 [fd00::8]:5080 cookie i-0bbbbbbbbbbbbbbb2 # node i-0bbbbbbbbbbbbbbb2
-backend ams_rtmp
-    mode tcp
-    server i-0aaaaaaaaaaaaaaa1 10.0.1.5:1935 # node i-0aaaaaaaaaaaaaaa1
-# END ams-agent lb
-";
-
     #[test]
-    fn reads_the_haproxy_section_and_its_servers() {
-        let text = format!("global\n    daemon\n{HAPROXY_SECTION}");
-        let s = section(&text, HAPROXY).unwrap().unwrap();
-        // Nginx's markers are not HAProxy's.
-        assert_eq!(section(&text, NGINX_MAIN).unwrap(), None);
-        let v = servers(Kind::Haproxy, &s);
-        assert_eq!(v.len(), 3, "{v:?}");
-        assert_eq!(v[1].id, "i-0aaaaaaaaaaaaaaa2");
-        assert!(v[1].draining);
-        assert_eq!(v[2].addr, "fd00::8".parse::<IpAddr>().unwrap());
-        assert!(section(&format!("{text}{HAPROXY_SECTION}"), HAPROXY).is_err());
-        assert!(section("# END ams-agent lb\n", HAPROXY).is_err());
-    }
-
-    #[test]
-    fn reads_nginx_upstreams() {
-        let s = "    upstream ams_origin {\n        zone ams_origin 80k;\n        server 10.0.1.5:5080 max_fails=1 fail_timeout=5s; # node i-0aaaaaaaaaaaaaaa1\n    }\n    upstream ams_edge {\n        server 127.0.0.1:1 down; # empty: no edge in rotation (answers 502)\n    }\n    upstream ams_dashboard {\n        server 10.0.1.5:5080 max_fails=1 fail_timeout=5s; # node i-0aaaaaaaaaaaaaaa1\n    }\n";
-        let v = servers(Kind::Nginx, s);
-        assert_eq!(v.len(), 1, "{v:?}");
+    fn sections_are_read_with_the_lb_markers_and_broken_ones_named() {
+        let text =
+            b"global\n    daemon\n# BEGIN ams-agent lb: rendered\nbackend x\n# END ams-agent lb\n";
         assert_eq!(
-            (v[0].group.as_str(), v[0].id.as_str()),
-            ("ams_origin", "i-0aaaaaaaaaaaaaaa1")
+            section(text, haproxy::MARKERS).unwrap().unwrap(),
+            "backend x\n"
         );
+        // Nginx's markers are not HAProxy's.
+        assert_eq!(section(text, nginx::MAIN).unwrap(), None);
+        assert!(section(b"# END ams-agent lb\n", haproxy::MARKERS).is_err());
+        // A section that is not the agent's own format has no servers.
+        assert!(haproxy::parse("backend x\n").is_none());
     }
 }

@@ -1373,7 +1373,10 @@ pub fn expiry_outcome(what: &str, info: &crate::cert::inspect::CertInfo, fix: &s
         Outcome::fail(
             format!(
                 "{what} ({names}) expired {} days ago, on {}",
-                -days,
+                // Whole days since it expired (floor of the elapsed time,
+                // not of the negative remainder: 3 days and a second ago
+                // is "3 days ago").
+                (unix_now() - info.not_after).div_euclid(86_400),
                 date(info.not_after)
             ),
             fix,
