@@ -32,6 +32,9 @@ pub struct ReporterSettings {
     pub fallback_group: Option<String>,
     pub ams_url: String,
     pub imds_endpoint: String,
+    /// `[node] cloud` of agent.toml (`auto` when absent), and where it came from.
+    pub cloud: crate::cloud::CloudChoice,
+    pub cloud_origin: crate::cloud::detect::Origin,
     /// Lifetime of a silent node's document (TTL index on `lastSeen`).
     pub ttl: Duration,
     /// The node id `join` stored (`[node] id`), kept whatever the metadata
@@ -41,6 +44,24 @@ pub struct ReporterSettings {
     pub private_ip: Option<Ipv4Addr>,
     /// Graceful scale-in (notices, AMS's REST API, the lifecycle hook).
     pub drain: DrainSettings,
+}
+
+impl ReporterSettings {
+    /// How the reporter identifies the node: agent.toml's cloud, the
+    /// endpoints of the environment (EC2's from `--imds-endpoint`), the
+    /// route to the registry, `[node] private_ip`.
+    pub fn lookup(&self) -> identity::Lookup {
+        identity::Lookup {
+            choice: self.cloud,
+            origin: self.cloud_origin.clone(),
+            endpoints: crate::cloud::detect::Endpoints::from_env().with_ec2(&self.imds_endpoint),
+            mongo_uri: Some(self.target.uri.clone()),
+            pinned_ip: self
+                .private_ip
+                .map(|ip| (ip, "[node] private_ip of agent.toml")),
+            announce: true,
+        }
+    }
 }
 
 /// Deadlines for the reporter: an attempt never outlives about two
@@ -291,12 +312,11 @@ pub async fn reporter_loop(
     let deadlines = reporter_deadlines(interval);
     let shown = s.target.shown();
 
+    let lookup = s.lookup();
     let identity = tokio::select! {
-        id = identity::resolve_stored(host, &s.imds_endpoint, s.node_id.as_deref()) => {
-            let mut id = id.context("identifying this node")?;
-            // `join --ip`, else the metadata's address, else the default route's.
-            id.private_ip = s.private_ip.or(id.private_ip);
-            id
+        id = identity::resolve_stored(host, &lookup, s.node_id.as_deref()) => {
+            // `join --ip`, else the metadata's address, else the route's.
+            id.context("identifying this node")?
         }
         _ = term.recv() => return Ok(()),
         _ = int.recv() => return Ok(()),
@@ -317,7 +337,8 @@ pub async fn reporter_loop(
     let shared = Shared::default();
     let mut settings_drain = s.drain.clone();
     // EC2's notices only where there is EC2 metadata.
-    settings_drain.watch_metadata &= identity.source == identity::IdSource::Ec2;
+    settings_drain.watch_metadata &=
+        identity.source == identity::IdSource::Cloud(crate::cloud::Provider::Ec2);
     let mut driver = Driver::new(
         host,
         runner,

@@ -491,8 +491,14 @@ impl NodeHost {
     }
 
     fn node_doc(&mut self, ago: f64, state: &str) {
+        self.node_doc_in(ago, state, "default");
+    }
+
+    /// This node's document as the reporter writes it, with AMS's node
+    /// group `group` (the example install's red5.properties says `default`).
+    fn node_doc_in(&mut self, ago: f64, state: &str, group: &str) {
         self.peer.control(&format!(
-            "insert ams_agent nodes {{\"_id\": \"{NODE_ID}\", \"hostname\": \"ip-10-0-1-20\", \"role\": \"origin\", \"state\": \"{state}\", \"privateIp\": \"{IP}\", \"intervalSeconds\": 5.0, \"heartbeats\": {{\"$numberLong\": \"42\"}}, \"lastSeen\": {{\"$ago\": {ago}}}}}"
+            "insert ams_agent nodes {{\"_id\": \"{NODE_ID}\", \"hostname\": \"ip-10-0-1-20\", \"role\": \"origin\", \"state\": \"{state}\", \"privateIp\": \"{IP}\", \"nodeGroup\": \"{group}\", \"intervalSeconds\": 5.0, \"heartbeats\": {{\"$numberLong\": \"42\"}}, \"lastSeen\": {{\"$ago\": {ago}}}}}"
         ));
     }
 
@@ -848,6 +854,33 @@ fn node_healthy_then_each_fault_alone() {
         &|h| h.node_doc(95.0, "ready"),
         &[("registry.node", "[FAIL]"), ("agent.service", "[FAIL]")],
         1,
+    );
+    fault(
+        &mut h,
+        &mut report,
+        &healthy,
+        "the registry shows another node group than red5.properties",
+        &|h| h.node_doc_in(2.0, "ready", "us-east"),
+        &[("ams.nodegroup", "[FAIL]"), ("registry.node", "[ok]")],
+        1,
+    );
+    fault(
+        &mut h,
+        &mut report,
+        &healthy,
+        "agent.toml recorded another node group",
+        &|h| {
+            let p = h.t.path("etc/ams-agent/agent.toml");
+            let text = fs::read_to_string(&p).unwrap();
+            assert!(text.contains("node_group = \"default\""), "{text}");
+            fs::write(
+                &p,
+                text.replace("node_group = \"default\"", "node_group = \"eu-west\""),
+            )
+            .unwrap();
+        },
+        &[("ams.nodegroup", "[warn]")],
+        2,
     );
     fault(
         &mut h,

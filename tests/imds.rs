@@ -7,11 +7,21 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use ams_agent::cloud::Provider;
+use ams_agent::cloud::ec2::{Budget, Imds};
 use ams_agent::host::Host;
 use ams_agent::host::fs::CrashPoints;
-use ams_agent::node::identity::{self, IdSource};
-use ams_agent::node::imds::{Budget, Imds};
+use ams_agent::node::identity::{self, IdSource, Lookup, NodeIdentity};
 use common::{Imds as ImdsServer, free_port};
+
+/// The identity with EC2's endpoint at `endpoint` (nothing in DMI).
+async fn resolve_at(
+    host: &Host,
+    endpoint: &str,
+    stored: Option<&str>,
+) -> anyhow::Result<NodeIdentity> {
+    identity::resolve_stored(host, &Lookup::ec2(endpoint), stored).await
+}
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -67,16 +77,7 @@ fn an_expired_token_is_renewed_once() {
 }
 
 fn host_with_machine_id() -> (tempfile::TempDir, Host) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("etc")).unwrap();
-    std::fs::write(
-        dir.path().join("etc/machine-id"),
-        "0123456789abcdef0123456789abcdef\n",
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("etc/hostname"), "node-7\n").unwrap();
-    let h = Host::new(dir.path(), CrashPoints::default());
-    (dir, h)
+    common::cloud::host_root(None)
 }
 
 #[test]
@@ -86,7 +87,7 @@ fn without_an_endpoint_the_fallback_is_fast() {
     // Nothing listens: connection refused, three quick attempts.
     let dead = format!("http://127.0.0.1:{}", free_port());
     let start = Instant::now();
-    let id = rt.block_on(identity::resolve(&host, &dead)).unwrap();
+    let id = rt.block_on(resolve_at(&host, &dead, None)).unwrap();
     assert!(
         start.elapsed() < Duration::from_secs(2),
         "{:?}",
@@ -101,7 +102,7 @@ fn without_an_endpoint_the_fallback_is_fast() {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let silent = format!("http://{}", l.local_addr().unwrap());
     let start = Instant::now();
-    let id = rt.block_on(identity::resolve(&host, &silent)).unwrap();
+    let id = rt.block_on(resolve_at(&host, &silent, None)).unwrap();
     assert!(
         start.elapsed() < Duration::from_secs(4),
         "{:?}",
@@ -115,10 +116,8 @@ fn without_an_endpoint_the_fallback_is_fast() {
 fn ec2_identity_wins_over_machine_id() {
     let (_d, host) = host_with_machine_id();
     let server = ImdsServer::start("i-0ccccccccccccccccc", "10.0.1.23");
-    let id = rt()
-        .block_on(identity::resolve(&host, &server.url))
-        .unwrap();
-    assert_eq!(id.source, IdSource::Ec2);
+    let id = rt().block_on(resolve_at(&host, &server.url, None)).unwrap();
+    assert_eq!(id.source, IdSource::Cloud(Provider::Ec2));
     assert_eq!(id.id, "i-0ccccccccccccccccc");
     assert_eq!(id.private_ip, Some("10.0.1.23".parse().unwrap()));
 }
@@ -128,7 +127,7 @@ fn no_metadata_and_no_machine_id_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::new(dir.path(), CrashPoints::default());
     let dead = format!("http://127.0.0.1:{}", free_port());
-    let err = rt().block_on(identity::resolve(&host, &dead)).unwrap_err();
+    let err = rt().block_on(resolve_at(&host, &dead, None)).unwrap_err();
     assert!(format!("{err:#}").contains("/etc/machine-id"), "{err:#}");
 }
 
@@ -154,13 +153,17 @@ fn a_failing_optional_item_keeps_the_ec2_identity() {
     assert_eq!(meta.public_ipv4, None);
     assert_eq!(meta.local_ipv4, Some("10.0.1.25".parse().unwrap()));
     assert_eq!(meta.instance_type.as_deref(), Some("c5.xlarge"));
-    let id = rt.block_on(identity::resolve(&host, &server.url)).unwrap();
-    assert_eq!(id.source, IdSource::Ec2, "not the machine-id fallback");
+    let id = rt.block_on(resolve_at(&host, &server.url, None)).unwrap();
+    assert_eq!(
+        id.source,
+        IdSource::Cloud(Provider::Ec2),
+        "not the machine-id fallback"
+    );
     assert_eq!(id.id, "i-0ddddddddddddddddd");
 
     // The instance id itself failing is still "no metadata".
     server.fail("instance-id", 429);
-    let id = rt.block_on(identity::resolve(&host, &server.url)).unwrap();
+    let id = rt.block_on(resolve_at(&host, &server.url, None)).unwrap();
     assert_eq!(id.source, IdSource::MachineId);
 }
 
@@ -170,25 +173,17 @@ fn a_stored_id_survives_a_metadata_outage_but_not_another_instance() {
     let rt = rt();
     let dead = format!("http://127.0.0.1:{}", free_port());
     let id = rt
-        .block_on(identity::resolve_stored(
-            &host,
-            &dead,
-            Some("i-0eeeeeeeeeeeeeeeee"),
-        ))
+        .block_on(resolve_at(&host, &dead, Some("i-0eeeeeeeeeeeeeeeee")))
         .unwrap();
     assert_eq!(id.id, "i-0eeeeeeeeeeeeeeeee", "not /etc/machine-id");
-    assert_eq!(id.source, IdSource::Ec2);
+    assert_eq!(id.source, IdSource::Cloud(Provider::Ec2));
     assert_eq!(id.hostname, "node-7");
 
     // The same instance answering: its metadata, the stored id.
     let same = ImdsServer::start("i-0eeeeeeeeeeeeeeeee", "10.0.1.26");
     same.fail("placement/availability-zone", 429);
     let id = rt
-        .block_on(identity::resolve_stored(
-            &host,
-            &same.url,
-            Some("i-0eeeeeeeeeeeeeeeee"),
-        ))
+        .block_on(resolve_at(&host, &same.url, Some("i-0eeeeeeeeeeeeeeeee")))
         .unwrap();
     assert_eq!(id.id, "i-0eeeeeeeeeeeeeeeee");
     assert_eq!(id.private_ip, Some("10.0.1.26".parse().unwrap()));
@@ -196,17 +191,13 @@ fn a_stored_id_survives_a_metadata_outage_but_not_another_instance() {
     // Another instance (an image of a joined node): the new instance's id.
     let other = ImdsServer::start("i-0fffffffffffffffff", "10.0.1.27");
     let id = rt
-        .block_on(identity::resolve_stored(
-            &host,
-            &other.url,
-            Some("i-0eeeeeeeeeeeeeeeee"),
-        ))
+        .block_on(resolve_at(&host, &other.url, Some("i-0eeeeeeeeeeeeeeeee")))
         .unwrap();
     assert_eq!(id.id, "i-0fffffffffffffffff");
 
     // A stored machine id of another machine (a cloned disk): this one's.
     let id = rt
-        .block_on(identity::resolve_stored(
+        .block_on(resolve_at(
             &host,
             &dead,
             Some("ffffffffffffffffffffffffffffffff"),

@@ -8,6 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use ams_agent::cloud::Provider;
 use ams_agent::config::Role;
 use ams_agent::mongo::error::Failure;
 use ams_agent::mongo::registry::{Deadlines, NodeReport, NodeState, Registry, TTL_INDEX, Target};
@@ -44,12 +45,17 @@ fn report(id: &str, state: NodeState) -> NodeReport {
     NodeReport {
         identity: NodeIdentity {
             id: id.into(),
-            source: IdSource::Ec2,
+            source: IdSource::Cloud(Provider::Ec2),
             hostname: "ip-10-0-1-20".into(),
             private_ip: Some("10.0.1.20".parse().unwrap()),
+            private_ip_source: Some("ec2 metadata latest/meta-data/local-ipv4".into()),
             public_ip: None,
             instance_type: Some("c5.xlarge".into()),
             availability_zone: Some("eu-west-1a".into()),
+            provider: Some(Provider::Ec2),
+            region: Some("eu-west-1".into()),
+            spot: Some(false),
+            vm_name: None,
         },
         role: Role::Edge,
         state,
@@ -101,6 +107,9 @@ fn heartbeat_is_one_upsert_by_node_id_with_server_time_and_a_counter() {
             "instanceType": "c5.xlarge",
             "availabilityZone": "eu-west-1a",
             "idSource": "ec2",
+            "provider": "ec2",
+            "region": "eu-west-1",
+            "spot": false,
             "role": "edge",
             "nodeGroup": "default",
             "ams": { "mode": "cluster", "service": "active", "http": true, "httpStatus": 200, "fallback": null },

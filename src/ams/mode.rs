@@ -128,6 +128,52 @@ pub fn plan(host: &Host, sw: &ModeSwitch) -> Result<Plan> {
 /// as AMS's (`mode` keeps agent.toml's recorded mode in step); they never
 /// cause an AMS restart.
 pub fn plan_with(host: &Host, sw: &ModeSwitch, also: Vec<FileChange>) -> Result<Plan> {
+    plan_extra(
+        host,
+        sw,
+        Extras {
+            also,
+            node_group: None,
+        },
+    )
+}
+
+/// What a caller adds to a mode switch, in the same transaction.
+#[derive(Debug, Default)]
+pub struct Extras {
+    /// Files of the caller's (they never cause an AMS restart).
+    pub also: Vec<FileChange>,
+    /// AMS's node group: `nodeGroup` of conf/red5.properties (AMS's
+    /// `ServerSettings`, default `default`), set with the cluster keys.
+    pub node_group: Option<String>,
+}
+
+/// AMS's node group when red5.properties names none (its
+/// `ServerSettings.DEFAULT_NODE_GROUP`).
+pub const DEFAULT_NODE_GROUP: &str = "default";
+
+/// A node group AMS can carry: 1 to 64 letters, digits, `-`, `_` or `.`,
+/// starting with a letter or digit (it lands in red5.properties and in
+/// every balancer's configuration as it is).
+pub fn valid_node_group(g: &str) -> bool {
+    !g.is_empty()
+        && g.len() <= 64
+        && g.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && g.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// [`plan_with`], with a node group as well.
+pub fn plan_extra(host: &Host, sw: &ModeSwitch, extras: Extras) -> Result<Plan> {
+    let Extras { also, node_group } = extras;
+    if let Some(g) = &node_group {
+        if !valid_node_group(g) {
+            bail_usage!(
+                "node group `{}` must be 1-64 letters, digits, `-`, `_` or `.`, starting with a letter or digit",
+                g.escape_debug()
+            );
+        }
+    }
     if sw.mode == Mode::Cluster && sw.db.kind == DbKind::MapDb {
         bail_usage!("cluster mode needs a MongoDB or Redis database");
     }
@@ -167,6 +213,9 @@ pub fn plan_with(host: &Host, sw: &ModeSwitch, also: Vec<FileChange>) -> Result<
         ("clusterdb.password", ""),
         ("useGlobalIp", "false"),
     ])?;
+    if let Some(g) = &node_group {
+        red5.set_all(&[("nodeGroup", g)])?;
+    }
     changes.push(change(red5_now, red5.to_text(), secret)?);
 
     // conf/jee-container.xml: the cluster blocks.

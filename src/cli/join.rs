@@ -24,6 +24,8 @@ use crate::ams::db::{self, DbKind, DbUrl};
 use crate::ams::layout::{DEFAULT_AMS_HOME, DEFAULT_HTTP_URL};
 use crate::ams::mode::{self, Mode, ModeSwitch};
 use crate::bail_usage;
+use crate::cloud::detect::{Endpoints, Origin};
+use crate::cloud::{CloudChoice, ec2 as imds};
 use crate::config::{
     self, AgentConfig, CONFIG_FILE, DEFAULT_COLLECTION, DEFAULT_DATABASE, JOIN_RECORD, JoinRecord,
     LAST_ERROR, LastErrorRecord, MongoSection, NodeSection, PASSWORD_FILE, ReporterSection, Role,
@@ -34,17 +36,20 @@ use crate::host::{Host, tty};
 use crate::mongo::error::{Failure, RegistryError};
 use crate::mongo::registry::{Deadlines, LastError, NodeState, Registry, Target};
 use crate::node::health::CpuSampler;
-use crate::node::identity::{self, NodeIdentity};
-use crate::node::imds;
+use crate::node::identity::{self, Lookup, NodeIdentity};
 use crate::plan::{Action, ApplyCtx, FileChange, Plan, Step};
 use crate::reporter::{Gatherer, ReporterSettings, jitter};
 
 pub const AGENT_UNIT: &str = crate::agent_service::UNIT;
 
-/// Join this node to the AMS cluster (EC2 user-data entry point)
+/// Join this node to the AMS cluster (the user-data entry point)
 #[derive(Debug, Args)]
 #[command(
-    long_about = "Join this node to the AMS cluster: the EC2 user-data entry point.\n\n\
+    long_about = "Join this node to the AMS cluster: the user-data entry point (EC2, Azure, GCP, \
+    DigitalOcean, Hetzner, OpenStack, Oracle, or no cloud).\n\n\
+    Identifies the node from its cloud's instance metadata (the cloud from --cloud, else \
+    detected from DMI; without metadata /etc/machine-id and the route to MongoDB; see \
+    `ams-agent metadata`). \
     Waits for MongoDB (with backoff, up to --mongo-wait), registers the node as `joining`, \
     switches AMS to cluster mode (the instance's private IPv4 goes into /etc/hosts), \
     restarts AMS and waits for it, writes /etc/ams-agent/agent.toml, the 0600 password \
@@ -84,9 +89,22 @@ pub struct JoinArgs {
     pub no_restart: bool,
 
     /// This node's private IPv4 for /etc/hosts (default: from the instance
-    /// metadata, else the default route's)
+    /// metadata, else the source address of the route to MongoDB, else the
+    /// default route's)
     #[arg(long, value_name = "IPV4", value_parser = super::parse_node_ip)]
     pub ip: Option<Ipv4Addr>,
+
+    /// The cloud whose instance metadata to read (default: [node] cloud of
+    /// agent.toml, else detected from DMI); `none` probes nothing. Stored
+    /// in agent.toml
+    #[arg(long, value_name = "NAME", value_parser = super::cloud_parser())]
+    pub cloud: Option<CloudChoice>,
+
+    /// AMS node group of this node (`nodeGroup` of conf/red5.properties,
+    /// for clusters that span regions), set with the cluster mode and
+    /// recorded in the registry (default: keep the file's)
+    #[arg(long, value_name = "NAME", value_parser = super::parse_node_group)]
+    pub node_group: Option<String>,
 
     /// Database of the node registry
     #[arg(long, value_name = "NAME", default_value = DEFAULT_DATABASE)]
@@ -212,6 +230,15 @@ fn validate(ctx: &Context, args: &JoinArgs) -> Result<Request> {
     }
     let layout = AmsLayout::new(&args.ams_home);
     layout.check(&ctx.host)?;
+    // `--cloud`, else the choice an earlier join stored (a re-join keeps it).
+    let cloud = match args.cloud {
+        Some(CloudChoice::Auto) => None,
+        Some(c) => Some(c),
+        None => AgentConfig::load(&ctx.host, Path::new(CONFIG_FILE))
+            .ok()
+            .flatten()
+            .and_then(|c| c.node.cloud),
+    };
     let db = args
         .auth
         .ask_missing_password(&creds, db, &input, &ctx.host, "--mongo")?;
@@ -231,6 +258,7 @@ fn validate(ctx: &Context, args: &JoinArgs) -> Result<Request> {
             ams_home: args.ams_home.clone(),
             ams_mode: None,
             node_group: None,
+            cloud,
         },
         reporter: ReporterSection {
             interval: args.interval,
@@ -311,10 +339,27 @@ pub fn ssm_password(imds_endpoint: &str, name: &str, flag: &str) -> Result<crate
 /// True when this very instance already joined with these settings. The
 /// join record is written last (after the node is marked ready), so a join
 /// that failed half-way is never taken for a finished one.
-fn already_joined(host: &Host, node: &NodeIdentity, req: &Request, restart: bool) -> bool {
+fn already_joined(
+    host: &Host,
+    node: &NodeIdentity,
+    req: &Request,
+    restart: bool,
+    group: Option<&str>,
+) -> bool {
     let Some(rec) = JoinRecord::load(host) else {
         return false;
     };
+    // A node group asked for that AMS's file does not hold yet.
+    if let Some(g) = group {
+        if mode::read_node_group(host, &req.layout)
+            .ok()
+            .flatten()
+            .as_deref()
+            != Some(g)
+        {
+            return false;
+        }
+    }
     // Switched files still waiting for their AMS restart (a crash).
     if restart && host.exists(&mode::restart_marker()) {
         return false;
@@ -512,12 +557,24 @@ pub fn run(ctx: &Context, args: JoinArgs) -> Result<()> {
         .ok()
         .flatten()
         .and_then(|c| c.node.id);
+    let lookup = Lookup {
+        choice: req.config.node.cloud.unwrap_or_default(),
+        origin: match (args.cloud, req.config.node.cloud) {
+            (Some(_), _) => Origin::Flag,
+            (None, Some(_)) => Origin::Config(CONFIG_FILE.into()),
+            (None, None) => Origin::Default,
+        },
+        endpoints: Endpoints::from_env().with_ec2(&args.imds_endpoint),
+        mongo_uri: Some(req.target.uri.clone()),
+        pinned_ip: args.ip.map(|ip| (ip, "--ip")),
+        announce: true,
+    };
     let resolved = rt.block_on(identity::resolve_stored(
         &ctx.host,
-        &args.imds_endpoint,
+        &lookup,
         stored.as_deref(),
     ));
-    let mut node = match resolved {
+    let node = match resolved {
         Ok(n) => n,
         Err(e) => {
             let step = "identify this node";
@@ -537,9 +594,9 @@ pub fn run(ctx: &Context, args: JoinArgs) -> Result<()> {
             anyhow::bail!("join failed at step `{step}`: {message}");
         }
     };
-    // `--ip`, else the metadata's local-ipv4, else the default route's: the
-    // address pinned in /etc/hosts is the one the registry shows.
-    node.private_ip = args.ip.or(node.private_ip);
+    // `--ip`, else the metadata's, else the route's to MongoDB, else the
+    // default route's: the address pinned in /etc/hosts is the one the
+    // registry shows.
     req.config.node.id = Some(node.id.clone());
     let switch = ModeSwitch {
         mode: Mode::Cluster,
@@ -552,7 +609,13 @@ pub fn run(ctx: &Context, args: JoinArgs) -> Result<()> {
         }),
     };
 
-    if already_joined(&ctx.host, &node, &req, switch.restart.is_some()) {
+    if already_joined(
+        &ctx.host,
+        &node,
+        &req,
+        switch.restart.is_some(),
+        args.node_group.as_deref(),
+    ) {
         println!(
             "node {} already joined {} as {}; nothing to do",
             node.id,
@@ -571,6 +634,8 @@ pub fn run(ctx: &Context, args: JoinArgs) -> Result<()> {
         fallback_group: None,
         ams_url: args.ams_url.clone(),
         imds_endpoint: args.imds_endpoint.clone(),
+        cloud: req.config.node.cloud.unwrap_or_default(),
+        cloud_origin: lookup.origin.clone(),
         ttl: args.ttl,
         node_id: Some(node.id.clone()),
         private_ip: args.ip,
@@ -607,7 +672,7 @@ pub fn run(ctx: &Context, args: JoinArgs) -> Result<()> {
         crate::drain::state::save(&ctx.host, None)?;
         tracing::info!("this node was drained earlier; it joins again");
     }
-    let (plan, stages) = j.plan(&req, &switch)?;
+    let (plan, stages) = j.plan(&req, &switch, args.node_group.clone())?;
     if ctx.dry_run {
         print!("{}", plan.render());
         println!("(dry run: nothing was changed and nothing was sent to MongoDB)");
@@ -754,7 +819,12 @@ struct Joiner<'a> {
 impl Joiner<'_> {
     /// The whole join as one plan, with the name of the stage each step
     /// belongs to (failures are reported, and recorded, by stage).
-    fn plan(&self, req: &Request, switch: &ModeSwitch) -> Result<(Plan, Vec<&'static str>)> {
+    fn plan(
+        &self,
+        req: &Request,
+        switch: &ModeSwitch,
+        node_group: Option<String>,
+    ) -> Result<(Plan, Vec<&'static str>)> {
         let host = &self.ctx.host;
         let node = &self.session.node;
         let mut plan = Plan::new(format!(
@@ -776,13 +846,19 @@ impl Joiner<'_> {
             ..Plan::default()
         };
         let step = "switch AMS to cluster mode";
-        let switch_plan = mode::plan(host, switch).map_err(|e| self.fail(step, e))?;
+        let extras = mode::Extras {
+            node_group: node_group.clone(),
+            ..mode::Extras::default()
+        };
+        let switch_plan = mode::plan_extra(host, switch, extras).map_err(|e| self.fail(step, e))?;
         // The reporter's settings as AMS will stand after the switch.
         let mut cfg = req.config.clone();
         cfg.node.ams_mode = Some(Mode::Cluster.name().to_string());
-        cfg.node.node_group = crate::ams::mode::read_node_group(host, &req.layout)
-            .ok()
-            .flatten();
+        cfg.node.node_group = node_group.or_else(|| {
+            crate::ams::mode::read_node_group(host, &req.layout)
+                .ok()
+                .flatten()
+        });
         let agent_req = Request {
             db: req.db.clone(),
             target: req.target.clone(),
@@ -893,9 +969,29 @@ impl Joiner<'_> {
             node.source.name(),
             s.role.name(),
             node.hostname,
-            switch
-                .ip
-                .map_or_else(|| "from the default route".into(), |ip| ip.to_string())
+            match (switch.ip, &node.private_ip_source) {
+                (Some(ip), Some(from)) => format!("{ip} ({from})"),
+                (Some(ip), None) => ip.to_string(),
+                (None, _) => "from the default route".into(),
+            }
+        );
+        println!(
+            "  cloud     {}",
+            match node.provider {
+                Some(p) => format!(
+                    "{}{}{}",
+                    p.title(),
+                    node.region
+                        .as_deref()
+                        .map(|r| format!(", {r}"))
+                        .unwrap_or_default(),
+                    node.availability_zone
+                        .as_deref()
+                        .map(|z| format!(" / {z}"))
+                        .unwrap_or_default()
+                ),
+                None => "none found (the host's own facts; `ams-agent metadata` says why)".into(),
+            }
         );
         println!(
             "  registry  {} {}.{}",

@@ -146,6 +146,12 @@ pub struct CommonArgs {
     /// How long a reload may take to show (a new worker)
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub reload_wait: Duration,
+
+    /// Serve one AMS node group only (`nodeGroup` of the nodes'
+    /// red5.properties; nodes without one are in `default`): a balancer per
+    /// region. Without it, every node of the registry
+    #[arg(long = "group", alias = "node-group", value_name = "NODE_GROUP", env = "AMS_AGENT_LB_GROUP", value_parser = super::parse_node_group)]
+    pub node_group: Option<String>,
 }
 
 /// HAProxy follows the registry (membership through its Runtime API)
@@ -327,6 +333,7 @@ impl CommonArgs {
             timeout: self.timeout,
             reload_wait: self.reload_wait,
             target,
+            node_group: self.node_group.clone(),
         })
     }
 }
@@ -428,17 +435,26 @@ fn status_cmd(ctx: &Context, a: LbStatusArgs) -> Result<()> {
     }
     let Resolved { target, .. } = a.registry.resolve(&ctx.host)?;
     let rt = runtime()?;
-    let registry = rt
-        .block_on(async {
-            let reg = Registry::open(&target, Deadlines::within(a.timeout)).await?;
-            let v = follow::read_registry(&reg).await;
-            reg.close().await;
-            v.map(|(view, _)| view)
-        })
-        .map_err(|e| e.to_string());
+    // Each balancer's view of the registry: its node group's nodes, or all.
+    let groups: Vec<Option<String>> = records.iter().map(|(_, r)| r.node_group.clone()).collect();
+    let read = rt.block_on(async {
+        let reg = Registry::open(&target, Deadlines::within(a.timeout)).await?;
+        let mut out = Vec::new();
+        for g in &groups {
+            let v = follow::read_registry(&reg, g.as_deref()).await;
+            out.push(v.map(|(view, _)| view));
+        }
+        reg.close().await;
+        Ok::<_, crate::mongo::error::RegistryError>(out)
+    });
     let mut views = BTreeMap::new();
-    let mut failed = registry.is_err();
-    for (kind, record) in &records {
+    let mut failed = false;
+    for (i, (kind, record)) in records.iter().enumerate() {
+        let registry = match &read {
+            Ok(views) => views[i].clone().map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        failed |= registry.is_err();
         let file = follow::read_file(&ctx.host, *kind, &record.file)
             .map(|c| (c.members, c.layout))
             .map_err(|e| format!("{e:#}"));
@@ -458,7 +474,7 @@ fn status_cmd(ctx: &Context, a: LbStatusArgs) -> Result<()> {
             kind: *kind,
             file,
             live,
-            registry: registry.clone(),
+            registry,
         });
         failed |= v.balancer_error.is_some();
         views.insert(kind.name(), v);
@@ -475,9 +491,12 @@ fn status_cmd(ctx: &Context, a: LbStatusArgs) -> Result<()> {
     if failed {
         anyhow::bail!(
             "{}",
-            match &registry {
+            match &read {
                 Err(e) => format!("the registry does not answer: {e}"),
-                Ok(_) => "the balancer's state could not be read (see above)".into(),
+                Ok(v) => match v.iter().find_map(|r| r.as_ref().err()) {
+                    Some(e) => format!("the registry does not answer: {e}"),
+                    None => "the balancer's state could not be read (see above)".into(),
+                },
             }
         );
     }

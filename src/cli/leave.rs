@@ -12,11 +12,12 @@ use super::run::{RegistryArgs, Resolved};
 use crate::host::runtime;
 use std::sync::Arc;
 
+use crate::cloud::ec2 as imds;
 use crate::config::{self, JOIN_RECORD, JoinRecord, LastErrorRecord};
 use crate::host::fs::private_meta;
 use crate::host::systemd::{self, ServiceAction};
 use crate::mongo::registry::{Deadlines, NodeState, Registry, Target};
-use crate::node::{identity, imds};
+use crate::node::identity;
 use crate::plan::{Action, ApplyCtx, FileChange, Plan, Step};
 
 pub const AGENT_UNIT: &str = "ams-agent.service";
@@ -36,6 +37,30 @@ pub struct LeaveArgs {
     pub imds_endpoint: String,
 }
 
+/// agent.toml's cloud, the environment's endpoints, the route to the
+/// registry: as the reporter identifies the node.
+fn lookup(
+    args: &LeaveArgs,
+    target: &Target,
+    config: Option<&config::AgentConfig>,
+) -> identity::Lookup {
+    use crate::cloud::detect::{Endpoints, Origin};
+    let cloud = config.and_then(|c| c.node.cloud);
+    identity::Lookup {
+        choice: cloud.unwrap_or_default(),
+        origin: match cloud {
+            Some(_) => Origin::Config(args.registry.config.clone()),
+            None => Origin::Default,
+        },
+        endpoints: Endpoints::from_env().with_ec2(&args.imds_endpoint),
+        mongo_uri: Some(target.uri.clone()),
+        pinned_ip: config
+            .and_then(|c| c.node.private_ip)
+            .map(|ip| (ip, "[node] private_ip of agent.toml")),
+        announce: true,
+    }
+}
+
 pub fn run(ctx: &Context, args: LeaveArgs) -> Result<()> {
     super::run::validate_timeout(args.timeout, "--timeout")?;
     let Resolved { target, config } = args.registry.resolve(&ctx.host)?;
@@ -51,7 +76,7 @@ pub fn run(ctx: &Context, args: LeaveArgs) -> Result<()> {
     let node = rt
         .block_on(identity::resolve_stored(
             &ctx.host,
-            &args.imds_endpoint,
+            &lookup(&args, &target, config.as_ref()),
             stored.as_deref(),
         ))
         .context("identifying this node")?;

@@ -19,6 +19,7 @@ pub mod generate;
 pub mod join;
 pub mod lb;
 pub mod leave;
+pub mod metadata;
 pub mod mode;
 pub mod run;
 pub mod setup;
@@ -94,6 +95,7 @@ pub enum Command {
     Run(run::RunArgs),
     Status(status::StatusArgs),
     Leave(leave::LeaveArgs),
+    Metadata(metadata::MetadataArgs),
     Setup(setup::SetupArgs),
     Cert(cert::CertArgs),
     Lb(lb::LbArgs),
@@ -159,6 +161,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Run(args) => run::run(&ctx, args),
         Command::Status(args) => status::run(&ctx, args),
         Command::Leave(args) => leave::run(&ctx, args),
+        Command::Metadata(args) => metadata::run(&ctx, args),
         Command::Setup(args) => setup::run(&ctx, args),
         Command::Lb(args) => lb::run(&ctx, args),
         Command::Doctor(args) => doctor::run(&ctx, args),
@@ -315,6 +318,52 @@ pub fn parse_ams_url(s: &str) -> std::result::Result<String, String> {
         .map_err(|e| {
             format!("{e:#}; --ams-url or AMS_AGENT_AMS_URL must be http://host[:port]/path")
         })
+}
+
+/// `--cloud NAME`: the names `--help` and completions list (`auto`,
+/// `none`, each provider), and their aliases (`aws`, `gce`, `oci`, `do`).
+pub fn cloud_parser() -> impl clap::builder::TypedValueParser<Value = crate::cloud::CloudChoice> {
+    use clap::builder::{PossibleValue, TypedValueParser};
+    let mut values = vec![
+        PossibleValue::new("auto").help("detect: DMI, then the provider's metadata"),
+        PossibleValue::new("none").help("no cloud: probe nothing"),
+    ];
+    for p in crate::cloud::Provider::ALL {
+        values.push(
+            PossibleValue::new(p.name())
+                .help(p.title())
+                .aliases(p.aliases().iter().copied()),
+        );
+    }
+    clap::builder::PossibleValuesParser::new(values)
+        .map(|s| s.parse().expect("every listed name parses"))
+}
+
+/// Prints `value` as pretty JSON (`--json`), else the text `render` makes.
+pub fn print_view<T: serde::Serialize>(
+    json: bool,
+    value: &T,
+    render: impl FnOnce(&T) -> String,
+) -> Result<()> {
+    use anyhow::Context as _;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).context("writing JSON")?
+        );
+    } else {
+        print!("{}", render(value));
+    }
+    Ok(())
+}
+
+/// `--node-group NAME`: see [`crate::ams::mode::valid_node_group`].
+pub fn parse_node_group(s: &str) -> std::result::Result<String, String> {
+    if crate::ams::mode::valid_node_group(s) {
+        Ok(s.to_string())
+    } else {
+        Err("expected 1-64 letters, digits, `-`, `_` or `.`, starting with a letter or digit (e.g. eu-west)".into())
+    }
 }
 
 /// Parses durations like `90s`, `10m`, `1h30m`.

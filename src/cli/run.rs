@@ -13,10 +13,10 @@ use crate::ams::AmsLayout;
 use crate::ams::db::{self, DbKind};
 use crate::ams::layout::DEFAULT_HTTP_URL;
 use crate::bail_usage;
+use crate::cloud::ec2 as imds;
 use crate::config::{self, AgentConfig, CONFIG_FILE, DEFAULT_COLLECTION, DEFAULT_DATABASE, Role};
 use crate::host::Host;
 use crate::mongo::registry::Target;
-use crate::node::imds;
 use crate::reporter::{ReporterSettings, reporter_loop};
 
 /// Where the registry is: `agent.toml`, overridden by flags and environment.
@@ -292,6 +292,14 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<()> {
         fallback_group: config.as_ref().and_then(|c| c.node.node_group.clone()),
         ams_url: args.ams_url,
         imds_endpoint: args.imds_endpoint,
+        cloud: config
+            .as_ref()
+            .and_then(|c| c.node.cloud)
+            .unwrap_or_default(),
+        cloud_origin: match config.as_ref().and_then(|c| c.node.cloud) {
+            Some(_) => crate::cloud::detect::Origin::Config(args.registry.config.clone()),
+            None => crate::cloud::detect::Origin::Default,
+        },
         ttl: config.as_ref().map_or(config::DEFAULT_TTL, |c| c.mongo.ttl),
         node_id: config.as_ref().and_then(|c| c.node.id.clone()),
         private_ip: config.as_ref().and_then(|c| c.node.private_ip),

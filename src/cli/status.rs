@@ -1,7 +1,9 @@
 //! `ams-agent status [--json]`: the cluster as the registry sees it. Every
 //! node with role, state, alive/dead (alive = `lastSeen` within 4 of its
-//! heartbeat intervals, AMS's rule), CPU, memory and the age of its last
-//! heartbeat, plus a per-role summary: what an autoscaling decision needs.
+//! heartbeat intervals, AMS's rule), CPU, memory, the age of its last
+//! heartbeat, its AMS node group and its cloud, plus a per-role summary
+//! and, when the cluster has node groups, one per group: what an
+//! autoscaling decision needs.
 //!
 //! The documents are other nodes' words: every text value is printed
 //! escaped ([`crate::human::escape`]), a `lastSeen` ahead of the server's
@@ -55,6 +57,8 @@ pub struct NodeRow {
     pub hostname: Option<String>,
     pub private_ip: Option<String>,
     pub node_group: Option<String>,
+    /// The cloud whose metadata the node was read from (`ec2`, `gcp`, …).
+    pub provider: Option<String>,
     pub last_error: Option<String>,
     /// Values of the document that cannot be true (a `lastSeen` in the
     /// future, a CPU above 100 %), each ignored as said.
@@ -100,10 +104,24 @@ pub struct RoleSummary {
     pub average_cpu: Option<f64>,
 }
 
+/// The nodes of one AMS node group, per role.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct GroupSummary {
+    pub nodes: usize,
+    pub alive: usize,
+    pub roles: BTreeMap<String, RoleSummary>,
+}
+
+/// The group of nodes that report none (AMS's own default is `default`).
+pub const NO_GROUP: &str = "(none)";
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct StatusView {
     pub nodes: Vec<NodeRow>,
     pub roles: BTreeMap<String, RoleSummary>,
+    /// Per AMS node group (`nodeGroup` of red5.properties); nodes without
+    /// one are under `(none)`.
+    pub groups: BTreeMap<String, GroupSummary>,
 }
 
 fn text(doc: &Document, key: &str) -> Option<String> {
@@ -159,6 +177,7 @@ pub fn view(docs: &[Document], now: DateTime) -> StatusView {
             hostname: text(d, "hostname"),
             private_ip: text(d, "privateIp"),
             node_group: text(d, "nodeGroup"),
+            provider: text(d, "provider"),
             last_error: d.get_document("lastError").ok().map(|e| {
                 format!(
                     "{}: {}",
@@ -179,7 +198,8 @@ pub fn view(docs: &[Document], now: DateTime) -> StatusView {
                 .unwrap_or_default(),
         });
     }
-    nodes.sort_by(|a, b| (&a.role, &a.id).cmp(&(&b.role, &b.id)));
+    // By group (nodes without one first), then role and id.
+    nodes.sort_by(|a, b| (&a.node_group, &a.role, &a.id).cmp(&(&b.node_group, &b.role, &b.id)));
     let mut roles: BTreeMap<String, RoleSummary> = BTreeMap::new();
     let mut cpu_sums: BTreeMap<String, (f64, usize)> = BTreeMap::new();
     for n in &nodes {
@@ -199,7 +219,34 @@ pub fn view(docs: &[Document], now: DateTime) -> StatusView {
             r.average_cpu = Some(((sum / count as f64) * 10.0).round() / 10.0);
         }
     }
-    StatusView { nodes, roles }
+    let mut groups: BTreeMap<String, GroupSummary> = BTreeMap::new();
+    let mut group_cpu: BTreeMap<(String, String), (f64, usize)> = BTreeMap::new();
+    for n in &nodes {
+        let key = n.node_group.clone().unwrap_or_else(|| NO_GROUP.into());
+        let g = groups.entry(key.clone()).or_default();
+        g.nodes += 1;
+        let r = g.roles.entry(n.role.clone()).or_default();
+        r.nodes += 1;
+        if n.alive {
+            g.alive += 1;
+            r.alive += 1;
+            if let Some(c) = n.cpu {
+                let e = group_cpu.entry((key, n.role.clone())).or_default();
+                e.0 += c;
+                e.1 += 1;
+            }
+        }
+    }
+    for ((group, role), (sum, count)) in group_cpu {
+        if let Some(r) = groups.get_mut(&group).and_then(|g| g.roles.get_mut(&role)) {
+            r.average_cpu = Some(((sum / count as f64) * 10.0).round() / 10.0);
+        }
+    }
+    StatusView {
+        nodes,
+        roles,
+        groups,
+    }
 }
 
 fn opt(v: Option<f64>, unit: &str) -> String {
@@ -225,7 +272,11 @@ pub fn render(v: &StatusView) -> String {
         out.push_str("no nodes registered\n");
         return out;
     }
-    let rows: Vec<[String; 8]> = v
+    let shown = |o: &Option<String>| {
+        o.as_deref()
+            .map_or_else(|| "-".into(), |s| escape(s).into_owned())
+    };
+    let rows: Vec<[String; 10]> = v
         .nodes
         .iter()
         .map(|n| {
@@ -237,9 +288,9 @@ pub fn render(v: &StatusView) -> String {
                 opt(n.cpu, "%"),
                 opt(n.memory, "%"),
                 age(n.age_seconds),
-                n.private_ip
-                    .as_deref()
-                    .map_or_else(|| "-".into(), |ip| escape(ip).into_owned()),
+                shown(&n.private_ip),
+                shown(&n.node_group),
+                shown(&n.provider),
             ]
         })
         .collect();
@@ -252,6 +303,8 @@ pub fn render(v: &StatusView) -> String {
         "MEM",
         "LAST SEEN",
         "PRIVATE IP",
+        "GROUP",
+        "CLOUD",
     ];
     out.push_str(&crate::human::table(&head, &rows));
     let notes: Vec<String> = v
@@ -299,6 +352,26 @@ pub fn render(v: &StatusView) -> String {
         }
     }
     out.push('\n');
+    // One line per node group, when the cluster has any.
+    if v.groups.keys().any(|g| g != NO_GROUP) {
+        for (group, g) in &v.groups {
+            let per_role: Vec<String> = g
+                .roles
+                .iter()
+                .map(|(role, r)| {
+                    format!(
+                        "{} {} alive of {}{}",
+                        escape(role),
+                        r.alive,
+                        r.nodes,
+                        r.average_cpu
+                            .map_or(String::new(), |c| format!(" (CPU {c:.1}%)"))
+                    )
+                })
+                .collect();
+            let _ = writeln!(out, "group {}: {}", escape(group), per_role.join(", "));
+        }
+    }
     for (role, s) in &v.roles {
         let _ = writeln!(
             out,
@@ -332,15 +405,7 @@ pub fn run(ctx: &Context, args: StatusArgs) -> Result<()> {
         })?;
     let now = now.unwrap_or_else(DateTime::now);
     let v = view(&docs, now);
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&v).context("writing JSON")?
-        );
-    } else {
-        print!("{}", render(&v));
-    }
-    Ok(())
+    super::print_view(args.json, &v, render)
 }
 
 #[cfg(test)]
@@ -365,6 +430,38 @@ mod tests {
         assert!(v.nodes[3].alive && v.nodes[3].warnings.is_empty());
         assert_eq!(v.roles["edge"].average_cpu, Some(30.0));
         assert!(render(&v).contains("warning: node a: cpu NaN is not a percentage"));
+    }
+
+    #[test]
+    fn nodes_are_grouped_by_node_group_with_a_line_per_group() {
+        let now = DateTime::from_millis(1_000_000_000);
+        let recent = DateTime::from_millis(1_000_000_000 - 1000);
+        let docs = vec![
+            doc! { "_id": "b", "role": "edge", "state": "ready", "lastSeen": recent, "nodeGroup": "us-east", "provider": "gcp", "health": { "cpu": 10.0 } },
+            doc! { "_id": "a", "role": "origin", "state": "ready", "lastSeen": recent, "nodeGroup": "eu-west", "provider": "azure", "health": { "cpu": 50.0 } },
+            doc! { "_id": "c", "role": "edge", "state": "ready", "lastSeen": recent, "nodeGroup": "eu-west\u{1b}[2J" },
+            doc! { "_id": "d", "role": "edge", "state": "left", "lastSeen": recent },
+        ];
+        let v = view(&docs, now);
+        let order: Vec<&str> = v.nodes.iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(order, ["d", "a", "c", "b"]);
+        assert_eq!(v.groups["eu-west"].roles["origin"].average_cpu, Some(50.0));
+        assert_eq!(v.groups[NO_GROUP].alive, 0);
+        let text = render(&v);
+        assert!(
+            text.contains("group eu-west: origin 1 alive of 1 (CPU 50.0%)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("group us-east: edge 1 alive of 1 (CPU 10.0%)"),
+            "{text}"
+        );
+        assert!(text.contains("group (none): edge 0 alive of 1"), "{text}");
+        assert!(text.contains("eu-west\\u{1b}[2J"), "escaped: {text}");
+        assert!(!text.contains('\u{1b}'), "{text}");
+        // Without any group, no group lines.
+        let docs = vec![doc! { "_id": "x", "role": "edge", "state": "ready", "lastSeen": recent }];
+        assert!(!render(&view(&docs, now)).contains("group "));
     }
 
     #[test]

@@ -146,6 +146,10 @@ pub struct NodeSection {
     pub ams_mode: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_group: Option<String>,
+    /// The cloud, as `join --cloud` chose it (`none`: no metadata probe;
+    /// absent: detected at every start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud: Option<crate::cloud::CloudChoice>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -321,7 +325,7 @@ impl AgentConfig {
         if let Some(id) = &self.node.id {
             if !valid_node_id(id) {
                 anyhow::bail!(
-                    "[node] id `{}` is not a node id (letters, digits and `-`, at most 64)",
+                    "[node] id `{}` is not a node id (letters, digits, `-` and `.`, at most 160)",
                     id.escape_debug()
                 );
             }
@@ -386,9 +390,16 @@ pub fn validate_drain_deadline(d: Duration, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// A node id as the registry uses it: an EC2 instance id or a machine id.
+/// A node id as the registry uses it: a cloud's instance id (`i-…`,
+/// `gcp-…`, an Azure vmId, an Oracle OCID with its dots) or a machine id:
+/// letters, digits, `-` and `.`, at most 160 (a balancer uses it as a
+/// server name and a cookie value).
 pub fn valid_node_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    !id.is_empty()
+        && id.len() <= 160
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
 }
 
 /// The TTL of node documents: MongoDB takes 1 s to 2^31-1 s; below a
@@ -431,6 +442,7 @@ mod tests {
                 ams_home: DEFAULT_AMS_HOME.into(),
                 ams_mode: Some("cluster".into()),
                 node_group: Some("default".into()),
+                cloud: None,
             },
             reporter: ReporterSection::default(),
             drain: DrainSection::default(),

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::env::{COMMAND_BUDGET, Env, MONGO_BUDGET, QUERY_BUDGET};
-use super::{Outcome, Role, db, lb, node};
+use super::{Outcome, Role, db, group, lb, node};
 
 /// One check.
 pub struct Check {
@@ -139,6 +139,15 @@ pub static CHECKS: &[Check] = &[
         deadline: MONGO_QUERY,
         fix_hung: HUNG_MONGO,
         run: node::ams_clusternode,
+    },
+    Check {
+        id: "ams.nodegroup",
+        role: Role::Node,
+        category: "ams",
+        reads: "nodeGroup of conf/red5.properties, agent.toml's [node] node_group, this node's registry document",
+        deadline: MONGO_QUERY,
+        fix_hung: HUNG_MONGO,
+        run: group::node_group,
     },
     Check {
         id: "agent.service",

@@ -277,7 +277,17 @@ pub fn lb_members(env: &Env) -> Outcome {
         }
         Err(e) => return Outcome::fail(e, "run it again"),
     };
-    let (docs, now) = listed;
+    let (mut docs, now) = listed;
+    // A balancer that serves one AMS node group (`lb --group`) is compared
+    // with that group's nodes only.
+    let kind = match b.kind {
+        Kind::Haproxy => crate::lb::Kind::Haproxy,
+        Kind::Nginx => crate::lb::Kind::Nginx,
+    };
+    let node_group = crate::lb::record::Record::load(&env.host, kind).and_then(|r| r.node_group);
+    if let Some(g) = &node_group {
+        docs.retain(|d| crate::lb::membership::in_node_group(d, g));
+    }
     let now = now.unwrap_or_else(|| session.server_now());
     let mut want: BTreeMap<(String, String), Want> = BTreeMap::new();
     for d in &docs {
@@ -383,9 +393,13 @@ pub fn lb_members(env: &Env) -> Outcome {
     let count = |g: &str| servers.iter().filter(|s| s.group == g).count();
     if problems.is_empty() {
         return Outcome::ok(format!(
-            "{} {} matches the registry's alive nodes (ams_origin: {}, ams_edge: {})",
+            "{} {} matches the registry's alive nodes{} (ams_origin: {}, ams_edge: {})",
             b.kind.name(),
             b.file.display(),
+            node_group
+                .as_deref()
+                .map(|g| format!(" of node group `{}`", escape(g)))
+                .unwrap_or_default(),
             count("ams_origin"),
             count("ams_edge")
         ));

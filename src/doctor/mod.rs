@@ -6,7 +6,8 @@
 //!   what it reads, its deadline) and the function that runs it;
 //! - [`env`]: what the checks read, each read once per run and shared
 //!   (AMS's files, agent.toml, `systemctl show`, the MongoDB sessions);
-//! - [`node`], [`db`], [`lb`]: the checks of each role; [`firewall`]: the
+//! - [`node`], [`db`], [`lb`]: the checks of each role; [`group`]: AMS's
+//!   node group against the registry and agent.toml; [`firewall`]: the
 //!   netfilter rules (`iptables-save`, `nft -j list ruleset`) evaluated for
 //!   a packet;
 //! - [`detect`]: which roles this host plays;
@@ -22,6 +23,7 @@ pub mod db;
 pub mod detect;
 pub mod env;
 pub mod firewall;
+pub mod group;
 pub mod lb;
 pub mod node;
 pub mod render;

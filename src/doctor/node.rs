@@ -642,7 +642,9 @@ fn doc_str<'a>(d: &'a Document, key: &str) -> Option<&'a str> {
 
 /// The node id, the session and its document, or the outcome that says
 /// why there is none.
-fn this_node(env: &Env) -> Result<(String, &Arc<Session>, Option<Document>), Outcome> {
+/// This node's id, the session and its registry document (ams.nodegroup
+/// shares it).
+pub(super) fn this_node(env: &Env) -> Result<(String, &Arc<Session>, Option<Document>), Outcome> {
     if let Some(o) = not_joined(env) {
         return Err(o);
     }

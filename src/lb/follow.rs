@@ -61,6 +61,9 @@ pub struct LbConfig {
     /// How long a reload may take to show (a new worker).
     pub reload_wait: Duration,
     pub target: Target,
+    /// The AMS node group this balancer serves (`--group`); None: every
+    /// node of the registry.
+    pub node_group: Option<String>,
 }
 
 /// A marker that a reload is owed: the file changed, the reload did not
@@ -1119,12 +1122,17 @@ pub fn decision_lines(p: &Proposal) -> Vec<String> {
     out
 }
 
-/// Reads the registry once (fresh client each time in one-shot mode).
+/// Reads the registry once (fresh client each time in one-shot mode),
+/// only the nodes of AMS node group `node_group` when given.
 pub async fn read_registry(
     reg: &Registry,
+    node_group: Option<&str>,
 ) -> Result<(RegistryView, Timing), crate::mongo::error::RegistryError> {
     let t = Instant::now();
-    let (docs, now) = reg.list().await?;
+    let (mut docs, now) = reg.list().await?;
+    if let Some(g) = node_group {
+        docs.retain(|d| membership::in_node_group(d, g));
+    }
     let mut timing = Timing {
         registry: t.elapsed(),
         ..Default::default()
@@ -1161,6 +1169,7 @@ impl Follower<'_> {
         r.socket = (self.cfg.kind == Kind::Haproxy).then(|| self.cfg.socket.clone());
         r.service = self.cfg.service.clone();
         r.registry = self.cfg.target.shown();
+        r.node_group = self.cfg.node_group.clone();
         r.registry_down_since = None;
         let now = crate::config::unix_now();
         r.holds = p
@@ -1242,7 +1251,7 @@ impl Follower<'_> {
         let (view, read_timing) = rt
             .block_on(async {
                 let reg = Registry::open(&target, deadlines).await?;
-                let v = read_registry(&reg).await;
+                let v = read_registry(&reg, self.cfg.node_group.as_deref()).await;
                 reg.close().await;
                 v
             })
@@ -1326,10 +1335,15 @@ impl Follower<'_> {
         let mut last_error = String::new();
         let mut first = true;
         tracing::info!(
-            "following the registry {} {}.{} into {} ({}) every {}",
+            "following the registry {} {}.{}{} into {} ({}) every {}",
             target.shown(),
             target.database,
             target.collection,
+            self.cfg
+                .node_group
+                .as_deref()
+                .map(|g| format!(" (node group {} only)", escape(g)))
+                .unwrap_or_default(),
             self.cfg.kind.name(),
             self.cfg.file.display(),
             show_duration(self.cfg.poll)
@@ -1342,7 +1356,11 @@ impl Follower<'_> {
                         if registry.is_none() {
                             registry = Some(Registry::open(&target, deadlines).await?);
                         }
-                        read_registry(registry.as_ref().expect("opened")).await
+                        read_registry(
+                            registry.as_ref().expect("opened"),
+                            self.cfg.node_group.as_deref(),
+                        )
+                        .await
                     } => Some(r),
                     _ = term.recv() => None,
                     _ = int.recv() => None,

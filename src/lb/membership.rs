@@ -87,6 +87,17 @@ fn text<'a>(d: &'a Document, key: &str) -> Option<&'a str> {
     }
 }
 
+/// True when the document's node is in AMS node group `group`: its
+/// `nodeGroup`, or, when it has none (the reporter sends null when
+/// red5.properties names no group), AMS's default `default`.
+pub fn in_node_group(d: &Document, group: &str) -> bool {
+    match d.get("nodeGroup") {
+        Some(Bson::String(g)) => g == group,
+        None | Some(Bson::Null) => group == crate::ams::mode::DEFAULT_NODE_GROUP,
+        Some(_) => false,
+    }
+}
+
 /// Checks every document: the id must be a safe name, the role origin or
 /// edge, the private address an IP literal. What fails is refused (listed,
 /// never rendered).
@@ -108,7 +119,7 @@ pub fn view(docs: &[Document], now: DateTime) -> RegistryView {
         };
         let Some(id) = text(d, "_id").and_then(NodeId::parse) else {
             out.refused.push(refuse(
-                "its id is not a node id (letters, digits and `-`, at most 64)".into(),
+                "its id is not a node id (letters, digits, `-` and `.`, at most 160)".into(),
             ));
             continue;
         };

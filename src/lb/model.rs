@@ -36,8 +36,9 @@ impl Kind {
 }
 
 /// A node's id as the balancer uses it: a server name and a cookie value,
-/// so only letters, digits and `-` (what `join` registers: EC2 instance
-/// ids, machine ids), starting with a letter or digit, at most 64. Anything
+/// so only letters, digits, `-` and `.` (what `join` registers: cloud instance
+/// ids such as `i-…`, `gcp-…` or an Oracle OCID, machine ids), starting
+/// with a letter or digit, at most 160. Anything
 /// else is refused, never rendered.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -366,6 +367,14 @@ mod tests {
     fn node_ids_and_addresses_are_checked() {
         assert!(NodeId::parse("i-0abc123").is_some());
         assert!(NodeId::parse("0123456789abcdef0123456789abcdef").is_some());
+        // Other clouds' ids (issue 17): an Oracle OCID, a prefixed number.
+        assert!(
+            NodeId::parse(
+                "ocid1.instance.oc1.phx.anyhqljtexampleuniqueid0123456789abcdefghijklmnopqrstuv"
+            )
+            .is_some()
+        );
+        assert!(NodeId::parse("gcp-4520031799277581759").is_some());
         for bad in [
             "",
             "-x",
@@ -376,7 +385,7 @@ mod tests {
             "x}",
             "a#b",
             "a_b",
-            &"a".repeat(65),
+            &"a".repeat(161),
         ] {
             assert!(NodeId::parse(bad).is_none(), "{bad:?}");
         }

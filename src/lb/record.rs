@@ -52,6 +52,9 @@ pub struct Record {
     pub service: String,
     /// The registry it follows, as printed (password masked).
     pub registry: String,
+    /// The AMS node group it serves (`--group`); None: every node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_group: Option<String>,
     pub last_reload: Option<Event>,
     pub last_runtime: Option<Event>,
     pub last_error: Option<Event>,

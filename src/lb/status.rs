@@ -37,6 +37,9 @@ pub struct StatusView {
     pub socket: Option<String>,
     pub service: String,
     pub registry: String,
+    /// The AMS node group the balancer serves (`lb --group`); None: all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_group: Option<String>,
     /// The registry's answer failed: why (the balancer's side is shown).
     pub registry_error: Option<String>,
     /// The balancer's running state could not be read: why.
@@ -207,6 +210,7 @@ pub fn view(i: Inputs) -> StatusView {
         socket: r.socket.as_ref().map(|s| s.display().to_string()),
         service: r.service.clone(),
         registry: r.registry.clone(),
+        node_group: r.node_group.clone(),
         registry_error: i.registry.as_ref().err().cloned(),
         balancer_error: match (&i.file, &i.live) {
             (Err(e), _) => Some(e.clone()),
@@ -254,7 +258,15 @@ pub fn render(v: &StatusView) -> String {
             .map(|p| format!(", worker pid {p}"))
             .unwrap_or_default()
     );
-    let _ = writeln!(o, "registry: {}", v.registry);
+    let _ = writeln!(
+        o,
+        "registry: {}{}",
+        v.registry,
+        v.node_group
+            .as_deref()
+            .map(|g| format!(", node group {} only", crate::human::escape(g)))
+            .unwrap_or_default()
+    );
     if let Some(e) = &v.registry_error {
         let _ = writeln!(o, "  the registry does not answer: {e}");
     }

@@ -185,6 +185,9 @@ impl NodeReport {
             "instanceType": opt_str(&id.instance_type),
             "availabilityZone": opt_str(&id.availability_zone),
             "idSource": id.source.name(),
+            "provider": id.provider.map_or(Bson::Null, |p| Bson::String(p.name().into())),
+            "region": opt_str(&id.region),
+            "spot": id.spot.map_or(Bson::Null, Bson::Boolean),
             "role": self.role.name(),
             "nodeGroup": opt_str(&self.ams.node_group),
             "ams": {
@@ -516,7 +519,7 @@ impl Registry {
             .await?;
         let now = hello.get_datetime("localTime").ok().copied();
         let projection = doc! {
-            "hostname": 1, "privateIp": 1, "role": 1, "state": 1, "nodeGroup": 1,
+            "hostname": 1, "privateIp": 1, "role": 1, "state": 1, "nodeGroup": 1, "provider": 1,
             "health.cpu": 1, "health.memoryUsed": 1, "lastSeen": 1, "intervalSeconds": 1,
             "lastError": 1, "ams.http": 1, "drain": 1, "notices": 1,
         };

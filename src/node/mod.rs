@@ -3,7 +3,10 @@
 
 pub mod health;
 pub mod identity;
-pub mod imds;
 pub mod role;
+
+/// The EC2 instance-metadata client moved to [`crate::cloud::ec2`]; this
+/// name keeps code written against the old path building.
+pub use crate::cloud::ec2 as imds;
 
 pub use role::Role;

@@ -6,6 +6,7 @@
 pub mod acme;
 pub mod apt;
 pub mod aws;
+pub mod cloud;
 pub mod pty;
 pub mod systemd;
 

@@ -232,3 +232,64 @@ impl Imds {
         })
     }
 }
+
+/// The instance normalized, each value with its metadata path. The id is
+/// required (else this is no EC2 instance); the rest is best effort.
+pub async fn read(imds: &Imds) -> Result<super::CloudFacts> {
+    use super::facts::{CloudFacts, Sourced, token};
+    let m = imds.instance().await?;
+    let src = |path: &str| format!("ec2 metadata latest/meta-data/{path}");
+    let mut f = CloudFacts {
+        instance_id: Some(Sourced::new(m.instance_id, src("instance-id"))),
+        private_ipv4: m.local_ipv4.map(|ip| Sourced::new(ip, src("local-ipv4"))),
+        public_ipv4: m.public_ipv4.map(|ip| Sourced::new(ip, src("public-ipv4"))),
+        instance_type: m
+            .instance_type
+            .and_then(|t| token(&t))
+            .map(|t| Sourced::new(t, src("instance-type"))),
+        zone: m
+            .availability_zone
+            .and_then(|z| token(&z))
+            .map(|z| Sourced::new(z, src("placement/availability-zone"))),
+        ..CloudFacts::default()
+    };
+    if f.public_ipv4.is_none() {
+        f.notes.push("no public IPv4 (public-ipv4 absent)".into());
+    }
+    let region = imds.optional("placement/region").await;
+    CloudFacts::put(
+        &mut f.region,
+        &mut f.notes,
+        "region",
+        region.as_deref(),
+        &src("placement/region"),
+        token,
+    );
+    if f.region.is_none() {
+        // Older instances lack placement/region: the zone without its
+        // letter (eu-west-1a → eu-west-1).
+        if let Some(z) = &f.zone {
+            let r = z.value.trim_end_matches(|c: char| c.is_ascii_lowercase());
+            if r.len() < z.value.len() && r.ends_with(|c: char| c.is_ascii_digit()) {
+                f.region = Some(Sourced::new(
+                    r.to_string(),
+                    format!("{} (the zone without its letter)", z.source),
+                ));
+            }
+        }
+    }
+    let life = imds.optional("instance-life-cycle").await;
+    CloudFacts::put(
+        &mut f.spot,
+        &mut f.notes,
+        "instance-life-cycle",
+        life.as_deref(),
+        &src("instance-life-cycle"),
+        |v| match v {
+            "spot" => Some(true),
+            "on-demand" | "scheduled" | "capacity-block" => Some(false),
+            _ => None,
+        },
+    );
+    Ok(f)
+}
