@@ -766,3 +766,217 @@ fn after_draining_lb_haproxy_drains_the_node_through_the_runtime_api() {
     assert_eq!(Haproxy::worker(&t), worker, "no reload");
     r.signal(Signal::SIGTERM);
 }
+
+/// `t` as an HTTP date (RFC 1123), as Azure's `NotBefore` is written.
+fn http_date(t: std::time::SystemTime) -> String {
+    let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let days = secs / 86_400;
+    let rfc = humantime::format_rfc3339_seconds(t).to_string();
+    // 1970-01-01 was a Thursday.
+    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
+    let months = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = months[rfc[5..7].parse::<usize>().unwrap() - 1];
+    format!(
+        "{weekday}, {} {month} {} {} GMT",
+        &rfc[8..10],
+        &rfc[0..4],
+        &rfc[11..19]
+    )
+}
+
+// The vmId of tests/fixtures/cloud/azure-instance.json, as the agent writes it.
+const AZURE_VM: &str = "e94f3f7f-6b23-4395-be46-ea363c549f71";
+const AZURE_EVENTS: &str = "/metadata/scheduledevents?api-version=2020-07-01";
+const EVENT: &str = "602d9444-d2cd-49c7-8624-8643e7171297";
+
+#[test]
+fn an_azure_preempt_drains_the_node_and_is_acknowledged_once_it_left() {
+    let t = Tree::new();
+    systemctl(&t);
+    common::cloud::plant_dmi(&t.root(), "azure");
+    let mut peer = MongoPeer::start(PeerOptions::default());
+    seed_clusternodes(&mut peer);
+    agent_toml_for(&t, &peer, AZURE_VM, "");
+    let azure = common::cloud::CloudPeer::azure();
+    let ams = FakeAms::start();
+    ams.set("LiveApp", |a| {
+        a.broadcasts = vec![live("s1", IP)];
+        a.webrtc = 1;
+    });
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let mut r = Reporter::start(
+        &t,
+        &closed,
+        &ams.url,
+        &[("AMS_AGENT_AZURE_IMDS_ENDPOINT", azure.url.as_str())],
+    );
+    let start = Instant::now();
+    while !states_of(&peer, AZURE_VM).iter().any(|s| s == "ready") {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "no ready heartbeat: {}",
+            r.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        r.log()
+            .contains("watching Microsoft Azure's termination notices"),
+        "{}",
+        r.log()
+    );
+    // A sibling's event and an advisory Reboot of this VM: no drain.
+    let later = std::time::SystemTime::now() + Duration::from_secs(600);
+    let events = |list: Vec<Value>| json!({ "DocumentIncarnation": 2, "Events": list }).to_string();
+    let event = |id: &str, kind: &str, vm: &str, at: &str| {
+        json!({ "EventId": id, "EventStatus": "Scheduled", "EventType": kind,
+                "ResourceType": "VirtualMachine", "Resources": [vm], "NotBefore": at,
+                "Description": "", "EventSource": "Platform", "DurationInSeconds": -1 })
+    };
+    azure.route(
+        "GET",
+        AZURE_EVENTS,
+        200,
+        &events(vec![
+            event(
+                "11111111-2222-4333-8444-555555555555",
+                "Preempt",
+                "ams-edge-2",
+                &http_date(later),
+            ),
+            event(
+                "66666666-2222-4333-8444-555555555555",
+                "Reboot",
+                "ams-edge-1",
+                &http_date(later),
+            ),
+        ]),
+    );
+    wait_for("the advisory in the log", Duration::from_secs(15), || {
+        r.log()
+            .contains("advisory notice: Azure Scheduled Event Reboot")
+    });
+    assert!(
+        !t.path("var/lib/ams-agent/drain.json").exists(),
+        "{}",
+        r.log()
+    );
+
+    // This VM is preempted: draining at once, with the cloud's reason.
+    let at = std::time::SystemTime::now() + Duration::from_secs(90);
+    azure.route(
+        "GET",
+        AZURE_EVENTS,
+        200,
+        &events(vec![event(EVENT, "Preempt", "ams-edge-1", &http_date(at))]),
+    );
+    wait_for("draining in the registry", Duration::from_secs(10), || {
+        states_of(&peer, AZURE_VM).iter().any(|s| s == "draining")
+    });
+    let s = drain_state(&t);
+    assert_eq!(s["trigger"], "preemption", "{s}");
+    assert!(s["reason"].as_str().unwrap().contains(EVENT), "{s}");
+    assert_eq!(s["acks"], json!([EVENT]), "{s}");
+    // The drain ends the margin before the cloud acts.
+    let deadline = s["deadline"].as_u64().unwrap();
+    let at_s = at.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert!(deadline <= at_s - 15 && deadline + 20 >= at_s - 15, "{s}");
+    let posts = || {
+        azure
+            .seen()
+            .into_iter()
+            .filter(|q| q.method == "POST")
+            .collect::<Vec<_>>()
+    };
+    assert!(posts().is_empty(), "acknowledged before the node was empty");
+    let st = fixture::stdout(&t.run(&["status"]));
+    assert!(
+        st.contains(&format!(
+            "draining {AZURE_VM}: preemption (Azure Scheduled Event Preempt"
+        )),
+        "{st}"
+    );
+
+    // The node empties: it leaves, then the event is approved.
+    ams.set("LiveApp", |a| {
+        a.broadcasts.clear();
+        a.webrtc = 0;
+    });
+    wait_for("left", Duration::from_secs(15), || {
+        drain_state(&t)["phase"] == "left"
+    });
+    wait_for("the acknowledgement", Duration::from_secs(10), || {
+        !posts().is_empty()
+    });
+    let p = posts();
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(
+        p[0].headers.get("metadata").map(String::as_str),
+        Some("true")
+    );
+    let body: Value = serde_json::from_str(&p[0].body).unwrap();
+    assert_eq!(body, json!({ "StartRequests": [{ "EventId": EVENT }] }));
+    assert_eq!(
+        states_of(&peer, AZURE_VM).last().map(String::as_str),
+        Some("left")
+    );
+    let log = r.log();
+    assert!(
+        log.contains(&format!("acknowledged Scheduled Event {EVENT}")),
+        "{log}"
+    );
+    let (code, _) = r.signal(Signal::SIGTERM);
+    assert_eq!(code, Some(0), "{}", r.log());
+}
+
+#[test]
+fn a_gcp_preemption_drains_the_node_within_its_30_seconds() {
+    let t = Tree::new();
+    systemctl(&t);
+    common::cloud::plant_dmi(&t.root(), "gcp");
+    let peer = MongoPeer::start(PeerOptions::default());
+    let gcp = common::cloud::CloudPeer::gcp();
+    // The instance id of tests/fixtures/cloud/gcp-instance.json.
+    let id = "gcp-4520031799277581759".to_string();
+    agent_toml_for(&t, &peer, &id, "");
+    let ams = FakeAms::start();
+    // A viewer who never leaves: the short budget runs out.
+    ams.set("LiveApp", |a| a.hls = 1);
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let mut r = Reporter::start(
+        &t,
+        &closed,
+        &ams.url,
+        &[("AMS_AGENT_GCP_METADATA_ENDPOINT", gcp.url.as_str())],
+    );
+    wait_for("a ready heartbeat", Duration::from_secs(15), || {
+        states_of(&peer, &id).iter().any(|s| s == "ready")
+    });
+    gcp.route("GET", "/computeMetadata/v1/instance/preempted", 200, "TRUE");
+    let seen = Instant::now();
+    wait_for("draining in the registry", Duration::from_secs(10), || {
+        states_of(&peer, &id).iter().any(|s| s == "draining")
+    });
+    let s = drain_state(&t);
+    assert_eq!(s["trigger"], "preemption", "{s}");
+    assert!(
+        s.get("acks").is_none(),
+        "GCP has nothing to acknowledge: {s}"
+    );
+    let budget = s["deadline"].as_u64().unwrap() - s["since"].as_u64().unwrap();
+    assert!(budget <= 16, "GCP's 30 s less the margin: {s}");
+    wait_for("left", Duration::from_secs(30), || {
+        drain_state(&t)["phase"] == "left"
+    });
+    assert!(
+        seen.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        seen.elapsed()
+    );
+    assert_eq!(drain_state(&t)["outcome"], "deadline-passed");
+    assert!(r.log().contains("the deadline passed with"), "{}", r.log());
+    let (code, _) = r.signal(Signal::SIGTERM);
+    assert_eq!(code, Some(0), "{}", r.log());
+}

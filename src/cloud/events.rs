@@ -119,9 +119,14 @@ impl Watcher {
     /// Tells the cloud the node is ready (Azure: approves the event so it
     /// starts now). A notice without an acknowledgement succeeds at once.
     pub async fn acknowledge(&self, notice: &Notice) -> Result<()> {
-        let Some(event) = &notice.ack else {
-            return Ok(());
-        };
+        match &notice.ack {
+            Some(event) => self.acknowledge_event(event).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Approves Azure Scheduled Event `event` (`StartRequests`).
+    pub async fn acknowledge_event(&self, event: &str) -> Result<()> {
         let url = self.azure_url();
         let body = serde_json::json!({ "StartRequests": [{ "EventId": event }] }).to_string();
         let reply = self

@@ -1,7 +1,8 @@
 //! The drain inside the reporter: a loop that runs next to the heartbeats
 //! on the reporter's single thread. Every second it takes a CLI request
 //! (`drain-request.json`), every poll (5 s, backing off while the metadata
-//! service fails) it reads EC2's notices, and while the node drains it
+//! service fails) it reads the cloud's notices (EC2's from its IMDS,
+//! Azure's Scheduled Events, GCP's preemption and maintenance keys), and while the node drains it
 //! counts what AMS still serves (every 2 s), sends lifecycle heartbeats,
 //! and leaves once the node is empty or the budget ran out.
 //!
@@ -26,6 +27,7 @@ use super::notices::{self, Budgets};
 use super::state::{self, Decision, DrainState, Event, Outcome, Phase, RequestAction, Trigger};
 use crate::ams::AmsLayout;
 use crate::ams::layout::SERVICE;
+use crate::cloud::events::Watcher;
 use crate::host::fs::private_meta;
 use crate::host::systemd::{self, ServiceAction};
 use crate::host::{CommandRunner, CommandSpec, Host};
@@ -60,6 +62,8 @@ pub struct DrainSettings {
     pub count_every: Duration,
     /// Read EC2's notices (an EC2 node).
     pub watch_metadata: bool,
+    /// The metadata endpoints of every cloud (Azure's and GCP's notices).
+    pub endpoints: crate::cloud::detect::Endpoints,
 }
 
 impl DrainSettings {
@@ -85,6 +89,7 @@ impl DrainSettings {
             poll: DEFAULT_POLL,
             count_every: Duration::from_secs(2),
             watch_metadata: true,
+            endpoints: crate::cloud::detect::Endpoints::from_env().with_ec2(imds_endpoint),
         }
     }
 }
@@ -140,6 +145,8 @@ pub struct Driver<'a> {
     node: &'a NodeIdentity,
     shared: &'a Shared,
     imds: Arc<Imds>,
+    /// Azure's or GCP's notices (None elsewhere: EC2's come from `imds`).
+    watcher: Option<Watcher>,
     registry: Option<Registry>,
     lifecycle: Option<Lifecycle>,
     ams: reqwest::Client,
@@ -186,6 +193,23 @@ impl<'a> Driver<'a> {
             None => {}
         }
         *shared.state.borrow_mut() = loaded;
+        let watcher = match node.notice_watcher(&settings.endpoints) {
+            Some(Ok(w)) => {
+                tracing::info!(
+                    "watching {}'s termination notices for node {}",
+                    w.provider().title(),
+                    node.id
+                );
+                Some(w)
+            }
+            Some(Err(e)) => {
+                tracing::warn!(
+                    "cannot watch this cloud's termination notices ({e:#}): the node is not drained before the cloud takes it"
+                );
+                None
+            }
+            None => None,
+        };
         let now = Instant::now();
         Ok(Driver {
             host,
@@ -196,6 +220,7 @@ impl<'a> Driver<'a> {
             node,
             shared,
             imds,
+            watcher,
             registry: None,
             lifecycle: None,
             ams: ams::client(),
@@ -249,7 +274,7 @@ impl<'a> Driver<'a> {
             self.request(req).await;
         }
         let now = Instant::now();
-        if self.settings.watch_metadata && now >= self.next_poll {
+        if (self.settings.watch_metadata || self.watcher.is_some()) && now >= self.next_poll {
             self.poll().await;
         }
         if self.shared.phase() != Some(Phase::Draining) {
@@ -313,7 +338,14 @@ impl<'a> Driver<'a> {
         let budgets = Budgets {
             lifecycle: self.settings.lifecycle_budget,
         };
-        match notices::poll(&self.imds, budgets, SystemTime::now()).await {
+        let found = match &self.watcher {
+            Some(w) => w
+                .poll()
+                .await
+                .map(|n| notices::from_cloud(n, SystemTime::now())),
+            None => notices::poll(&self.imds, budgets, SystemTime::now()).await,
+        };
+        match found {
             Ok(f) => {
                 if let Some(since) = self.meta_down.take() {
                     tracing::info!(
@@ -333,6 +365,7 @@ impl<'a> Driver<'a> {
                 for e in f.events {
                     self.event(e).await;
                 }
+                self.keep_acks(f.acks);
             }
             Err(e) => {
                 if self.meta_down.is_none() {
@@ -347,6 +380,49 @@ impl<'a> Driver<'a> {
                     .max(self.settings.poll)
                     .min(MAX_POLL_BACKOFF);
                 self.next_poll = Instant::now() + self.meta_backoff;
+            }
+        }
+    }
+
+    /// Remembers the Azure Scheduled Events of the running drain's triggers,
+    /// to acknowledge once the node left (kept in `drain.json`, so a
+    /// restarted reporter still acknowledges them).
+    fn keep_acks(&mut self, acks: Vec<(String, String)>) {
+        let Some(mut s) = self.shared.state() else {
+            return;
+        };
+        if s.phase != Phase::Draining {
+            return;
+        }
+        let mut changed = false;
+        for (key, event) in acks {
+            if s.seen.contains(&key) && !s.acks.contains(&event) {
+                s.acks.push(event);
+                changed = true;
+            }
+        }
+        if changed {
+            if let Err(e) = state::save(self.host, Some(&s)) {
+                tracing::warn!("drain: {e:#} (the drain goes on in memory)");
+            }
+            *self.shared.state.borrow_mut() = Some(s);
+        }
+    }
+
+    /// Approves the cloud's events once the node left, so the cloud goes
+    /// on at once (Azure: instead of waiting for `NotBefore`).
+    async fn acknowledge(&self, s: &DrainState) {
+        let Some(w) = &self.watcher else { return };
+        for event in &s.acks {
+            match w.acknowledge_event(event).await {
+                Ok(()) => tracing::info!(
+                    "acknowledged Scheduled Event {event}: {} may proceed now",
+                    w.provider().title()
+                ),
+                Err(e) => tracing::warn!(
+                    "{e:#}: {} goes on at the event's NotBefore instead",
+                    w.provider().title()
+                ),
             }
         }
     }
@@ -584,6 +660,7 @@ impl<'a> Driver<'a> {
             }
             let _ = state::save(self.host, Some(&s));
         }
+        self.acknowledge(&s).await;
     }
 
     /// SIGTERM during a drain: the machine is going down (leave now,

@@ -12,6 +12,13 @@
 //!
 //! A failed read is never a notice: the caller logs it once and polls
 //! again later.
+//!
+//! Azure's and GCP's notices are read by [`crate::cloud::events`];
+//! [`from_cloud`] turns them into the same findings: `Preempt` (Azure) and
+//! `instance/preempted` (GCP) drain as a `preemption`, Azure's `Terminate`
+//! and GCP's `TERMINATE_ON_HOST_MAINTENANCE` as a `scheduled-termination`,
+//! each ending [`SPOT_MARGIN`] before the time the cloud named; the rest is
+//! advisory.
 
 use std::time::{Duration, SystemTime};
 
@@ -19,6 +26,7 @@ use anyhow::{Result, bail};
 use serde_json::Value;
 
 use super::state::{Event, Trigger};
+use crate::cloud::events::{self, NoticeKind};
 use crate::node::imds::Imds;
 
 pub const LIFECYCLE_STATE: &str = "autoscaling/target-lifecycle-state";
@@ -36,6 +44,9 @@ pub struct Findings {
     pub events: Vec<Event>,
     /// Advisory notices, one line each (escaped).
     pub advisories: Vec<String>,
+    /// (an event's de-duplication key, the Azure Scheduled Event to
+    /// acknowledge once the node left).
+    pub acks: Vec<(String, String)>,
 }
 
 /// Budgets the caller gives each trigger.
@@ -103,6 +114,37 @@ pub async fn poll(imds: &Imds, budgets: Budgets, now: SystemTime) -> Result<Find
     Ok(f)
 }
 
+/// Azure's or GCP's notices as one poll's findings.
+pub fn from_cloud(found: Vec<events::Notice>, now: SystemTime) -> Findings {
+    let mut f = Findings::default();
+    for n in found {
+        let trigger = match n.kind {
+            NoticeKind::Preempt => Trigger::Preemption,
+            NoticeKind::Terminate => Trigger::ScheduledTermination,
+            NoticeKind::Maintenance => {
+                f.advisories.push(format!("{} ({})", n.detail, n.trigger));
+                continue;
+            }
+        };
+        let key = format!("{}:{}", n.provider.name(), n.id);
+        // Without a time: the cloud acts now.
+        let deadline = n
+            .not_before
+            .map_or(now, |t| t.checked_sub(SPOT_MARGIN).unwrap_or(t));
+        if let Some(event) = n.ack {
+            f.acks.push((key.clone(), event));
+        }
+        f.events.push(Event::Trigger {
+            trigger,
+            key,
+            reason: n.detail,
+            deadline,
+            lifecycle: false,
+        });
+    }
+    f
+}
+
 /// `spot/instance-action` as a drain trigger, its deadline
 /// [`SPOT_MARGIN`] before the time EC2 named.
 fn spot_event(text: &str, now: SystemTime) -> Result<Event> {
@@ -147,6 +189,64 @@ fn spot_event(text: &str, now: SystemTime) -> Result<Event> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn other_clouds_notices_drain_or_advise() {
+        let now = humantime::parse_rfc3339("2026-05-01T12:00:00Z").unwrap();
+        let doc = r#"{"DocumentIncarnation": 2, "Events": [
+            {"EventId": "602d9444-d2cd-49c7-8624-8643e7171297", "EventStatus": "Scheduled",
+             "EventType": "Terminate", "ResourceType": "VirtualMachine", "Resources": ["vm-1"],
+             "NotBefore": "Fri, 01 May 2026 12:10:00 GMT"},
+            {"EventId": "0b1c2d3e-0000-4c39-9e7a-5a7c8e0d5f01", "EventStatus": "Scheduled",
+             "EventType": "Reboot", "ResourceType": "VirtualMachine", "Resources": ["vm-1"],
+             "NotBefore": "Fri, 01 May 2026 12:20:00 GMT"}]}"#;
+        let f = from_cloud(events::parse_azure(doc, Some("vm-1")).unwrap(), now);
+        assert_eq!(f.events.len(), 1);
+        let Event::Trigger {
+            trigger,
+            key,
+            deadline,
+            lifecycle,
+            ..
+        } = &f.events[0]
+        else {
+            panic!()
+        };
+        assert_eq!(*trigger, Trigger::ScheduledTermination);
+        assert_eq!(key, "azure:602d9444-d2cd-49c7-8624-8643e7171297");
+        assert_eq!(
+            deadline.duration_since(now).unwrap(),
+            Duration::from_secs(585)
+        );
+        assert!(!lifecycle);
+        assert_eq!(
+            f.acks,
+            [(
+                key.clone(),
+                "602d9444-d2cd-49c7-8624-8643e7171297".to_string()
+            )]
+        );
+        assert_eq!(f.advisories.len(), 1, "{:?}", f.advisories);
+        assert!(f.advisories[0].contains("Reboot"), "{:?}", f.advisories);
+
+        let g = from_cloud(
+            vec![events::gcp_notice("preempted", "TRUE", now).unwrap()],
+            now,
+        );
+        let Event::Trigger {
+            trigger, deadline, ..
+        } = &g.events[0]
+        else {
+            panic!()
+        };
+        assert_eq!(*trigger, Trigger::Preemption);
+        // GCP's 30 s notice, less the margin the leaving steps need.
+        assert_eq!(
+            deadline.duration_since(now).unwrap(),
+            Duration::from_secs(15)
+        );
+        assert!(g.acks.is_empty());
+    }
 
     #[test]
     fn a_spot_notice_ends_before_the_instance_is_taken() {

@@ -39,6 +39,12 @@ pub enum Trigger {
     SpotInterruption,
     /// `ams-agent drain`.
     Manual,
+    /// Another cloud takes a Spot/preemptible VM back (Azure Scheduled
+    /// Event `Preempt`, GCP `instance/preempted`).
+    Preemption,
+    /// Another cloud will stop or delete the VM (Azure Scheduled Event
+    /// `Terminate`, GCP `TERMINATE_ON_HOST_MAINTENANCE`).
+    ScheduledTermination,
 }
 
 impl Trigger {
@@ -48,6 +54,8 @@ impl Trigger {
             Trigger::LifecycleHook => "lifecycle-hook",
             Trigger::SpotInterruption => "spot-interruption",
             Trigger::Manual => "manual",
+            Trigger::Preemption => "preemption",
+            Trigger::ScheduledTermination => "scheduled-termination",
         }
     }
 }
@@ -118,6 +126,10 @@ pub struct DrainState {
     pub outcome: Option<Outcome>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub left_at: Option<u64>,
+    /// Azure Scheduled Events to acknowledge once the node left (so Azure
+    /// proceeds at once instead of waiting for `NotBefore`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acks: Vec<String>,
 }
 
 impl DrainState {
@@ -242,6 +254,7 @@ pub fn apply(
                 answer: None,
                 outcome: None,
                 left_at: None,
+                acks: Vec::new(),
             }),
             Decision::Started,
         ),
