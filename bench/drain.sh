@@ -83,7 +83,9 @@ wait_for() { # $1 = seconds, rest = command that prints something once true
 }
 
 run_reporter() { # $1 = dir, $2 = imds port, $3 = ams port, rest = env; sets RPID
+  # Every AWS call to loopback unless the caller names its peer.
   env AMS_AGENT_ROOT="$1/root" PATH="$1/bin:$PATH" AMS_AGENT_AMS_URL="http://127.0.0.1:$3/" \
+    AMS_AGENT_AWS_ENDPOINT="http://127.0.0.1:1" \
     AMS_AGENT_IMDS_ENDPOINT="http://127.0.0.1:$2" "${@:4}" "$BIN" run >"$1/run.log" 2>&1 &
   RPID=$!; PIDS+=($RPID)
 }

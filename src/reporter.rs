@@ -357,8 +357,7 @@ pub async fn reporter_loop(
     }
 
     match shared.phase() {
-        Some(Phase::Left) => return Ok(()),
-        Some(Phase::Draining) => {
+        Some(Phase::Left | Phase::Draining) => {
             driver.on_sigterm().await;
             return Ok(());
         }

@@ -980,3 +980,36 @@ fn a_gcp_preemption_drains_the_node_within_its_30_seconds() {
     let (code, _) = r.signal(Signal::SIGTERM);
     assert_eq!(code, Some(0), "{}", r.log());
 }
+
+#[test]
+fn a_reporter_stopped_between_left_and_the_last_steps_runs_them_when_it_starts() {
+    let (t, mut peer, imds, ams) = setup();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    std::fs::create_dir_all(t.path("var/lib/ams-agent")).unwrap();
+    std::fs::write(
+        t.path("var/lib/ams-agent/drain.json"),
+        json!({ "phase": "left", "node": NODE, "trigger": "manual", "reason": "upgrade",
+                "since": now - 60, "deadline": now + 60, "seen": ["manual:r1"],
+                "outcome": "empty", "leftAt": now - 1, "unfinished": true })
+        .to_string(),
+    )
+    .unwrap();
+    let mut r = Reporter::start(&t, &imds.url, &ams.url, &[]);
+    wait_for("left in the registry", Duration::from_secs(10), || {
+        states(&peer).last().map(String::as_str) == Some("left")
+    });
+    wait_for("the last steps done", Duration::from_secs(10), || {
+        drain_state(&t).get("unfinished").is_none()
+    });
+    let rows = peer.dump("clusterdb", "clusternode");
+    let ids: Vec<&str> = rows.iter().map(|r| r["_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["n-prefix", "n-other"], "{rows:?}");
+    assert!(r.log().contains("running them now"), "{}", r.log());
+    // And nothing more: no heartbeat from a node that left.
+    assert_eq!(heartbeats(&peer), 0);
+    let (code, _) = r.signal(Signal::SIGTERM);
+    assert_eq!(code, Some(0), "{}", r.log());
+}

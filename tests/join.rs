@@ -1100,3 +1100,65 @@ fn mongo_password_ssm_reads_the_password_with_the_instance_role() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
+
+/// `drain.json` of node `id` in `phase`, as the reporter writes it.
+fn plant_drain(t: &Tree, id: &str, phase: &str) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    std::fs::create_dir_all(t.path("var/lib/ams-agent")).unwrap();
+    std::fs::write(
+        t.path("var/lib/ams-agent/drain.json"),
+        json!({ "phase": phase, "node": id, "trigger": "spot-interruption",
+                "reason": "EC2 Spot interruption: terminate at soon", "since": now,
+                "deadline": now + 100, "seen": ["spot:terminate:soon"] })
+        .to_string(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_draining_node_refuses_to_join_again_and_a_drained_one_joins_with_a_restart() {
+    let t = Tree::new();
+    let id = "i-0aaaaaaaaaaaaaad1";
+    let imds = Imds::start(id, IP);
+    let ams = fake_ams_http();
+    let peer = MongoPeer::start(PeerOptions::default());
+    let args = ["--mongo", &peer.uri(), "--wait", "20s"];
+    let out = run(&t, &imds, &ams, &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // A re-run of user-data during a Spot drain: refused, nothing touched.
+    plant_drain(&t, id, "draining");
+    let before = t.snapshot();
+    let updates = peer.named("update").len();
+    let calls = t.systemctl_calls().len();
+    let out = run(&t, &imds, &ams, &args);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let line = error_line(&out);
+    assert!(
+        line.contains(&format!("node {id} is draining (spot-interruption"))
+            && line.contains("join refused"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(t.snapshot(), before, "no file touched");
+    assert_eq!(peer.named("update").len(), updates, "nothing sent");
+    assert_eq!(t.systemctl_calls().len(), calls, "no service touched");
+
+    // Once it left, joining again brings it back, restarting its reporter.
+    plant_drain(&t, id, "left");
+    let out = run(&t, &imds, &ams, &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!t.path("var/lib/ams-agent/drain.json").exists());
+    assert!(
+        !t.path("var/lib/ams-agent/reporter-restart-pending")
+            .exists()
+    );
+    let calls = t.systemctl_calls();
+    assert!(
+        calls.iter().any(|c| c == "restart ams-agent.service"),
+        "{calls:?}"
+    );
+}

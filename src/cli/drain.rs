@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::Args;
 
 use super::Context;
@@ -119,26 +119,39 @@ pub fn run(ctx: &Context, args: DrainArgs) -> Result<()> {
         }
         return Ok(());
     }
+    // One request at a time: a second `drain` waits for no one and
+    // overwrites nothing (it fails naming the lock's holder).
+    let _lock = ctx.mutate()?;
     let req = Request {
         id: request_id(),
         action,
     };
     state::put_request(&ctx.host, &req)?;
+    let answered = |answer: Answer| -> Result<()> {
+        let text = crate::human::escape(&answer.message).into_owned();
+        if answer.ok {
+            println!("{text}");
+            return Ok(());
+        }
+        anyhow::bail!("{text}");
+    };
     let start = Instant::now();
     loop {
         if let Some(answer) = read_answer(ctx, &req.id) {
-            let text = crate::human::escape(&answer.message).into_owned();
-            if answer.ok {
-                println!("{text}");
-                return Ok(());
-            }
-            anyhow::bail!("{text}");
+            return answered(answer);
         }
         if start.elapsed() >= args.timeout {
             // Not taken: withdraw it, so a reporter started hours later does
             // not act on it.
             if read_request_id(ctx).as_deref() == Some(req.id.as_str()) {
-                let _ = ctx.host.remove(Path::new(REQUEST_FILE));
+                ctx.host
+                    .remove(Path::new(REQUEST_FILE))
+                    .with_context(|| format!("withdrawing the request {REQUEST_FILE}"))?;
+            }
+            // Taken in between: its answer is the truth.
+            std::thread::sleep(Duration::from_millis(1200));
+            if let Some(answer) = read_answer(ctx, &req.id) {
+                return answered(answer);
             }
             anyhow::bail!(
                 "the reporter did not take the request within {}: is ams-agent.service running? (systemctl status ams-agent; it drains the node)",

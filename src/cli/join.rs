@@ -661,22 +661,54 @@ pub fn run(ctx: &Context, args: JoinArgs) -> Result<()> {
     // Every local check (the AMS files, the agent's files) is made here,
     // before anything is sent to MongoDB: a plan that cannot be made must
     // not leave a stray `joining` document behind.
+    // A node that is draining is being taken away: joining again (a
+    // re-run of user-data, an Ansible pass) must not put it back into
+    // rotation behind the cloud's back.
+    let drained = crate::drain::state::load(&ctx.host, &node.id);
+    if let Some(s) = drained
+        .as_ref()
+        .filter(|s| s.phase == crate::drain::state::Phase::Draining)
+    {
+        anyhow::bail!(
+            "node {} is draining ({}: {}; it leaves at the latest at {}): join refused; wait for it to leave, or cancel a drain by hand with `ams-agent drain --cancel`",
+            node.id,
+            s.trigger.name(),
+            crate::human::escape(&s.reason),
+            humantime::format_rfc3339_seconds(s.deadline_time())
+        );
+    }
     // A node drained earlier joins again: its drain is over, and its
-    // reporter (idle since it left) is owed a restart.
-    if !ctx.dry_run && crate::drain::state::load(&ctx.host, &node.id).is_some() {
+    // reporter (idle since it left) is owed a restart, which the plan
+    // reads from the marker. A plan that cannot be made takes the marker
+    // back: every file as it was.
+    let marker = crate::agent_service::restart_marker();
+    let new_marker = !ctx.dry_run && drained.is_some() && !ctx.host.exists(&marker);
+    if new_marker {
         ctx.host.write_atomic(
-            &crate::agent_service::restart_marker(),
+            &marker,
             b"the node was drained: a restart is owed\n",
             private_meta(0o600),
         )?;
-        crate::drain::state::save(&ctx.host, None)?;
-        tracing::info!("this node was drained earlier; it joins again");
     }
-    let (plan, stages) = j.plan(&req, &switch, args.node_group.clone())?;
+    let (plan, stages) = match j.plan(&req, &switch, args.node_group.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            if new_marker {
+                if let Err(r) = ctx.host.remove(&marker) {
+                    tracing::warn!("taking back {}: {r:#}", marker.display());
+                }
+            }
+            return Err(e);
+        }
+    };
     if ctx.dry_run {
         print!("{}", plan.render());
         println!("(dry run: nothing was changed and nothing was sent to MongoDB)");
         return Ok(());
+    }
+    if drained.is_some() {
+        crate::drain::state::save(&ctx.host, None)?;
+        tracing::info!("this node was drained earlier; it joins again");
     }
     tracing::info!(
         "joining node {} ({}) to MongoDB at {}",

@@ -80,7 +80,7 @@ pub struct MongoArgs {
 
     /// Instance-metadata endpoint (the instance role for
     /// --admin-password-ssm)
-    #[arg(long, hide = true, env = crate::node::imds::ENDPOINT_ENV, default_value = crate::node::imds::DEFAULT_ENDPOINT)]
+    #[arg(long, hide = true, env = crate::cloud::ec2::ENDPOINT_ENV, default_value = crate::cloud::ec2::DEFAULT_ENDPOINT)]
     pub imds_endpoint: String,
 
     /// Ask nothing: take defaults, and generate the admin password if none

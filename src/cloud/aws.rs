@@ -20,7 +20,7 @@ use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, si
 use aws_sigv4::sign::v4;
 use serde_json::Value;
 
-use crate::node::imds::Imds;
+use crate::cloud::ec2::Imds;
 use crate::secret::Secret;
 
 /// Sends every AWS service to this URL instead of
@@ -177,6 +177,8 @@ impl Aws {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(10))
+            // A redirect would carry x-amz-security-token to another host.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| {
                 AwsError::new(ErrorKind::Other, format!("building the HTTP client: {e}"))

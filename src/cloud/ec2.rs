@@ -120,7 +120,10 @@ impl Imds {
                 resp.status()
             );
         }
-        let token = resp.text().await.context("reading the IMDSv2 token")?;
+        let token = super::http::read_capped(resp, &url, 4096)
+            .await
+            .context("reading the IMDSv2 token")?;
+        let token = String::from_utf8_lossy(&token);
         let token = token.trim().to_string();
         if token.is_empty() || token.contains(['\r', '\n']) {
             bail!("{url} returned an unusable token");
@@ -166,10 +169,12 @@ impl Imds {
                 }
                 StatusCode::NOT_FOUND => return Ok(None),
                 s if s.is_success() => {
-                    let text = resp
-                        .text()
+                    let bytes = super::http::read_capped(resp, url, super::http::BODY_CAP)
                         .await
                         .with_context(|| format!("reading {url}"))?;
+                    let text = String::from_utf8(bytes).map_err(|_| {
+                        anyhow::anyhow!("{url} answered bytes that are not UTF-8 text")
+                    })?;
                     return Ok(Some(text.trim().to_string()));
                 }
                 s => bail!("reading {url}: HTTP {s}"),

@@ -94,6 +94,11 @@ impl Watcher {
         if !matches!(provider, Provider::Azure | Provider::Gcp) {
             return None;
         }
+        if provider == Provider::Azure && vm_name.is_none() {
+            tracing::warn!(
+                "this VM's name is unknown (compute.name of Azure's metadata): every Scheduled Event counts as this VM's, and none is approved (Azure then waits for NotBefore)"
+            );
+        }
         Some(MetaClient::new(POLL).map(|client| Watcher {
             provider,
             client,
@@ -280,7 +285,9 @@ pub fn parse_azure(body: &str, vm_name: Option<&str>) -> Result<Vec<Notice>> {
                 })
             ),
             not_before,
-            ack: (kind != NoticeKind::Maintenance).then(|| id.to_string()),
+            // Approving an event lets Azure act on every VM it names: only
+            // when this VM is known to be one of them.
+            ack: (kind != NoticeKind::Maintenance && vm_name.is_some()).then(|| id.to_string()),
         });
     }
     Ok(out)
@@ -321,7 +328,10 @@ mod tests {
         let other = parse_azure(DOC, Some("ams-edge-2")).unwrap();
         assert_eq!(other[0].kind, NoticeKind::Maintenance);
         assert!(!other[0].drains() && other[0].ack.is_none());
-        assert_eq!(parse_azure(DOC, None).unwrap().len(), 2);
+        let unknown = parse_azure(DOC, None).unwrap();
+        assert_eq!(unknown.len(), 2);
+        // Without this VM's name an event may be a sibling's: never approved.
+        assert!(unknown.iter().all(|n| n.ack.is_none()));
         assert!(
             parse_azure(r#"{"DocumentIncarnation": 1, "Events": []}"#, None)
                 .unwrap()

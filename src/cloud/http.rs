@@ -136,7 +136,15 @@ fn without_url(e: reqwest::Error) -> reqwest::Error {
 }
 
 /// The body, at most [`BODY_CAP`] bytes, as UTF-8 text.
-async fn read_body(mut resp: reqwest::Response, url: &str) -> Result<String> {
+async fn read_body(resp: reqwest::Response, url: &str) -> Result<String> {
+    let bytes = read_capped(resp, url, BODY_CAP).await?;
+    String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("{url} answered bytes that are not UTF-8 text"))
+}
+
+/// The body, at most `cap` bytes (read chunk by chunk: an endless answer
+/// is cut off at the cap, never held whole).
+pub async fn read_capped(mut resp: reqwest::Response, url: &str, cap: usize) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
     while let Some(chunk) = resp
         .chunk()
@@ -144,13 +152,12 @@ async fn read_body(mut resp: reqwest::Response, url: &str) -> Result<String> {
         .map_err(without_url)
         .with_context(|| format!("reading the answer of {url}"))?
     {
-        if bytes.len() + chunk.len() > BODY_CAP {
-            bail!("{url} answered more than {BODY_CAP} bytes; not a metadata document");
+        if bytes.len() + chunk.len() > cap {
+            bail!("{url} answered more than {cap} bytes; not read further");
         }
         bytes.extend_from_slice(&chunk);
     }
-    String::from_utf8(bytes)
-        .map_err(|_| anyhow::anyhow!("{url} answered bytes that are not UTF-8 text"))
+    Ok(bytes)
 }
 
 /// A status that is not 200, as a message: `HTTP 404 Not Found`, and the

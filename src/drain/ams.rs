@@ -114,13 +114,9 @@ async fn get_json(client: &reqwest::Client, url: &str) -> Result<Value, Failure>
     if !status.is_success() {
         return Err(Failure::Other(format!("HTTP {}", status.as_u16())));
     }
-    let bytes = resp
-        .bytes()
+    let bytes = crate::cloud::http::read_capped(resp, "AMS", 8 << 20)
         .await
-        .map_err(|e| Failure::Other(format!("reading the answer: {e}")))?;
-    if bytes.len() > 8 << 20 {
-        return Err(Failure::Other("the answer is larger than 8 MiB".into()));
-    }
+        .map_err(|e| Failure::Other(format!("reading the answer: {e:#}")))?;
     serde_json::from_slice(&bytes).map_err(|_| Failure::Other("the answer is not JSON".into()))
 }
 

@@ -22,18 +22,18 @@ use mongodb::bson::doc;
 use serde::{Deserialize, Serialize};
 
 use super::ams;
-use super::lifecycle::{HookSettings, Lifecycle};
+use super::lifecycle::{Completion, HookSettings, Lifecycle};
 use super::notices::{self, Budgets};
 use super::state::{self, Decision, DrainState, Event, Outcome, Phase, RequestAction, Trigger};
 use crate::ams::AmsLayout;
 use crate::ams::layout::SERVICE;
+use crate::cloud::ec2::{Budget, Imds};
 use crate::cloud::events::Watcher;
 use crate::host::fs::private_meta;
 use crate::host::systemd::{self, ServiceAction};
 use crate::host::{CommandRunner, CommandSpec, Host};
 use crate::mongo::registry::{Deadlines, DrainFields, NodeState, Registry, Target};
 use crate::node::identity::NodeIdentity;
-use crate::node::imds::{Budget, Imds};
 
 /// Where the reporter answers a CLI request.
 pub const ANSWER_FILE: &str = "/var/lib/ams-agent/drain-answer.json";
@@ -262,6 +262,13 @@ impl<'a> Driver<'a> {
         if self.shared.phase() == Some(Phase::Draining) {
             self.write_draining().await;
         }
+        if let Some(s) = self.shared.state().filter(|s| s.unfinished) {
+            tracing::warn!(
+                "node {} left, but the reporter stopped before the last steps ran: running them now",
+                self.node.id
+            );
+            self.finish(s).await;
+        }
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             self.step().await;
@@ -448,7 +455,8 @@ impl<'a> Driver<'a> {
                 let s = next.as_ref().expect("joined");
                 let key = s.seen.last().cloned().unwrap_or_default();
                 tracing::warn!(
-                    "drain: another trigger ({key}) during the drain{}",
+                    "drain: another trigger ({}) during the drain{}",
+                    crate::human::escape(&key),
                     if *shortened {
                         format!(
                             "; it ends earlier now, at {}",
@@ -593,16 +601,25 @@ impl<'a> Driver<'a> {
         s.phase = Phase::Left;
         s.outcome = Some(outcome);
         s.left_at = Some(crate::config::unix_now());
+        s.unfinished = true;
+        // From now on no heartbeat: the state is left.
+        *self.shared.state.borrow_mut() = Some(s.clone());
+        if let Err(e) = state::save(self.host, Some(&s)) {
+            tracing::warn!("drain: {e:#}");
+        }
+        self.finish(s).await;
+    }
+
+    /// The steps after `left`: the registry, AMS's `clusternode` row, the
+    /// lifecycle action, the cloud's events. `drain.json` says `unfinished`
+    /// until they ran, so a reporter stopped in the middle finishes them
+    /// when it stops or starts again.
+    async fn finish(&mut self, mut s: DrainState) {
         let f = fields(&s);
         let id = self.node.id.clone();
         let limit = self.deadlines.op;
         let shared = self.shared;
         let node = self.node;
-        // From now on no heartbeat: the state is left.
-        *shared.state.borrow_mut() = Some(s.clone());
-        if let Err(e) = state::save(self.host, Some(&s)) {
-            tracing::warn!("drain: {e:#}");
-        }
         if let Some(reg) = self.registry().await {
             let _w = shared.write.lock().await;
             let mut marked = false;
@@ -646,21 +663,34 @@ impl<'a> Driver<'a> {
                 ),
             }
         }
-        if s.lifecycle.is_some() {
+        if s.lifecycle.as_ref().is_some_and(|l| !l.completed) {
+            let mut done = Completion::Failed { retry: true };
             for attempt in 0..3 {
                 if attempt > 0 {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-                if self.lifecycle().complete().await {
+                done = self.lifecycle().complete().await;
+                if !matches!(done, Completion::Failed { retry: true }) {
                     break;
                 }
             }
-            if let Some(l) = s.lifecycle.as_mut() {
-                l.completed = true;
+            match done {
+                Completion::Done | Completion::Nothing => {
+                    if let Some(l) = s.lifecycle.as_mut() {
+                        l.completed = true;
+                    }
+                }
+                Completion::Failed { .. } => tracing::warn!(
+                    "drain: the lifecycle action of node {id} was not completed: the instance waits for the hook's timeout before it terminates"
+                ),
             }
-            let _ = state::save(self.host, Some(&s));
         }
         self.acknowledge(&s).await;
+        s.unfinished = false;
+        *shared.state.borrow_mut() = Some(s.clone());
+        if let Err(e) = state::save(self.host, Some(&s)) {
+            tracing::warn!("drain: {e:#}");
+        }
     }
 
     /// SIGTERM during a drain: the machine is going down (leave now,
@@ -668,6 +698,18 @@ impl<'a> Driver<'a> {
     /// stopped (the drain goes on when it starts again).
     pub async fn on_sigterm(&mut self) {
         let Some(s) = self.shared.state() else { return };
+        if s.unfinished {
+            // Stopped between `left` and the end of the last steps: they
+            // run again, within the unit's TimeoutStopSec (15s).
+            let limit = Duration::from_secs(12);
+            if tokio::time::timeout(limit, self.finish(s)).await.is_err() {
+                tracing::warn!(
+                    "the drain's last steps took longer than {}: they run again when the reporter starts",
+                    crate::human::show_duration(limit)
+                );
+            }
+            return;
+        }
         if s.phase != Phase::Draining {
             return;
         }

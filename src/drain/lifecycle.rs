@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::cloud::aws::{Aws, AwsError, ErrorKind, TERMINATING};
-use crate::node::imds::Imds;
+use crate::cloud::ec2::Imds;
 
 /// How the hook is found.
 #[derive(Debug, Clone, Default)]
@@ -20,6 +20,18 @@ pub struct HookSettings {
     pub hook: Option<String>,
     /// `AMS_AGENT_AWS_ENDPOINT`: every AWS service at one URL (tests).
     pub endpoint: Option<String>,
+}
+
+/// What `CompleteLifecycleAction` came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// Sent and accepted.
+    Done,
+    /// Nothing waited: no hook, or no active action (completed already, or
+    /// timed out).
+    Nothing,
+    /// Not completed; `retry` when trying again may help.
+    Failed { retry: bool },
 }
 
 pub struct Lifecycle {
@@ -139,11 +151,12 @@ impl Lifecycle {
                         self.hook = Some(h.name.clone());
                         self.heartbeat_timeout = h.heartbeat_timeout;
                         tracing::info!(
-                            "lifecycle hook {} of group {group_name}: heartbeat timeout {}, default result {}",
-                            h.name,
+                            "lifecycle hook {} of group {}: heartbeat timeout {}, default result {}",
+                            crate::human::escape(&h.name),
+                            crate::human::escape(&group_name),
                             h.heartbeat_timeout
                                 .map_or("unknown".into(), crate::human::show_duration),
-                            h.default_result.as_deref().unwrap_or("unknown")
+                            crate::human::escape(h.default_result.as_deref().unwrap_or("unknown"))
                         );
                     }
                     None if wanted.is_some() => self.warn_once(
@@ -231,41 +244,54 @@ impl Lifecycle {
         }
     }
 
-    /// `CompleteLifecycleAction CONTINUE`. True when done (or nothing was
-    /// left to complete); false when it should be tried again.
-    pub async fn complete(&mut self) -> bool {
+    /// `CompleteLifecycleAction CONTINUE`.
+    pub async fn complete(&mut self) -> Completion {
         self.resolve().await;
         let (Some(group), Some(hook)) = (self.group.clone(), self.hook.clone()) else {
-            return true;
+            if self.resolved {
+                // No group, no hook: nothing waits for this instance.
+                return Completion::Nothing;
+            }
+            tracing::warn!(
+                "the lifecycle hook of {} is still unknown (AWS did not answer)",
+                self.instance
+            );
+            return Completion::Failed { retry: true };
         };
         let instance = self.instance.clone();
-        let Some(aws) = self.client().await else {
-            return true;
-        };
+        if self.client().await.is_none() {
+            tracing::warn!(
+                "cannot call AWS with the instance role to complete the lifecycle action of {instance}"
+            );
+            return Completion::Failed { retry: true };
+        }
+        let aws = self.aws.as_ref().expect("built above");
         match aws
             .complete_lifecycle_action(&group, &hook, &instance, "CONTINUE")
             .await
         {
             Ok(()) => {
                 tracing::info!(
-                    "CompleteLifecycleAction CONTINUE sent for {instance} (group {group}, hook {hook}): the instance terminates now"
+                    "CompleteLifecycleAction CONTINUE sent for {instance} (group {}, hook {}): the instance terminates now",
+                    crate::human::escape(&group),
+                    crate::human::escape(&hook)
                 );
-                true
+                Completion::Done
             }
             Err(e) if e.kind == ErrorKind::NotFound => {
                 tracing::info!(
-                    "no active lifecycle action for {instance} in hook {hook} (already completed, or it timed out)"
+                    "no active lifecycle action for {instance} in hook {} (already completed, or it timed out)",
+                    crate::human::escape(&hook)
                 );
-                true
+                Completion::Nothing
             }
             Err(e) => {
-                let transient = e.transient();
-                self.warn_aws(
-                    "CompleteLifecycleAction",
-                    &e,
-                    "the instance waits for the hook's timeout before it terminates",
+                let retry = e.transient();
+                // Every time: this is the step that ends the instance's wait.
+                tracing::warn!(
+                    "autoscaling:CompleteLifecycleAction failed ({e}); the instance waits for the hook's timeout before it terminates"
                 );
-                !transient
+                Completion::Failed { retry }
             }
         }
     }

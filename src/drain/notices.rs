@@ -26,8 +26,8 @@ use anyhow::{Result, bail};
 use serde_json::Value;
 
 use super::state::{Event, Trigger};
+use crate::cloud::ec2::Imds;
 use crate::cloud::events::{self, NoticeKind};
-use crate::node::imds::Imds;
 
 pub const LIFECYCLE_STATE: &str = "autoscaling/target-lifecycle-state";
 pub const SPOT_ACTION: &str = "spot/instance-action";
@@ -83,7 +83,14 @@ pub async fn poll(imds: &Imds, budgets: Budgets, now: SystemTime) -> Result<Find
         }
     }
     if let Some(text) = spot {
-        f.events.push(spot_event(&text, now)?);
+        // A notice the agent cannot read is no reason to drop the others
+        // (a lifecycle `Terminated` of the same poll): said, not acted on.
+        match spot_event(&text, now) {
+            Ok(e) => f.events.push(e),
+            Err(e) => f
+                .advisories
+                .push(format!("{e:#}: not read as a Spot interruption")),
+        }
     }
     if let Ok(Some(text)) = rebalance {
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);

@@ -130,6 +130,10 @@ pub struct DrainState {
     /// proceeds at once instead of waiting for `NotBefore`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub acks: Vec<String>,
+    /// Left, but the steps after it (the registry, the `clusternode` row,
+    /// the lifecycle action, the cloud's events) have not all run yet.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unfinished: bool,
 }
 
 impl DrainState {
@@ -255,6 +259,7 @@ pub fn apply(
                 outcome: None,
                 left_at: None,
                 acks: Vec::new(),
+                unfinished: false,
             }),
             Decision::Started,
         ),

@@ -70,7 +70,13 @@ impl NodeIdentity {
         &self,
         endpoints: &Endpoints,
     ) -> Option<Result<crate::cloud::events::Watcher>> {
-        crate::cloud::events::Watcher::new(self.provider?, endpoints, self.vm_name.clone())
+        // The cloud that answered; else the one the DMI or the stored id
+        // names (its metadata failed at start: its notices still count).
+        let provider = self.provider.or(match self.source {
+            IdSource::Cloud(p) => Some(p),
+            _ => None,
+        })?;
+        crate::cloud::events::Watcher::new(provider, endpoints, self.vm_name.clone())
     }
 }
 
