@@ -22,6 +22,16 @@ pub struct HookSettings {
     pub endpoint: Option<String>,
 }
 
+/// An AWS failure of `action`, with what it costs.
+fn aws_message(action: &str, e: &AwsError, cost: &str) -> String {
+    match e.kind {
+        ErrorKind::Denied => format!(
+            "the instance role may not call autoscaling:{action} ({e}); {cost} (docs/scale-in.md lists the IAM policy)"
+        ),
+        _ => format!("autoscaling:{action} failed ({e}); {cost}"),
+    }
+}
+
 /// What `CompleteLifecycleAction` came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Completion {
@@ -75,13 +85,7 @@ impl Lifecycle {
     }
 
     fn warn_aws(&mut self, action: &str, e: &AwsError, cost: &str) {
-        let message = match e.kind {
-            ErrorKind::Denied => format!(
-                "the instance role may not call autoscaling:{action} ({e}); {cost} (docs/scale-in.md lists the IAM policy)"
-            ),
-            _ => format!("autoscaling:{action} failed ({e}); {cost}"),
-        };
-        self.warn_once(action, message);
+        self.warn_once(action, aws_message(action, e, cost));
     }
 
     async fn client(&mut self) -> Option<&Aws> {
@@ -289,7 +293,12 @@ impl Lifecycle {
                 let retry = e.transient();
                 // Every time: this is the step that ends the instance's wait.
                 tracing::warn!(
-                    "autoscaling:CompleteLifecycleAction failed ({e}); the instance waits for the hook's timeout before it terminates"
+                    "{}",
+                    aws_message(
+                        "CompleteLifecycleAction",
+                        &e,
+                        "the instance waits for the hook's timeout before it terminates"
+                    )
                 );
                 Completion::Failed { retry }
             }
