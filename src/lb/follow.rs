@@ -1098,6 +1098,15 @@ pub fn dry_run(
 /// Human lines about the decision: changes, holds, waiting, refused.
 pub fn decision_lines(p: &Proposal) -> Vec<String> {
     let mut out = p.changes();
+    for d in &p.decision.displaced {
+        out.push(format!(
+            "address reused: {} ({}) leaves at once: {} is now node {}'s, in rotation by the registry",
+            escape(d.id.as_str()),
+            d.role.name(),
+            d.addr,
+            escape(d.by.as_str())
+        ));
+    }
     for h in &p.decision.holds {
         out.push(format!(
             "held by a guard: {}; kept: {}",
