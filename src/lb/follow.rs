@@ -711,22 +711,36 @@ impl Action for Runtime {
     }
 
     fn apply(&self, _ctx: &ApplyCtx) -> Result<()> {
-        let answers = self.socket.apply(&self.cmds)?;
-        let (_, live) = self.socket.servers()?;
-        match haproxy::runtime_commands(&self.layout, &live, &self.settings.ports) {
-            Ok(left) if left.is_empty() => Ok(()),
-            Ok(left) => bail!(
-                "HAProxy did not apply {} of the changes (`{}`…); it answered: {}",
-                left.len(),
-                left[0],
-                if answers.is_empty() {
-                    "nothing".into()
-                } else {
-                    answers.join(" / ")
-                }
-            ),
-            Err(e) => bail!("HAProxy's servers changed meanwhile: {e}"),
-        }
+        apply_verified(&self.socket, &self.cmds, &self.layout, &self.settings)
+    }
+}
+
+/// Sends Runtime API commands, then reads the servers back: every server
+/// of the agent's backends must be as `layout` says, else the first
+/// command still needed is named with HAProxy's answers.
+fn apply_verified(
+    socket: &AdminSocket,
+    cmds: &[String],
+    layout: &Layout,
+    settings: &Settings,
+) -> Result<()> {
+    let answers = socket.apply(cmds)?;
+    let (_, live) = socket.servers()?;
+    match haproxy::runtime_commands(layout, &live, &settings.ports) {
+        Ok(left) if left.is_empty() => Ok(()),
+        Ok(left) => bail!(
+            "HAProxy did not apply {} of the {} change{} (`{}` refused); it answered: {}",
+            left.len(),
+            cmds.len(),
+            if cmds.len() == 1 { "" } else { "s" },
+            left[0],
+            if answers.is_empty() {
+                "nothing".into()
+            } else {
+                answers.join(" / ")
+            }
+        ),
+        Err(e) => bail!("HAProxy's servers changed meanwhile: {e}"),
     }
 }
 
@@ -843,7 +857,12 @@ impl Action for Reload {
                     },
                 )?;
                 if !cmds.is_empty() {
-                    sock.apply(&cmds)?;
+                    apply_verified(sock, &cmds, layout, &self.settings).with_context(|| {
+                        format!(
+                            "after `systemctl reload {}`, bringing the new worker's servers to the file",
+                            self.service
+                        )
+                    })?;
                 }
                 *self.done.lock().unwrap() = Some(format!(
                     "reloaded {} (worker pid {old} → {new})",
@@ -1532,4 +1551,111 @@ fn dry_run_text(
         text = "nothing to change: the balancer already follows the registry (dry run)\n".into();
     }
     Ok((text.trim_end().to_string(), checked))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lb::model::{Member, MemberState, NodeId};
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixListener;
+
+    /// An admin socket that reports `layout` with every slot in maint at
+    /// the placeholder, a new pid after the first `show info`, and refuses
+    /// every `set` command.
+    fn stubborn_haproxy(path: &Path, layout: &Layout) -> std::thread::JoinHandle<()> {
+        let mut dump = String::from(
+            "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port\n",
+        );
+        for (b, slots) in layout {
+            for (i, slot) in slots.iter().enumerate() {
+                dump.push_str(&format!(
+                    "4 {} {} {} 127.0.0.1 0 1 1 1 5 15 3 2 6 0 0 0 - 1 - 0 0 - - 0\n",
+                    b.name(),
+                    i + 1,
+                    slot.name
+                ));
+            }
+        }
+        let listener = UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            let mut infos = 0;
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let mut line = String::new();
+                if BufReader::new(&conn).read_line(&mut line).is_err() {
+                    return;
+                }
+                let answer = if line.starts_with("show info") {
+                    infos += 1;
+                    format!(
+                        "Name: HAProxy\nPid: {}\n",
+                        if infos == 1 { 100 } else { 200 }
+                    )
+                } else if line.starts_with("show servers state") {
+                    dump.clone()
+                } else if line.starts_with("quit") {
+                    return;
+                } else {
+                    "No such server.\n".into()
+                };
+                let _ = conn.write_all(answer.as_bytes());
+            }
+        })
+    }
+
+    #[test]
+    fn commands_refused_after_a_reload_fail_the_reload_naming_them() {
+        let dir = std::env::temp_dir().join(format!("ams-agent-follow-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock_path = dir.join("admin.sock");
+        let desired = Membership {
+            origin: vec![Member {
+                id: NodeId::parse("i-o1").unwrap(),
+                addr: "10.0.1.5".parse().unwrap(),
+                state: MemberState::Ready,
+            }],
+            edge: vec![],
+        };
+        let layout = haproxy::fresh(&desired, 1);
+        let server = stubborn_haproxy(&sock_path, &layout);
+        let mut settings = crate::lb::model::test_settings();
+        settings.state_file = dir.join("server-state");
+        let socket = AdminSocket::new(
+            Path::new("/run/haproxy/admin.sock"),
+            sock_path.clone(),
+            Duration::from_secs(2),
+        );
+        let reload = Reload {
+            kind: Kind::Haproxy,
+            file: "/etc/haproxy/haproxy.cfg".into(),
+            why: "the section changed".into(),
+            service: "haproxy".into(),
+            wait: Duration::from_secs(2),
+            socket: Some(socket.clone()),
+            layout: Some(layout),
+            settings,
+            pid_file: "/run/nginx.pid".into(),
+            done: Default::default(),
+        };
+        let host = Host::new(&dir, Default::default());
+        let runner = crate::host::runner::RecordingRunner::new();
+        let err = reload
+            .apply(&ApplyCtx {
+                host: &host,
+                runner: &runner,
+                progress: false,
+            })
+            .expect_err("HAProxy refused every command");
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("set server ams_origin/") && msg.contains("No such server"),
+            "{msg}"
+        );
+        assert!(reload.done.lock().unwrap().is_none());
+        let _ = socket.send("quit");
+        server.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
