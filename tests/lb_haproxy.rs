@@ -406,6 +406,24 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
 }
 
 #[test]
+fn a_certificate_folder_that_cannot_be_listed_is_no_silent_plain_http() {
+    let t = Tree::new();
+    let peer = MongoPeer::start(PeerOptions::default());
+    std::fs::create_dir_all(t.path("etc/haproxy")).unwrap();
+    std::fs::write(t.path(HAPROXY_CFG), "global\n").unwrap();
+    std::fs::write(t.path("etc/haproxy/certs"), "not a folder\n").unwrap();
+    let before = t.snapshot();
+    let out = t.run(&["lb", "haproxy", "--mongo", &peer.uri()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--certs /etc/haproxy/certs is not a folder"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(t.snapshot(), before);
+}
+
+#[test]
 fn bad_input_is_one_line_exit_2_and_nothing_touched() {
     let t = Tree::new();
     let peer = MongoPeer::start(PeerOptions::default());

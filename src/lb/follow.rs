@@ -182,23 +182,41 @@ pub fn precheck(host: &Host, cfg: &LbConfig) -> Result<()> {
     Ok(())
 }
 
+/// The `*.pem` files of the certificate folder, sorted. Only a missing
+/// folder means no certificate: one that cannot be listed is a failure
+/// (serving without TLS is not what the folder asked for).
+fn list_pems(host: &Host, dir: &Path) -> Result<Vec<PathBuf>> {
+    let shown = dir.display();
+    let rd = match std::fs::read_dir(host.path(dir)) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+            bail_usage!("--certs {shown} is not a folder")
+        }
+        Err(e) => bail!(
+            "cannot list the certificate folder {shown} (--certs): {e}; nothing was installed (the TLS listeners would be dropped)"
+        ),
+    };
+    let mut v = Vec::new();
+    for e in rd {
+        let e = e.with_context(|| format!("listing the certificate folder {shown} (--certs)"))?;
+        let is_file = e
+            .file_type()
+            .with_context(|| format!("listing the certificate folder {shown} (--certs)"))?
+            .is_file();
+        let p = dir.join(e.file_name());
+        if is_file && p.extension().is_some_and(|x| x == "pem") {
+            v.push(p);
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
 /// The TLS material, when a certificate is installed: HAProxy serves every
 /// PEM of `certs`; Nginx serves `--cert`, else the only PEM there.
 pub fn resolve_tls(host: &Host, cfg: &LbConfig) -> Result<Option<Tls>> {
-    let pems = |dir: &Path| -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(host.path(dir))
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-                    .map(|e| dir.join(e.file_name()))
-                    .filter(|p| p.extension().is_some_and(|x| x == "pem"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
-    };
-    let found = pems(&cfg.certs);
+    let found = list_pems(host, &cfg.certs)?;
     let pem = match (&cfg.cert, cfg.kind) {
         (Some(c), _) => {
             if !host.path(c).is_file() {
