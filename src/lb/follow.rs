@@ -135,20 +135,34 @@ pub fn read_file(host: &Host, kind: Kind, path: &Path) -> Result<Current> {
                 Ok(r) => r,
                 Err(e) => bail_usage!("{flag} {shown}: {e}; fix or remove the markers"),
             };
-            let layout = region
-                .clone()
-                .and_then(|r| std::str::from_utf8(&text[r]).ok().map(String::from))
-                .and_then(|block| haproxy::parse(&block));
+            let layout = match &region {
+                Some(r) if !empty_section(&text, r.clone()) => Some(
+                    std::str::from_utf8(&text[r.clone()])
+                        .ok()
+                        .and_then(haproxy::parse)
+                        .ok_or_else(|| unreadable_section(host, path))?,
+                ),
+                _ => None,
+            };
             let members = layout.as_ref().map(haproxy::membership).unwrap_or_default();
             (members, region, layout)
         }
         Kind::Nginx => {
-            for m in [nginx::MAIN, nginx::HTTP] {
-                if let Err(e) = blocks::find(&text, m) {
-                    bail_usage!("{flag} {shown}: {e}; fix or remove the markers");
+            let mut http = None;
+            for (m, is_http) in [(nginx::MAIN, false), (nginx::HTTP, true)] {
+                match blocks::find(&text, m) {
+                    Ok(r) if is_http => http = r,
+                    Ok(_) => {}
+                    Err(e) => bail_usage!("{flag} {shown}: {e}; fix or remove the markers"),
                 }
             }
-            (nginx::members(&text).unwrap_or_default(), None, None)
+            let members = match http {
+                Some(r) if !empty_section(&text, r.clone()) => {
+                    nginx::members(&text).ok_or_else(|| unreadable_section(host, path))?
+                }
+                _ => Membership::default(),
+            };
+            (members, None, None)
         }
     };
     Ok(Current {
@@ -159,6 +173,23 @@ pub fn read_file(host: &Host, kind: Kind, path: &Path) -> Result<Current> {
         region,
         layout,
     })
+}
+
+/// True when a section holds nothing between its markers.
+fn empty_section(text: &[u8], r: std::ops::Range<usize>) -> bool {
+    blocks::inner(text, r).is_some_and(|b| b.trim().is_empty())
+}
+
+/// The agent's own section is there but cannot be read back: who is in
+/// rotation is unknown, so the guards could hold no one. Bad input, with
+/// the way out.
+fn unreadable_section(host: &Host, file: &Path) -> anyhow::Error {
+    crate::error::UsageError::new(format!(
+        "--file {}: the ams-agent section (between its `# BEGIN ams-agent lb` and `# END ams-agent lb` markers) cannot be read back (edited by hand, or written by another version of ams-agent), so who is in rotation is unknown and the guards could keep no one; restore the file from {} or delete the section, markers included, to have it written afresh from the registry",
+        file.display(),
+        host.path(&last_good(file)).display()
+    ))
+    .into()
 }
 
 /// Everything about the balancer's side that is bad input, found before
@@ -1620,6 +1651,58 @@ mod tests {
                 let _ = conn.write_all(answer.as_bytes());
             }
         })
+    }
+
+    #[test]
+    fn an_own_section_that_cannot_be_read_back_is_refused_not_taken_for_empty() {
+        let dir = std::env::temp_dir().join(format!("ams-agent-section-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("etc")).unwrap();
+        let host = Host::new(&dir, Default::default());
+        let file = Path::new("/etc/lb.cfg");
+        let cases: [(Kind, &str, bool); 6] = [
+            (Kind::Haproxy, "global\n", true),
+            (
+                Kind::Haproxy,
+                "global\n# BEGIN ams-agent lb\n# END ams-agent lb\n",
+                true,
+            ),
+            (
+                Kind::Haproxy,
+                "global\n# BEGIN ams-agent lb\nbackend ams_origin\n    server i-o1 10.0.1.5:5080 check # hand-made\n# END ams-agent lb\n",
+                false,
+            ),
+            (Kind::Nginx, "http {\n}\n", true),
+            (
+                Kind::Nginx,
+                "http {\n# BEGIN ams-agent lb (http)\n\n# END ams-agent lb (http)\n}\n",
+                true,
+            ),
+            (
+                Kind::Nginx,
+                "http {\n# BEGIN ams-agent lb (http)\nupstream ams_origin {\n    server 10.0.1.5:5080; # someone's\n}\n# END ams-agent lb (http)\n}\n",
+                false,
+            ),
+        ];
+        for (kind, text, ok) in cases {
+            std::fs::write(dir.join("etc/lb.cfg"), text).unwrap();
+            match read_file(&host, kind, file) {
+                Ok(c) => {
+                    assert!(ok, "{kind:?} {text}: read as {:?}", c.members);
+                    assert_eq!(c.members, Membership::default());
+                }
+                Err(e) => {
+                    assert!(!ok, "{kind:?} {text}: {e:#}");
+                    let msg = format!("{e:#}");
+                    assert!(
+                        msg.contains("--file /etc/lb.cfg") && msg.contains("delete the section"),
+                        "{msg}"
+                    );
+                    assert_eq!(crate::error::exit_code(&e), 2);
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
