@@ -139,6 +139,37 @@ fn nginx_follows_the_registry_by_role_target_cookie_and_placeholder() {
 }
 
 #[test]
+fn a_reload_skipped_because_nginx_cannot_be_told_running_is_owed() {
+    let t = Tree::new();
+    let ports = Ports::new();
+    let _b = Backends::start(ports.node, &[("127.0.0.74", "o1")]);
+    let mut peer = MongoPeer::start(PeerOptions::default());
+    put_node(&mut peer, "i-o1", "origin", "127.0.0.74", "ready", 1);
+    let _n = Nginx::start(&t);
+    let marker = "var/lib/ams-agent/lb-nginx-reload-pending";
+    let pid = t.read("run/nginx.pid");
+    std::fs::write(t.path("run/nginx.pid"), "not a pid\n").unwrap();
+    let out = ok(&lb(&t, &peer, &ports, &[]));
+    assert!(out.contains("whether Nginx runs cannot be told"), "{out}");
+    assert!(out.contains("a reload is owed"), "{out}");
+    assert!(t.path(marker).exists(), "{out}");
+    assert_eq!(reloads(&t, "nginx"), 0);
+    // Once it can be told: the owed reload happens, and is no longer owed.
+    std::fs::write(t.path("run/nginx.pid"), pid).unwrap();
+    let out = ok(&lb(&t, &peer, &ports, &[]));
+    assert!(
+        out.contains("reloaded nginx (new workers started): a reload is owed by an earlier run"),
+        "{out}"
+    );
+    assert!(!t.path(marker).exists());
+    eventually(
+        "publishing reaches the origin",
+        Duration::from_secs(10),
+        || get(ports.publish, "/", None).1 == "o1",
+    );
+}
+
+#[test]
 fn watch_reloads_once_per_burst_of_changes() {
     let t = Tree::new();
     let ports = Ports::new();

@@ -353,6 +353,10 @@ pub struct Proposal {
     /// Whether the balancer runs (else nothing is reloaded: it reads the
     /// file when it starts).
     pub running: bool,
+    /// Why a changed file would be installed without being applied although
+    /// the balancer may run (whether it runs cannot be told): the reload is
+    /// owed (the marker is written).
+    pub owe: Option<String>,
     pub notes: Vec<String>,
     pub settings: Settings,
 }
@@ -440,6 +444,7 @@ pub fn propose(
     let t_render = Instant::now();
     let owed = host.exists(&pending_marker(cfg.kind));
     let mut notes = Vec::new();
+    let mut owe: Option<String> = None;
     let (new_text, mut reload, runtime, layout, running) = match cfg.kind {
         Kind::Haproxy => {
             let sock = admin_socket(host, cfg);
@@ -447,20 +452,28 @@ pub fn propose(
             let live = sock.servers();
             let running = match &live {
                 Ok(_) => true,
-                Err(e) => {
-                    let active = systemd::is_active(runner, &cfg.service).unwrap_or(false);
-                    notes.push(if active {
-                        format!(
+                Err(e) => match service_active(runner, &cfg.service) {
+                    Ok(true) => {
+                        notes.push(format!(
                             "{e:#}: changes are applied by a reload, and the reload cannot be verified"
-                        )
-                    } else {
-                        format!(
+                        ));
+                        true
+                    }
+                    Ok(false) => {
+                        notes.push(format!(
                             "HAProxy ({}) is not running: the file is written, and used when it starts",
                             cfg.service
-                        )
-                    });
-                    active
-                }
+                        ));
+                        false
+                    }
+                    Err(why) => {
+                        owe = Some(format!(
+                            "whether HAProxy ({}) runs cannot be told ({e:#}; {why})",
+                            cfg.service
+                        ));
+                        false
+                    }
+                },
             };
             timing.balancer = t.elapsed();
             let prev_block = current
@@ -486,7 +499,15 @@ pub fn propose(
                 (Some(_), None, _) => Some("a backend has no free slot left".to_string()),
             };
             if why.is_none() && owed {
-                why = Some("a reload is owed by an earlier run".into());
+                if live.is_ok() {
+                    why = Some("a reload is owed by an earlier run".into());
+                } else if running {
+                    // Reloading again unverified would only repeat itself
+                    // every cycle.
+                    notes.push(
+                        "a reload is owed by an earlier run (it could not be verified): it happens once the admin socket answers".into(),
+                    );
+                }
             }
             let mut cmds = Vec::new();
             let mut layout = updated.clone().unwrap_or_default();
@@ -532,19 +553,30 @@ pub fn propose(
                 why = Some("a reload is owed by an earlier run".into());
             }
             let t = Instant::now();
-            let running = nginx_master(host, cfg).is_some();
+            let master = nginx_master(host, cfg);
             timing.balancer = t.elapsed();
-            if !running {
-                notes.push(format!(
+            let running = matches!(master, Ok(Some(_)));
+            match master {
+                Ok(Some(_)) => {}
+                Ok(None) => notes.push(format!(
                     "Nginx is not running (no process in {}): the file is written, and used when it starts",
                     cfg.pid_file.display()
-                ));
+                )),
+                Err(why) => owe = Some(format!("whether Nginx runs cannot be told ({why})")),
             }
             (text, why, Vec::new(), None, running)
         }
     };
     if !running {
         reload = None;
+    }
+    if new_text == current.text {
+        owe = None;
+    }
+    if let Some(why) = &owe {
+        notes.push(format!(
+            "{why}: the file is written but not applied, and a reload is owed (the next run reloads)"
+        ));
     }
     timing.render = t_render.elapsed().saturating_sub(timing.balancer);
     Ok(Proposal {
@@ -557,6 +589,7 @@ pub fn propose(
         runtime,
         layout,
         running,
+        owe,
         notes,
         settings,
     })
@@ -566,11 +599,49 @@ fn admin_socket(host: &Host, cfg: &LbConfig) -> AdminSocket {
     AdminSocket::new(&cfg.socket, host.path(&cfg.socket), Duration::from_secs(5))
 }
 
-/// Nginx's master process and its workers, from the pid file and /proc.
-fn nginx_master(host: &Host, cfg: &LbConfig) -> Option<u32> {
-    let text = std::fs::read_to_string(host.path(&cfg.pid_file)).ok()?;
-    let pid: u32 = text.trim().parse().ok()?;
-    Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+/// Nginx's master process, from the pid file and /proc: None when it does
+/// not run (no pid file, or its process is gone), an error when that cannot
+/// be told (a pid file that cannot be read or holds no pid).
+fn nginx_master(host: &Host, cfg: &LbConfig) -> std::result::Result<Option<u32>, String> {
+    let shown = cfg.pid_file.display();
+    let cap = crate::host::fs::Cap {
+        bytes: 64,
+        what: "a pid file",
+    };
+    let text = match host.read_capped(&cfg.pid_file, cap) {
+        Ok(Some(t)) => t,
+        Ok(None) => return Ok(None),
+        Err(e) => return Err(format!("{e:#}")),
+    };
+    let Some(pid) = std::str::from_utf8(&text)
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+        .filter(|p| *p > 0)
+    else {
+        return Err(format!(
+            "the pid file {shown} holds no pid: `{}`",
+            escape(&String::from_utf8_lossy(&text))
+        ));
+    };
+    Ok(Path::new(&format!("/proc/{pid}")).exists().then_some(pid))
+}
+
+/// `systemctl is-active`: true when active, false when not (exit 3, as
+/// systemctl says for inactive, failed and unknown units), an error when
+/// that cannot be told (systemctl missing, no system bus, a timeout).
+fn service_active(runner: &dyn CommandRunner, unit: &str) -> std::result::Result<bool, String> {
+    let spec = CommandSpec::new("systemctl", &["is-active", "--quiet", unit])
+        .timeout(Duration::from_secs(10));
+    match runner.run(&spec) {
+        Ok(o) if o.success() => Ok(true),
+        Ok(o) if matches!(o.code, Some(3) | Some(4)) => Ok(false),
+        Ok(o) => Err(format!(
+            "`systemctl is-active {unit}` exited {}: {}",
+            o.code.map_or("on a signal".to_string(), |c| c.to_string()),
+            escape(o.stderr.trim())
+        )),
+        Err(e) => Err(format!("`systemctl is-active {unit}`: {e:#}")),
+    }
 }
 
 fn children(pid: u32) -> Vec<u32> {
@@ -847,8 +918,44 @@ struct Reload {
     layout: Option<Layout>,
     settings: Settings,
     pid_file: PathBuf,
+    /// The owed-reload marker: removed once the reload is verified, kept
+    /// (the next run reloads) when it cannot be.
+    marker: PathBuf,
     /// What the reload did, for the report.
     done: std::sync::Mutex<Option<String>>,
+}
+
+impl Reload {
+    /// A reload seen to take effect: nothing is owed any more.
+    fn verified(&self, ctx: &ApplyCtx, done: String) {
+        if let Err(e) = ctx.host.remove(&self.marker) {
+            tracing::warn!(
+                "could not remove the owed-reload marker (the next run reloads once more): {e:#}"
+            );
+        }
+        *self.done.lock().unwrap() = Some(done);
+    }
+
+    /// A reload run but not seen to take effect: it stays owed.
+    fn unverified(&self, ctx: &ApplyCtx, why: &str) -> Result<()> {
+        if !ctx.host.exists(&self.marker) {
+            if let Some(dir) = self.marker.parent() {
+                ctx.host.create_dir_all(dir, 0o700)?;
+            }
+            ctx.host
+                .write_atomic(
+                    &self.marker,
+                    format!("{} reload owed\n", self.kind.name()).as_bytes(),
+                    private_meta(0o600),
+                )
+                .context("recording that the reload is owed")?;
+        }
+        *self.done.lock().unwrap() = Some(format!(
+            "reloaded {} (not verified: {why}; the reload stays owed, and the next run reloads again once it can verify)",
+            self.service
+        ));
+        Ok(())
+    }
 }
 
 impl Action for Reload {
@@ -875,11 +982,7 @@ impl Action for Reload {
                 write_state_file(sock, layout, &self.settings)?;
                 systemd::act(ctx.runner, &self.service, ServiceAction::Reload)?;
                 let Some(old) = old else {
-                    *self.done.lock().unwrap() = Some(format!(
-                        "reloaded {} (not verified: the admin socket does not answer)",
-                        self.service
-                    ));
-                    return Ok(());
+                    return self.unverified(ctx, "the admin socket does not answer");
                 };
                 let new = loop {
                     match sock.info() {
@@ -913,10 +1016,10 @@ impl Action for Reload {
                         )
                     })?;
                 }
-                *self.done.lock().unwrap() = Some(format!(
-                    "reloaded {} (worker pid {old} → {new})",
-                    self.service
-                ));
+                self.verified(
+                    ctx,
+                    format!("reloaded {} (worker pid {old} → {new})", self.service),
+                );
                 Ok(())
             }
             Kind::Nginx => {
@@ -926,11 +1029,7 @@ impl Action for Reload {
                 let before = master.map(children).unwrap_or_default();
                 systemd::act(ctx.runner, &self.service, ServiceAction::Reload)?;
                 let Some(master) = master else {
-                    *self.done.lock().unwrap() = Some(format!(
-                        "reloaded {} (not verified: no pid file)",
-                        self.service
-                    ));
-                    return Ok(());
+                    return self.unverified(ctx, "no pid file to read the master from");
                 };
                 loop {
                     let now = children(master);
@@ -946,8 +1045,10 @@ impl Action for Reload {
                     }
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                *self.done.lock().unwrap() =
-                    Some(format!("reloaded {} (new workers started)", self.service));
+                self.verified(
+                    ctx,
+                    format!("reloaded {} (new workers started)", self.service),
+                );
                 Ok(())
             }
         }
@@ -999,7 +1100,7 @@ fn plan_of(host: &Host, cfg: &LbConfig, p: &Proposal) -> Result<(Plan, Option<Ar
                 internal: true,
             },
         ];
-        if p.reload.is_some() && !host.exists(&marker) {
+        if (p.reload.is_some() || p.owe.is_some()) && !host.exists(&marker) {
             changes.push(FileChange {
                 path: marker.clone(),
                 before: None,
@@ -1044,23 +1145,11 @@ fn plan_of(host: &Host, cfg: &LbConfig, p: &Proposal) -> Result<(Plan, Option<Ar
             layout: p.layout.clone(),
             settings: p.settings.clone(),
             pid_file: cfg.pid_file.clone(),
+            marker: marker.clone(),
             done: Default::default(),
         });
         plan.push(Step::Action(r.clone()));
         reload = Some(r);
-        if host.exists(&marker) || p.file_changes() {
-            plan.files(
-                "record that the reload happened",
-                vec![FileChange {
-                    path: marker.clone(),
-                    before: Some(Vec::new()),
-                    after: None,
-                    meta_before: None,
-                    meta: private_meta(0o600),
-                    internal: true,
-                }],
-            );
-        }
     }
     Ok((plan, reload))
 }
@@ -1738,6 +1827,7 @@ mod tests {
             layout: Some(layout),
             settings,
             pid_file: "/run/nginx.pid".into(),
+            marker: pending_marker(Kind::Haproxy),
             done: Default::default(),
         };
         let host = Host::new(&dir, Default::default());
