@@ -437,6 +437,28 @@ fn an_unverified_reload_stays_owed_until_one_is_verified() {
 }
 
 #[test]
+fn an_unreadable_status_record_is_named_not_taken_for_no_balancer() {
+    let t = Tree::new();
+    let out = t.run(&["lb", "status", "--mongo", "127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("has not configured a balancer"));
+    std::fs::create_dir_all(t.path("var/lib/ams-agent")).unwrap();
+    std::fs::write(
+        t.path("var/lib/ams-agent/lb-haproxy.json"),
+        "{\"kind\": tru",
+    )
+    .unwrap();
+    let out = t.run(&["lb", "status", "--mongo", "127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = error_line(&out);
+    assert!(
+        err.contains("reading the balancer's status record /var/lib/ams-agent/lb-haproxy.json"),
+        "{err}"
+    );
+    assert!(!err.contains("has not configured"), "{err}");
+}
+
+#[test]
 fn a_certificate_folder_that_cannot_be_listed_is_no_silent_plain_http() {
     let t = Tree::new();
     let peer = MongoPeer::start(PeerOptions::default());
