@@ -1629,17 +1629,7 @@ mod tests {
     #[test]
     fn secrets_files_never_says_none_stored_when_ams_files_cannot_be_read() {
         let dir = tempfile::tempdir().unwrap();
-        let settings = super::super::env::Settings {
-            config: "/etc/ams-agent/agent.toml".into(),
-            ams_home: None,
-            ams_url: "http://127.0.0.1:1/".into(),
-            mongod_conf: "/etc/mongod.conf".into(),
-            admin_user: "admin".into(),
-            admin_password: None,
-            haproxy_config: "/etc/haproxy/haproxy.cfg".into(),
-            nginx_config: "/etc/nginx/nginx.conf".into(),
-            registry: None,
-        };
+        let settings = super::super::env::test_settings();
         let env = Env::new(
             dir.path(),
             Arc::new(crate::host::runner::RecordingRunner::new()),

@@ -778,6 +778,16 @@ mod tests {
         assert!(decide(&v, &cur, &t, &RULES).desired.edge.is_empty());
     }
 
+    /// The same answer at 0 and at 11 s (past the settle time): the
+    /// tracker and the last view.
+    fn settled(docs: &[Document], cur: &Membership) -> (Tracker, RegistryView) {
+        let mut t = Tracker::default();
+        t.observe(&at(0, docs), cur);
+        let v = at(11_000, docs);
+        t.observe(&v, cur);
+        (t, v)
+    }
+
     fn member(id: &str, ip: &str) -> Member {
         Member {
             id: NodeId::parse(id).unwrap(),
@@ -835,11 +845,7 @@ mod tests {
             edge: vec![],
         };
         let docs = vec![node("b", "edge", "10.0.1.5", "ready", 1)];
-        let mut t = Tracker::default();
-        let v = at(0, &docs);
-        t.observe(&v, &cur);
-        let v = at(11_000, &docs);
-        t.observe(&v, &cur);
+        let (t, v) = settled(&docs, &cur);
         let d = decide(&v, &cur, &t, &RULES);
         assert!(d.desired.origin.is_empty(), "{d:?}");
         assert_eq!(ids(&d.desired.edge), ["b"]);
@@ -854,11 +860,7 @@ mod tests {
         };
         let dead = node("a", "origin", "10.0.1.5", "ready", 99);
         let docs = vec![dead.clone(), node("b", "origin", "10.0.1.6", "ready", 1)];
-        let mut t = Tracker::default();
-        let v = at(0, &docs);
-        t.observe(&v, &cur);
-        let v = at(11_000, &docs);
-        t.observe(&v, &cur);
+        let (t, v) = settled(&docs, &cur);
         let d = decide(&v, &cur, &t, &RULES);
         assert_eq!(ids(&d.desired.origin), ["b"], "{d:?}");
         assert!(d.holds.is_empty(), "{d:?}");
@@ -890,11 +892,7 @@ mod tests {
             })
             .collect();
         docs.push(node("e9", "edge", "10.0.2.9", "ready", 1));
-        let mut t = Tracker::default();
-        let v = at(0, &docs);
-        t.observe(&v, &cur);
-        let v = at(11_000, &docs);
-        t.observe(&v, &cur);
+        let (t, v) = settled(&docs, &cur);
         let d = decide(&v, &cur, &t, &RULES);
         assert_eq!(d.desired.edge.len(), 5, "{d:?}");
         assert_eq!(d.holds.len(), 1);
