@@ -247,7 +247,11 @@ fn list_pems(host: &Host, dir: &Path) -> Result<Vec<PathBuf>> {
 /// The TLS material, when a certificate is installed: HAProxy serves every
 /// PEM of `certs`; Nginx serves `--cert`, else the only PEM there.
 pub fn resolve_tls(host: &Host, cfg: &LbConfig) -> Result<Option<Tls>> {
-    let found = list_pems(host, &cfg.certs)?;
+    // Nginx serves `--cert` alone; HAProxy every PEM of the folder.
+    let found = match (&cfg.cert, cfg.kind) {
+        (Some(_), Kind::Nginx) => Vec::new(),
+        _ => list_pems(host, &cfg.certs)?,
+    };
     let pem = match (&cfg.cert, cfg.kind) {
         (Some(c), _) => {
             if !host.path(c).is_file() {
@@ -493,9 +497,9 @@ pub fn propose(
                 }
                 (_, Some(_), _) => Some("the frontends or settings changed".to_string()),
                 (None, _, None) => Some("the section is new".to_string()),
-                (None, _, Some(_)) => {
-                    Some("the section was not rendered by this version of ams-agent".to_string())
-                }
+                // Empty markers (one that cannot be read back is refused
+                // by read_file).
+                (None, _, Some(_)) => Some("the section is new".to_string()),
                 (Some(_), None, _) => Some("a backend has no free slot left".to_string()),
             };
             if why.is_none() && owed {
