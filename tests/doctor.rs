@@ -1944,3 +1944,53 @@ fn fifos_devices_and_garbage_in_place_of_files_hang_nothing() {
         assert!(!l.chars().any(|c| c.is_control()), "{l:?}");
     }
 }
+
+/// A certificate folder doctor cannot list (HAProxy's is 0700) is a
+/// failure naming it, never "serves no TLS". Root without the DAC
+/// capabilities stands for a user other than the folder's owner.
+#[test]
+fn a_certificate_folder_doctor_cannot_list_fails_naming_it() {
+    let t = Tree::new();
+    fs::create_dir_all(t.path("etc/haproxy/certs")).unwrap();
+    fs::write(
+        t.path("etc/haproxy/haproxy.cfg"),
+        "global\n# BEGIN ams-agent lb\nfrontend ams_publish_tls\n    bind :443 ssl crt /etc/haproxy/certs/\n# END ams-agent lb\n",
+    )
+    .unwrap();
+    fs::write(t.path("etc/haproxy/certs/x.pem"), "").unwrap();
+    let certs = t.path("etc/haproxy/certs");
+    fs::set_permissions(&certs, fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(&certs, Some(65534), Some(65534)).unwrap();
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--bounding-set", "-dac_override,-dac_read_search"])
+        .arg(env!("CARGO_BIN_EXE_ams-agent"))
+        .args(["doctor", "--role", "lb", "--only", "lb.cert"])
+        .env("AMS_AGENT_ROOT", t.root())
+        .stdin(std::process::Stdio::null());
+    let out = cmd.output().expect("setpriv (util-linux)");
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
+    assert!(
+        text.contains("[FAIL] lb.cert  cannot list /etc/haproxy/certs/")
+            && text.contains("run doctor as root"),
+        "{text}"
+    );
+}
+
+/// A follower's status record that cannot be read is named, never taken
+/// for "no node group" (the servers would be compared with every node).
+#[test]
+fn an_unreadable_lb_record_fails_lb_members_naming_it() {
+    let h = LbHost::new();
+    h.write(
+        "var/lib/ams-agent/lb-haproxy.json",
+        "{\"kind\": \"haproxy\", trunc",
+    );
+    let out = h.doctor(&["--role", "lb", "--only", "lb.members"]);
+    let text = h.text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
+    assert!(
+        text.contains("[FAIL] lb.members  reading the balancer's status record /var/lib/ams-agent/lb-haproxy.json"),
+        "{text}"
+    );
+}

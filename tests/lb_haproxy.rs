@@ -406,6 +406,77 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
 }
 
 #[test]
+fn an_unverified_reload_stays_owed_until_one_is_verified() {
+    let t = Tree::new();
+    let ports = Ports::new();
+    let _b = Backends::start(ports.node, &[("127.0.0.97", "e1")]);
+    let mut peer = MongoPeer::start(PeerOptions::default());
+    put_node(&mut peer, "i-e1", "edge", "127.0.0.97", "ready", 1);
+    let _h = Haproxy::start(&t);
+    let marker = "var/lib/ams-agent/lb-haproxy-reload-pending";
+    // The unit is active, but the admin socket named does not answer.
+    let deaf = ["--socket", "/run/haproxy/elsewhere.sock"];
+    let out = ok(&lb(&t, &peer, &ports, &deaf));
+    assert!(out.contains("not verified"), "{out}");
+    assert!(out.contains("the reload stays owed"), "{out}");
+    assert!(t.path(marker).exists(), "{out}");
+    assert_eq!(reloads(&t, "haproxy"), 1);
+    // Unchanged and still unverifiable: owed, not reloaded every run.
+    let out = ok(&lb(&t, &peer, &ports, &deaf));
+    assert!(out.contains("once the admin socket answers"), "{out}");
+    assert_eq!(reloads(&t, "haproxy"), 1);
+    assert!(t.path(marker).exists());
+    // The socket answers: the owed reload happens, verified, and is done.
+    let out = ok(&lb(&t, &peer, &ports, &[]));
+    assert!(
+        out.contains("a reload is owed by an earlier run") && out.contains("worker pid"),
+        "{out}"
+    );
+    assert_eq!(reloads(&t, "haproxy"), 2);
+    assert!(!t.path(marker).exists());
+}
+
+#[test]
+fn an_unreadable_status_record_is_named_not_taken_for_no_balancer() {
+    let t = Tree::new();
+    let out = t.run(&["lb", "status", "--mongo", "127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("has not configured a balancer"));
+    std::fs::create_dir_all(t.path("var/lib/ams-agent")).unwrap();
+    std::fs::write(
+        t.path("var/lib/ams-agent/lb-haproxy.json"),
+        "{\"kind\": tru",
+    )
+    .unwrap();
+    let out = t.run(&["lb", "status", "--mongo", "127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = error_line(&out);
+    assert!(
+        err.contains("reading the balancer's status record /var/lib/ams-agent/lb-haproxy.json"),
+        "{err}"
+    );
+    assert!(!err.contains("has not configured"), "{err}");
+}
+
+#[test]
+fn a_certificate_folder_that_cannot_be_listed_is_no_silent_plain_http() {
+    let t = Tree::new();
+    let peer = MongoPeer::start(PeerOptions::default());
+    std::fs::create_dir_all(t.path("etc/haproxy")).unwrap();
+    std::fs::write(t.path(HAPROXY_CFG), "global\n").unwrap();
+    std::fs::write(t.path("etc/haproxy/certs"), "not a folder\n").unwrap();
+    let before = t.snapshot();
+    let out = t.run(&["lb", "haproxy", "--mongo", &peer.uri()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--certs /etc/haproxy/certs is not a folder"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(t.snapshot(), before);
+}
+
+#[test]
 fn bad_input_is_one_line_exit_2_and_nothing_touched() {
     let t = Tree::new();
     let peer = MongoPeer::start(PeerOptions::default());

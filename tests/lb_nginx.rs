@@ -139,6 +139,78 @@ fn nginx_follows_the_registry_by_role_target_cookie_and_placeholder() {
 }
 
 #[test]
+fn an_address_reused_while_a_guard_holds_is_one_server_for_nginx() {
+    let t = Tree::new();
+    let ports = Ports::new();
+    let mut peer = MongoPeer::start(PeerOptions::default());
+    for i in 1..=4 {
+        put_node(
+            &mut peer,
+            &format!("i-e{i}"),
+            "edge",
+            &format!("127.0.0.8{i}"),
+            "ready",
+            1,
+        );
+    }
+    let _n = Nginx::start(&t);
+    ok(&lb(&t, &peer, &ports, &[]));
+    // Three of four go stale (the guard holds them); a replacement takes
+    // e2's address.
+    for i in 2..=4 {
+        put_node(
+            &mut peer,
+            &format!("i-e{i}"),
+            "edge",
+            &format!("127.0.0.8{i}"),
+            "ready",
+            99,
+        );
+    }
+    put_node(&mut peer, "i-e5", "edge", "127.0.0.82", "ready", 1);
+    let out = ok(&lb(&t, &peer, &ports, &["--settle", "0s"]));
+    assert!(out.contains("held by a guard"), "{out}");
+    assert!(
+        out.contains("address reused: i-e2 (edge) leaves at once: 127.0.0.82 is now node i-e5's"),
+        "{out}"
+    );
+    let conf = t.read(NGINX_CONF);
+    assert_eq!(conf.matches("\"127.0.0.82:").count(), 2, "{conf}");
+    assert!(conf.contains("i-e5") && !conf.contains("i-e2"), "{conf}");
+}
+
+#[test]
+fn a_reload_skipped_because_nginx_cannot_be_told_running_is_owed() {
+    let t = Tree::new();
+    let ports = Ports::new();
+    let _b = Backends::start(ports.node, &[("127.0.0.74", "o1")]);
+    let mut peer = MongoPeer::start(PeerOptions::default());
+    put_node(&mut peer, "i-o1", "origin", "127.0.0.74", "ready", 1);
+    let _n = Nginx::start(&t);
+    let marker = "var/lib/ams-agent/lb-nginx-reload-pending";
+    let pid = t.read("run/nginx.pid");
+    std::fs::write(t.path("run/nginx.pid"), "not a pid\n").unwrap();
+    let out = ok(&lb(&t, &peer, &ports, &[]));
+    assert!(out.contains("whether Nginx runs cannot be told"), "{out}");
+    assert!(out.contains("a reload is owed"), "{out}");
+    assert!(t.path(marker).exists(), "{out}");
+    assert_eq!(reloads(&t, "nginx"), 0);
+    // Once it can be told: the owed reload happens, and is no longer owed.
+    std::fs::write(t.path("run/nginx.pid"), pid).unwrap();
+    let out = ok(&lb(&t, &peer, &ports, &[]));
+    assert!(
+        out.contains("reloaded nginx (new workers started): a reload is owed by an earlier run"),
+        "{out}"
+    );
+    assert!(!t.path(marker).exists());
+    eventually(
+        "publishing reaches the origin",
+        Duration::from_secs(10),
+        || get(ports.publish, "/", None).1 == "o1",
+    );
+}
+
+#[test]
 fn watch_reloads_once_per_burst_of_changes() {
     let t = Tree::new();
     let ports = Ports::new();

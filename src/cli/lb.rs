@@ -368,7 +368,17 @@ fn follow_cmd(ctx: &Context, cfg: LbConfig, watch: bool) -> Result<()> {
     // Bad input (the file, its markers, the certificates) is found before
     // the registry is asked anything.
     follow::precheck(&ctx.host, &cfg)?;
-    let record = Record::load(&ctx.host, cfg.kind).unwrap_or_default();
+    let record = match Record::load(&ctx.host, cfg.kind) {
+        Ok(r) => r.unwrap_or_default(),
+        Err(e) => {
+            // The follower's own memory: rewritten by this run. The
+            // hysteresis starts again; said, not hidden.
+            tracing::warn!(
+                "{e:#}: starting afresh (the --settle periods start again; the file is rewritten by this run)"
+            );
+            Record::default()
+        }
+    };
     let mutate = || ctx.mutate();
     let mut f = Follower {
         host: &ctx.host,
@@ -422,10 +432,21 @@ pub fn run_follower(ctx: &Context, kind: Kind, registry: RegistryArgs) -> Result
 
 fn status_cmd(ctx: &Context, a: LbStatusArgs) -> Result<()> {
     validate_timeout(a.timeout, "--timeout")?;
-    let records: Vec<(Kind, Record)> = [Kind::Haproxy, Kind::Nginx]
-        .into_iter()
-        .filter_map(|k| Record::load(&ctx.host, k).map(|r| (k, r)))
-        .collect();
+    let mut records: Vec<(Kind, Record)> = Vec::new();
+    let mut unreadable: Vec<String> = Vec::new();
+    for k in [Kind::Haproxy, Kind::Nginx] {
+        match Record::load(&ctx.host, k) {
+            Ok(Some(r)) => records.push((k, r)),
+            Ok(None) => {}
+            Err(e) => unreadable.push(format!("{e:#}")),
+        }
+    }
+    if records.is_empty() && !unreadable.is_empty() {
+        anyhow::bail!(
+            "{} (run the follower again, `ams-agent lb haproxy` or `ams-agent lb nginx`, to rewrite it)",
+            unreadable.join("; ")
+        );
+    }
     if records.is_empty() {
         anyhow::bail!(
             "ams-agent has not configured a balancer on this host yet ({} and {} do not exist): run `ams-agent lb haproxy` or `ams-agent lb nginx` first",
@@ -487,6 +508,12 @@ fn status_cmd(ctx: &Context, a: LbStatusArgs) -> Result<()> {
     } else {
         let texts: Vec<String> = views.values().map(status::render).collect();
         print!("{}", texts.join("\n"));
+    }
+    if !unreadable.is_empty() {
+        anyhow::bail!(
+            "{} (run the follower again to rewrite it)",
+            unreadable.join("; ")
+        );
     }
     if failed {
         anyhow::bail!(

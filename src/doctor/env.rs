@@ -53,6 +53,23 @@ pub struct Settings {
     pub registry: Option<Target>,
 }
 
+/// Settings for tests: the default paths, no registry, AMS on a closed
+/// loopback port.
+#[cfg(test)]
+pub fn test_settings() -> Settings {
+    Settings {
+        config: "/etc/ams-agent/agent.toml".into(),
+        ams_home: None,
+        ams_url: "http://127.0.0.1:1/".into(),
+        mongod_conf: "/etc/mongod.conf".into(),
+        admin_user: "admin".into(),
+        admin_password: None,
+        haproxy_config: "/etc/haproxy/haproxy.cfg".into(),
+        nginx_config: "/etc/nginx/nginx.conf".into(),
+        registry: None,
+    }
+}
+
 /// A unit as `systemctl show` describes it.
 pub type UnitProps = HashMap<String, String>;
 

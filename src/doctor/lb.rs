@@ -284,7 +284,20 @@ pub fn lb_members(env: &Env) -> Outcome {
         Kind::Haproxy => crate::lb::Kind::Haproxy,
         Kind::Nginx => crate::lb::Kind::Nginx,
     };
-    let node_group = crate::lb::record::Record::load(&env.host, kind).and_then(|r| r.node_group);
+    let node_group = match crate::lb::record::Record::load(&env.host, kind) {
+        Ok(r) => r.and_then(|r| r.node_group),
+        Err(e) => {
+            return Outcome::fail(
+                format!(
+                    "{e:#}: the AMS node group the balancer serves is unknown, so its servers cannot be compared"
+                ),
+                format!(
+                    "run `sudo ams-agent lb {}` again: it rewrites the record",
+                    kind.name()
+                ),
+            );
+        }
+    };
     if let Some(g) = &node_group {
         docs.retain(|d| crate::lb::membership::in_node_group(d, g));
     }
@@ -425,7 +438,7 @@ pub fn lb_members(env: &Env) -> Outcome {
 
 /// The certificate files a section serves: HAProxy's `crt` files or
 /// folders, Nginx's `ssl_certificate`.
-fn cert_files(env: &Env, b: &Balancer) -> Vec<PathBuf> {
+fn cert_files(env: &Env, b: &Balancer) -> Result<Vec<PathBuf>, String> {
     let mut named = Vec::new();
     for s in &b.sections {
         for line in s.lines() {
@@ -454,21 +467,24 @@ fn cert_files(env: &Env, b: &Balancer) -> Vec<PathBuf> {
     for n in named {
         let p = host_path_of(env, &n);
         if env.host.is_dir(&p) {
-            if let Ok(entries) = std::fs::read_dir(env.host.path(&p)) {
-                let mut pems: Vec<PathBuf> = entries
-                    .flatten()
-                    .map(|e| e.path())
-                    .filter(|e| e.extension().is_some_and(|x| x == "pem"))
-                    .filter_map(|e| e.file_name().map(|f| p.join(f)))
-                    .collect();
-                pems.sort();
-                files.extend(pems);
+            // A folder that cannot be listed (HAProxy's is 0700) hides
+            // every certificate in it: never "serves no TLS".
+            let cannot = |e: std::io::Error| format!("cannot list {}: {e}", p.display());
+            let mut pems = Vec::new();
+            for e in std::fs::read_dir(env.host.path(&p)).map_err(cannot)? {
+                let name = e.map_err(cannot)?.file_name();
+                let f = p.join(name);
+                if f.extension().is_some_and(|x| x == "pem") {
+                    pems.push(f);
+                }
             }
+            pems.sort();
+            files.extend(pems);
         } else {
             files.push(p);
         }
     }
-    files
+    Ok(files)
 }
 
 pub fn lb_cert(env: &Env) -> Outcome {
@@ -476,7 +492,18 @@ pub fn lb_cert(env: &Env) -> Outcome {
     let Some(Ok(b)) = all.into_iter().next() else {
         return Outcome::skip("no readable `ams-agent lb` section (see lb.config)");
     };
-    let files = cert_files(env, &b);
+    let files = match cert_files(env, &b) {
+        Ok(f) => f,
+        Err(e) => {
+            return Outcome::fail(
+                format!(
+                    "{e}: the certificates {} serves cannot be checked",
+                    b.kind.name()
+                ),
+                "run doctor as root (sudo ams-agent doctor)",
+            );
+        }
+    };
     if files.is_empty() {
         return Outcome::skip(format!(
             "{} serves no TLS from the agent's section (no certificate named)",

@@ -323,17 +323,7 @@ mod tests {
 
     fn env() -> Arc<Env> {
         let dir = tempfile::tempdir().unwrap();
-        let settings = Settings {
-            config: "/etc/ams-agent/agent.toml".into(),
-            ams_home: None,
-            ams_url: "http://127.0.0.1:1/".into(),
-            mongod_conf: "/etc/mongod.conf".into(),
-            admin_user: "admin".into(),
-            admin_password: None,
-            haproxy_config: "/etc/haproxy/haproxy.cfg".into(),
-            nginx_config: "/etc/nginx/nginx.conf".into(),
-            registry: None,
-        };
+        let settings = super::env::test_settings();
         Arc::new(Env::new(
             dir.path(),
             Arc::new(RecordingRunner::new()),

@@ -944,7 +944,15 @@ pub fn secrets_files(env: &Env) -> Outcome {
     // AMS's files that hold a password (a MongoDB URI with one, the
     // keystore password): never world-readable (AMS reads them as owner or
     // through its group).
-    if let Ok(files) = env.ams() {
+    let ams = match env.ams() {
+        Ok(files) => Some(files),
+        Err(e) => {
+            // Their passwords cannot be looked for: never "none stored".
+            errors.push(format!("AMS's files ({e})"));
+            None
+        }
+    };
+    if let Some(files) = ams {
         let layout = &files.layout;
         let holds = |p: &crate::properties::Properties, keys: &[&str]| {
             keys.iter().any(|k| {
@@ -1005,7 +1013,11 @@ pub fn secrets_files(env: &Env) -> Outcome {
     if !errors.is_empty() {
         return Outcome::warn(
             format!("cannot examine {}", errors.join("; ")),
-            "run doctor as root",
+            if ams.is_none() {
+                "run doctor as root; for AMS's files see ams.mode (is AMS installed under --ams-home?)"
+            } else {
+                "run doctor as root"
+            },
         );
     }
     if checked.is_empty() {
@@ -1613,6 +1625,25 @@ pub fn cert_renewal(env: &Env) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_files_never_says_none_stored_when_ams_files_cannot_be_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = super::super::env::test_settings();
+        let env = Env::new(
+            dir.path(),
+            Arc::new(crate::host::runner::RecordingRunner::new()),
+            settings,
+        );
+        assert!(env.ams().is_err(), "no AMS in an empty tree");
+        let o = secrets_files(&env);
+        assert_eq!(o.status, Status::Warn, "{}", o.result);
+        assert!(
+            o.result.contains("cannot examine AMS's files"),
+            "{}",
+            o.result
+        );
+    }
 
     #[test]
     fn wildcards_cover_one_label() {

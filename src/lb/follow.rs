@@ -135,20 +135,34 @@ pub fn read_file(host: &Host, kind: Kind, path: &Path) -> Result<Current> {
                 Ok(r) => r,
                 Err(e) => bail_usage!("{flag} {shown}: {e}; fix or remove the markers"),
             };
-            let layout = region
-                .clone()
-                .and_then(|r| std::str::from_utf8(&text[r]).ok().map(String::from))
-                .and_then(|block| haproxy::parse(&block));
+            let layout = match &region {
+                Some(r) if !empty_section(&text, r.clone()) => Some(
+                    std::str::from_utf8(&text[r.clone()])
+                        .ok()
+                        .and_then(haproxy::parse)
+                        .ok_or_else(|| unreadable_section(host, path))?,
+                ),
+                _ => None,
+            };
             let members = layout.as_ref().map(haproxy::membership).unwrap_or_default();
             (members, region, layout)
         }
         Kind::Nginx => {
-            for m in [nginx::MAIN, nginx::HTTP] {
-                if let Err(e) = blocks::find(&text, m) {
-                    bail_usage!("{flag} {shown}: {e}; fix or remove the markers");
+            let mut http = None;
+            for (m, is_http) in [(nginx::MAIN, false), (nginx::HTTP, true)] {
+                match blocks::find(&text, m) {
+                    Ok(r) if is_http => http = r,
+                    Ok(_) => {}
+                    Err(e) => bail_usage!("{flag} {shown}: {e}; fix or remove the markers"),
                 }
             }
-            (nginx::members(&text).unwrap_or_default(), None, None)
+            let members = match http {
+                Some(r) if !empty_section(&text, r.clone()) => {
+                    nginx::members(&text).ok_or_else(|| unreadable_section(host, path))?
+                }
+                _ => Membership::default(),
+            };
+            (members, None, None)
         }
     };
     Ok(Current {
@@ -159,6 +173,23 @@ pub fn read_file(host: &Host, kind: Kind, path: &Path) -> Result<Current> {
         region,
         layout,
     })
+}
+
+/// True when a section holds nothing between its markers.
+fn empty_section(text: &[u8], r: std::ops::Range<usize>) -> bool {
+    blocks::inner(text, r).is_some_and(|b| b.trim().is_empty())
+}
+
+/// The agent's own section is there but cannot be read back: who is in
+/// rotation is unknown, so the guards could hold no one. Bad input, with
+/// the way out.
+fn unreadable_section(host: &Host, file: &Path) -> anyhow::Error {
+    crate::error::UsageError::new(format!(
+        "--file {}: the ams-agent section (between its `# BEGIN ams-agent lb` and `# END ams-agent lb` markers) cannot be read back (edited by hand, or written by another version of ams-agent), so who is in rotation is unknown and the guards could keep no one; restore the file from {} or delete the section, markers included, to have it written afresh from the registry",
+        file.display(),
+        host.path(&last_good(file)).display()
+    ))
+    .into()
 }
 
 /// Everything about the balancer's side that is bad input, found before
@@ -182,23 +213,45 @@ pub fn precheck(host: &Host, cfg: &LbConfig) -> Result<()> {
     Ok(())
 }
 
+/// The `*.pem` files of the certificate folder, sorted. Only a missing
+/// folder means no certificate: one that cannot be listed is a failure
+/// (serving without TLS is not what the folder asked for).
+fn list_pems(host: &Host, dir: &Path) -> Result<Vec<PathBuf>> {
+    let shown = dir.display();
+    let rd = match std::fs::read_dir(host.path(dir)) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+            bail_usage!("--certs {shown} is not a folder")
+        }
+        Err(e) => bail!(
+            "cannot list the certificate folder {shown} (--certs): {e}; nothing was installed (the TLS listeners would be dropped)"
+        ),
+    };
+    let mut v = Vec::new();
+    for e in rd {
+        let e = e.with_context(|| format!("listing the certificate folder {shown} (--certs)"))?;
+        let is_file = e
+            .file_type()
+            .with_context(|| format!("listing the certificate folder {shown} (--certs)"))?
+            .is_file();
+        let p = dir.join(e.file_name());
+        if is_file && p.extension().is_some_and(|x| x == "pem") {
+            v.push(p);
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
 /// The TLS material, when a certificate is installed: HAProxy serves every
 /// PEM of `certs`; Nginx serves `--cert`, else the only PEM there.
 pub fn resolve_tls(host: &Host, cfg: &LbConfig) -> Result<Option<Tls>> {
-    let pems = |dir: &Path| -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(host.path(dir))
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-                    .map(|e| dir.join(e.file_name()))
-                    .filter(|p| p.extension().is_some_and(|x| x == "pem"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
+    // Nginx serves `--cert` alone; HAProxy every PEM of the folder.
+    let found = match (&cfg.cert, cfg.kind) {
+        (Some(_), Kind::Nginx) => Vec::new(),
+        _ => list_pems(host, &cfg.certs)?,
     };
-    let found = pems(&cfg.certs);
     let pem = match (&cfg.cert, cfg.kind) {
         (Some(c), _) => {
             if !host.path(c).is_file() {
@@ -304,6 +357,10 @@ pub struct Proposal {
     /// Whether the balancer runs (else nothing is reloaded: it reads the
     /// file when it starts).
     pub running: bool,
+    /// Why a changed file would be installed without being applied although
+    /// the balancer may run (whether it runs cannot be told): the reload is
+    /// owed (the marker is written).
+    pub owe: Option<String>,
     pub notes: Vec<String>,
     pub settings: Settings,
 }
@@ -391,6 +448,7 @@ pub fn propose(
     let t_render = Instant::now();
     let owed = host.exists(&pending_marker(cfg.kind));
     let mut notes = Vec::new();
+    let mut owe: Option<String> = None;
     let (new_text, mut reload, runtime, layout, running) = match cfg.kind {
         Kind::Haproxy => {
             let sock = admin_socket(host, cfg);
@@ -398,20 +456,28 @@ pub fn propose(
             let live = sock.servers();
             let running = match &live {
                 Ok(_) => true,
-                Err(e) => {
-                    let active = systemd::is_active(runner, &cfg.service).unwrap_or(false);
-                    notes.push(if active {
-                        format!(
+                Err(e) => match service_active(runner, &cfg.service) {
+                    Ok(true) => {
+                        notes.push(format!(
                             "{e:#}: changes are applied by a reload, and the reload cannot be verified"
-                        )
-                    } else {
-                        format!(
+                        ));
+                        true
+                    }
+                    Ok(false) => {
+                        notes.push(format!(
                             "HAProxy ({}) is not running: the file is written, and used when it starts",
                             cfg.service
-                        )
-                    });
-                    active
-                }
+                        ));
+                        false
+                    }
+                    Err(why) => {
+                        owe = Some(format!(
+                            "whether HAProxy ({}) runs cannot be told ({e:#}; {why})",
+                            cfg.service
+                        ));
+                        false
+                    }
+                },
             };
             timing.balancer = t.elapsed();
             let prev_block = current
@@ -431,13 +497,21 @@ pub fn propose(
                 }
                 (_, Some(_), _) => Some("the frontends or settings changed".to_string()),
                 (None, _, None) => Some("the section is new".to_string()),
-                (None, _, Some(_)) => {
-                    Some("the section was not rendered by this version of ams-agent".to_string())
-                }
+                // Empty markers (one that cannot be read back is refused
+                // by read_file).
+                (None, _, Some(_)) => Some("the section is new".to_string()),
                 (Some(_), None, _) => Some("a backend has no free slot left".to_string()),
             };
             if why.is_none() && owed {
-                why = Some("a reload is owed by an earlier run".into());
+                if live.is_ok() {
+                    why = Some("a reload is owed by an earlier run".into());
+                } else if running {
+                    // Reloading again unverified would only repeat itself
+                    // every cycle.
+                    notes.push(
+                        "a reload is owed by an earlier run (it could not be verified): it happens once the admin socket answers".into(),
+                    );
+                }
             }
             let mut cmds = Vec::new();
             let mut layout = updated.clone().unwrap_or_default();
@@ -483,19 +557,30 @@ pub fn propose(
                 why = Some("a reload is owed by an earlier run".into());
             }
             let t = Instant::now();
-            let running = nginx_master(host, cfg).is_some();
+            let master = nginx_master(host, cfg);
             timing.balancer = t.elapsed();
-            if !running {
-                notes.push(format!(
+            let running = matches!(master, Ok(Some(_)));
+            match master {
+                Ok(Some(_)) => {}
+                Ok(None) => notes.push(format!(
                     "Nginx is not running (no process in {}): the file is written, and used when it starts",
                     cfg.pid_file.display()
-                ));
+                )),
+                Err(why) => owe = Some(format!("whether Nginx runs cannot be told ({why})")),
             }
             (text, why, Vec::new(), None, running)
         }
     };
     if !running {
         reload = None;
+    }
+    if new_text == current.text {
+        owe = None;
+    }
+    if let Some(why) = &owe {
+        notes.push(format!(
+            "{why}: the file is written but not applied, and a reload is owed (the next run reloads)"
+        ));
     }
     timing.render = t_render.elapsed().saturating_sub(timing.balancer);
     Ok(Proposal {
@@ -508,6 +593,7 @@ pub fn propose(
         runtime,
         layout,
         running,
+        owe,
         notes,
         settings,
     })
@@ -517,11 +603,49 @@ fn admin_socket(host: &Host, cfg: &LbConfig) -> AdminSocket {
     AdminSocket::new(&cfg.socket, host.path(&cfg.socket), Duration::from_secs(5))
 }
 
-/// Nginx's master process and its workers, from the pid file and /proc.
-fn nginx_master(host: &Host, cfg: &LbConfig) -> Option<u32> {
-    let text = std::fs::read_to_string(host.path(&cfg.pid_file)).ok()?;
-    let pid: u32 = text.trim().parse().ok()?;
-    Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+/// Nginx's master process, from the pid file and /proc: None when it does
+/// not run (no pid file, or its process is gone), an error when that cannot
+/// be told (a pid file that cannot be read or holds no pid).
+fn nginx_master(host: &Host, cfg: &LbConfig) -> std::result::Result<Option<u32>, String> {
+    let shown = cfg.pid_file.display();
+    let cap = crate::host::fs::Cap {
+        bytes: 64,
+        what: "a pid file",
+    };
+    let text = match host.read_capped(&cfg.pid_file, cap) {
+        Ok(Some(t)) => t,
+        Ok(None) => return Ok(None),
+        Err(e) => return Err(format!("{e:#}")),
+    };
+    let Some(pid) = std::str::from_utf8(&text)
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+        .filter(|p| *p > 0)
+    else {
+        return Err(format!(
+            "the pid file {shown} holds no pid: `{}`",
+            escape(&String::from_utf8_lossy(&text))
+        ));
+    };
+    Ok(Path::new(&format!("/proc/{pid}")).exists().then_some(pid))
+}
+
+/// `systemctl is-active`: true when active, false when not (exit 3, as
+/// systemctl says for inactive, failed and unknown units), an error when
+/// that cannot be told (systemctl missing, no system bus, a timeout).
+fn service_active(runner: &dyn CommandRunner, unit: &str) -> std::result::Result<bool, String> {
+    let spec = CommandSpec::new("systemctl", &["is-active", "--quiet", unit])
+        .timeout(Duration::from_secs(10));
+    match runner.run(&spec) {
+        Ok(o) if o.success() => Ok(true),
+        Ok(o) if matches!(o.code, Some(3) | Some(4)) => Ok(false),
+        Ok(o) => Err(format!(
+            "`systemctl is-active {unit}` exited {}: {}",
+            o.code.map_or("on a signal".to_string(), |c| c.to_string()),
+            escape(o.stderr.trim())
+        )),
+        Err(e) => Err(format!("`systemctl is-active {unit}`: {e:#}")),
+    }
 }
 
 fn children(pid: u32) -> Vec<u32> {
@@ -711,22 +835,36 @@ impl Action for Runtime {
     }
 
     fn apply(&self, _ctx: &ApplyCtx) -> Result<()> {
-        let answers = self.socket.apply(&self.cmds)?;
-        let (_, live) = self.socket.servers()?;
-        match haproxy::runtime_commands(&self.layout, &live, &self.settings.ports) {
-            Ok(left) if left.is_empty() => Ok(()),
-            Ok(left) => bail!(
-                "HAProxy did not apply {} of the changes (`{}`…); it answered: {}",
-                left.len(),
-                left[0],
-                if answers.is_empty() {
-                    "nothing".into()
-                } else {
-                    answers.join(" / ")
-                }
-            ),
-            Err(e) => bail!("HAProxy's servers changed meanwhile: {e}"),
-        }
+        apply_verified(&self.socket, &self.cmds, &self.layout, &self.settings)
+    }
+}
+
+/// Sends Runtime API commands, then reads the servers back: every server
+/// of the agent's backends must be as `layout` says, else the first
+/// command still needed is named with HAProxy's answers.
+fn apply_verified(
+    socket: &AdminSocket,
+    cmds: &[String],
+    layout: &Layout,
+    settings: &Settings,
+) -> Result<()> {
+    let answers = socket.apply(cmds)?;
+    let (_, live) = socket.servers()?;
+    match haproxy::runtime_commands(layout, &live, &settings.ports) {
+        Ok(left) if left.is_empty() => Ok(()),
+        Ok(left) => bail!(
+            "HAProxy did not apply {} of the {} change{} (`{}` refused); it answered: {}",
+            left.len(),
+            cmds.len(),
+            if cmds.len() == 1 { "" } else { "s" },
+            left[0],
+            if answers.is_empty() {
+                "nothing".into()
+            } else {
+                answers.join(" / ")
+            }
+        ),
+        Err(e) => bail!("HAProxy's servers changed meanwhile: {e}"),
     }
 }
 
@@ -784,8 +922,44 @@ struct Reload {
     layout: Option<Layout>,
     settings: Settings,
     pid_file: PathBuf,
+    /// The owed-reload marker: removed once the reload is verified, kept
+    /// (the next run reloads) when it cannot be.
+    marker: PathBuf,
     /// What the reload did, for the report.
     done: std::sync::Mutex<Option<String>>,
+}
+
+impl Reload {
+    /// A reload seen to take effect: nothing is owed any more.
+    fn verified(&self, ctx: &ApplyCtx, done: String) {
+        if let Err(e) = ctx.host.remove(&self.marker) {
+            tracing::warn!(
+                "could not remove the owed-reload marker (the next run reloads once more): {e:#}"
+            );
+        }
+        *self.done.lock().unwrap() = Some(done);
+    }
+
+    /// A reload run but not seen to take effect: it stays owed.
+    fn unverified(&self, ctx: &ApplyCtx, why: &str) -> Result<()> {
+        if !ctx.host.exists(&self.marker) {
+            if let Some(dir) = self.marker.parent() {
+                ctx.host.create_dir_all(dir, 0o700)?;
+            }
+            ctx.host
+                .write_atomic(
+                    &self.marker,
+                    format!("{} reload owed\n", self.kind.name()).as_bytes(),
+                    private_meta(0o600),
+                )
+                .context("recording that the reload is owed")?;
+        }
+        *self.done.lock().unwrap() = Some(format!(
+            "reloaded {} (not verified: {why}; the reload stays owed, and the next run reloads again once it can verify)",
+            self.service
+        ));
+        Ok(())
+    }
 }
 
 impl Action for Reload {
@@ -812,11 +986,7 @@ impl Action for Reload {
                 write_state_file(sock, layout, &self.settings)?;
                 systemd::act(ctx.runner, &self.service, ServiceAction::Reload)?;
                 let Some(old) = old else {
-                    *self.done.lock().unwrap() = Some(format!(
-                        "reloaded {} (not verified: the admin socket does not answer)",
-                        self.service
-                    ));
-                    return Ok(());
+                    return self.unverified(ctx, "the admin socket does not answer");
                 };
                 let new = loop {
                     match sock.info() {
@@ -843,12 +1013,17 @@ impl Action for Reload {
                     },
                 )?;
                 if !cmds.is_empty() {
-                    sock.apply(&cmds)?;
+                    apply_verified(sock, &cmds, layout, &self.settings).with_context(|| {
+                        format!(
+                            "after `systemctl reload {}`, bringing the new worker's servers to the file",
+                            self.service
+                        )
+                    })?;
                 }
-                *self.done.lock().unwrap() = Some(format!(
-                    "reloaded {} (worker pid {old} → {new})",
-                    self.service
-                ));
+                self.verified(
+                    ctx,
+                    format!("reloaded {} (worker pid {old} → {new})", self.service),
+                );
                 Ok(())
             }
             Kind::Nginx => {
@@ -858,11 +1033,7 @@ impl Action for Reload {
                 let before = master.map(children).unwrap_or_default();
                 systemd::act(ctx.runner, &self.service, ServiceAction::Reload)?;
                 let Some(master) = master else {
-                    *self.done.lock().unwrap() = Some(format!(
-                        "reloaded {} (not verified: no pid file)",
-                        self.service
-                    ));
-                    return Ok(());
+                    return self.unverified(ctx, "no pid file to read the master from");
                 };
                 loop {
                     let now = children(master);
@@ -878,8 +1049,10 @@ impl Action for Reload {
                     }
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                *self.done.lock().unwrap() =
-                    Some(format!("reloaded {} (new workers started)", self.service));
+                self.verified(
+                    ctx,
+                    format!("reloaded {} (new workers started)", self.service),
+                );
                 Ok(())
             }
         }
@@ -931,7 +1104,7 @@ fn plan_of(host: &Host, cfg: &LbConfig, p: &Proposal) -> Result<(Plan, Option<Ar
                 internal: true,
             },
         ];
-        if p.reload.is_some() && !host.exists(&marker) {
+        if (p.reload.is_some() || p.owe.is_some()) && !host.exists(&marker) {
             changes.push(FileChange {
                 path: marker.clone(),
                 before: None,
@@ -976,23 +1149,11 @@ fn plan_of(host: &Host, cfg: &LbConfig, p: &Proposal) -> Result<(Plan, Option<Ar
             layout: p.layout.clone(),
             settings: p.settings.clone(),
             pid_file: cfg.pid_file.clone(),
+            marker: marker.clone(),
             done: Default::default(),
         });
         plan.push(Step::Action(r.clone()));
         reload = Some(r);
-        if host.exists(&marker) || p.file_changes() {
-            plan.files(
-                "record that the reload happened",
-                vec![FileChange {
-                    path: marker.clone(),
-                    before: Some(Vec::new()),
-                    after: None,
-                    meta_before: None,
-                    meta: private_meta(0o600),
-                    internal: true,
-                }],
-            );
-        }
     }
     Ok((plan, reload))
 }
@@ -1098,6 +1259,15 @@ pub fn dry_run(
 /// Human lines about the decision: changes, holds, waiting, refused.
 pub fn decision_lines(p: &Proposal) -> Vec<String> {
     let mut out = p.changes();
+    for d in &p.decision.displaced {
+        out.push(format!(
+            "address reused: {} ({}) leaves at once: {} is now node {}'s, in rotation by the registry",
+            escape(d.id.as_str()),
+            d.role.name(),
+            d.addr,
+            escape(d.by.as_str())
+        ));
+    }
     for h in &p.decision.holds {
         out.push(format!(
             "held by a guard: {}; kept: {}",
@@ -1523,4 +1693,164 @@ fn dry_run_text(
         text = "nothing to change: the balancer already follows the registry (dry run)\n".into();
     }
     Ok((text.trim_end().to_string(), checked))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lb::model::{Member, MemberState, NodeId};
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixListener;
+
+    /// An admin socket that reports `layout` with every slot in maint at
+    /// the placeholder, a new pid after the first `show info`, and refuses
+    /// every `set` command.
+    fn stubborn_haproxy(path: &Path, layout: &Layout) -> std::thread::JoinHandle<()> {
+        let mut dump = String::from(
+            "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port\n",
+        );
+        for (b, slots) in layout {
+            for (i, slot) in slots.iter().enumerate() {
+                dump.push_str(&format!(
+                    "4 {} {} {} 127.0.0.1 0 1 1 1 5 15 3 2 6 0 0 0 - 1 - 0 0 - - 0\n",
+                    b.name(),
+                    i + 1,
+                    slot.name
+                ));
+            }
+        }
+        let listener = UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            let mut infos = 0;
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let mut line = String::new();
+                if BufReader::new(&conn).read_line(&mut line).is_err() {
+                    return;
+                }
+                let answer = if line.starts_with("show info") {
+                    infos += 1;
+                    format!(
+                        "Name: HAProxy\nPid: {}\n",
+                        if infos == 1 { 100 } else { 200 }
+                    )
+                } else if line.starts_with("show servers state") {
+                    dump.clone()
+                } else if line.starts_with("quit") {
+                    return;
+                } else {
+                    "No such server.\n".into()
+                };
+                let _ = conn.write_all(answer.as_bytes());
+            }
+        })
+    }
+
+    #[test]
+    fn an_own_section_that_cannot_be_read_back_is_refused_not_taken_for_empty() {
+        let dir = std::env::temp_dir().join(format!("ams-agent-section-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("etc")).unwrap();
+        let host = Host::new(&dir, Default::default());
+        let file = Path::new("/etc/lb.cfg");
+        let cases: [(Kind, &str, bool); 6] = [
+            (Kind::Haproxy, "global\n", true),
+            (
+                Kind::Haproxy,
+                "global\n# BEGIN ams-agent lb\n# END ams-agent lb\n",
+                true,
+            ),
+            (
+                Kind::Haproxy,
+                "global\n# BEGIN ams-agent lb\nbackend ams_origin\n    server i-o1 10.0.1.5:5080 check # hand-made\n# END ams-agent lb\n",
+                false,
+            ),
+            (Kind::Nginx, "http {\n}\n", true),
+            (
+                Kind::Nginx,
+                "http {\n# BEGIN ams-agent lb (http)\n\n# END ams-agent lb (http)\n}\n",
+                true,
+            ),
+            (
+                Kind::Nginx,
+                "http {\n# BEGIN ams-agent lb (http)\nupstream ams_origin {\n    server 10.0.1.5:5080; # someone's\n}\n# END ams-agent lb (http)\n}\n",
+                false,
+            ),
+        ];
+        for (kind, text, ok) in cases {
+            std::fs::write(dir.join("etc/lb.cfg"), text).unwrap();
+            match read_file(&host, kind, file) {
+                Ok(c) => {
+                    assert!(ok, "{kind:?} {text}: read as {:?}", c.members);
+                    assert_eq!(c.members, Membership::default());
+                }
+                Err(e) => {
+                    assert!(!ok, "{kind:?} {text}: {e:#}");
+                    let msg = format!("{e:#}");
+                    assert!(
+                        msg.contains("--file /etc/lb.cfg") && msg.contains("delete the section"),
+                        "{msg}"
+                    );
+                    assert_eq!(crate::error::exit_code(&e), 2);
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn commands_refused_after_a_reload_fail_the_reload_naming_them() {
+        let dir = std::env::temp_dir().join(format!("ams-agent-follow-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock_path = dir.join("admin.sock");
+        let desired = Membership {
+            origin: vec![Member {
+                id: NodeId::parse("i-o1").unwrap(),
+                addr: "10.0.1.5".parse().unwrap(),
+                state: MemberState::Ready,
+            }],
+            edge: vec![],
+        };
+        let layout = haproxy::fresh(&desired, 1);
+        let server = stubborn_haproxy(&sock_path, &layout);
+        let mut settings = crate::lb::model::test_settings();
+        settings.state_file = dir.join("server-state");
+        let socket = AdminSocket::new(
+            Path::new("/run/haproxy/admin.sock"),
+            sock_path.clone(),
+            Duration::from_secs(2),
+        );
+        let reload = Reload {
+            kind: Kind::Haproxy,
+            file: "/etc/haproxy/haproxy.cfg".into(),
+            why: "the section changed".into(),
+            service: "haproxy".into(),
+            wait: Duration::from_secs(2),
+            socket: Some(socket.clone()),
+            layout: Some(layout),
+            settings,
+            pid_file: "/run/nginx.pid".into(),
+            marker: pending_marker(Kind::Haproxy),
+            done: Default::default(),
+        };
+        let host = Host::new(&dir, Default::default());
+        let runner = crate::host::runner::RecordingRunner::new();
+        let err = reload
+            .apply(&ApplyCtx {
+                host: &host,
+                runner: &runner,
+                progress: false,
+            })
+            .expect_err("HAProxy refused every command");
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("set server ams_origin/") && msg.contains("No such server"),
+            "{msg}"
+        );
+        assert!(reload.done.lock().unwrap().is_none());
+        let _ = socket.send("quit");
+        server.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -291,12 +291,27 @@ pub struct Waiting {
     pub why: String,
 }
 
+/// A member kept from the balancer's file (settling out, or held by a
+/// guard) dropped because a node the registry has in rotation now uses its
+/// address: one address is one server, and the balancers refuse it twice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Displaced {
+    pub id: NodeId,
+    pub role: Role,
+    pub addr: IpAddr,
+    /// The node that has the address now.
+    pub by: NodeId,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Decision {
     pub desired: Membership,
     pub holds: Vec<Hold>,
     pub waiting: Vec<Waiting>,
+    #[serde(default)]
+    pub displaced: Vec<Displaced>,
 }
 
 /// Applies the rules to one answer of the registry, from what is in
@@ -366,6 +381,7 @@ pub fn decide(
             }
         }
         let empty_group = cur.is_empty();
+        let mut joined = 0usize;
         for c in view
             .candidates
             .iter()
@@ -376,6 +392,7 @@ pub fn decide(
             }
             let left = remaining(&c.id);
             if empty_group || left == 0 {
+                joined += 1;
                 next.push(Member {
                     id: c.id.clone(),
                     addr: c.addr,
@@ -399,7 +416,12 @@ pub fn decide(
                     plural(implicit.len(), role),
                     summarize(&implicit_why)
                 ))
-            } else if implicit.len() as f64 > rules.max_removal * cur.len() as f64 {
+            } else if implicit.len() > joined
+                && implicit.len() as f64 > rules.max_removal * cur.len() as f64
+            {
+                // Removals covered by as many eligible nodes joining (a
+                // replacement, a group of one whose node died) are no
+                // glitch of the registry's.
                 Some(format!(
                     "the registry would take {} of {} out at once ({}), more than --max-removal {:.0}%",
                     implicit.len(),
@@ -421,8 +443,68 @@ pub fn decide(
         }
         *out.desired.group_mut(role) = next;
     }
+    dedupe_addresses(view, &mut out);
     out.desired.sort();
     out
+}
+
+/// One address, one server, across both groups (Nginx's cookie maps and
+/// HAProxy's state file key servers by address): a member kept from the
+/// file whose address a node in rotation by the registry's word now has
+/// (an address reused by a replacement) is dropped, the registry's node
+/// winning. Between members kept from the file, the first (by role, id)
+/// stays.
+fn dedupe_addresses(view: &RegistryView, out: &mut Decision) {
+    let registry_backed = |role: Role, m: &Member| {
+        view.get(&m.id).is_some_and(|c| {
+            c.role == role
+                && c.addr == m.addr
+                && matches!(c.standing, Standing::Eligible | Standing::Draining)
+        })
+    };
+    let mut owner: BTreeMap<IpAddr, NodeId> = BTreeMap::new();
+    for role in [Role::Origin, Role::Edge] {
+        for m in out.desired.group(role) {
+            if registry_backed(role, m) {
+                owner.entry(m.addr).or_insert_with(|| m.id.clone());
+            }
+        }
+    }
+    let mut dropped: Vec<NodeId> = Vec::new();
+    for role in [Role::Origin, Role::Edge] {
+        let mut group = std::mem::take(out.desired.group_mut(role));
+        group.sort_by(|a, b| a.id.cmp(&b.id));
+        group.retain(|m| {
+            if registry_backed(role, m) {
+                return true;
+            }
+            match owner.get(&m.addr) {
+                Some(by) => {
+                    out.displaced.push(Displaced {
+                        id: m.id.clone(),
+                        role,
+                        addr: m.addr,
+                        by: by.clone(),
+                    });
+                    dropped.push(m.id.clone());
+                    false
+                }
+                None => {
+                    owner.insert(m.addr, m.id.clone());
+                    true
+                }
+            }
+        });
+        *out.desired.group_mut(role) = group;
+    }
+    if dropped.is_empty() {
+        return;
+    }
+    out.waiting.retain(|w| !dropped.contains(&w.id));
+    for h in &mut out.holds {
+        h.kept.retain(|id| !dropped.contains(id));
+    }
+    out.holds.retain(|h| !h.kept.is_empty());
 }
 
 fn plural(n: usize, role: Role) -> String {
@@ -694,5 +776,125 @@ mod tests {
         let v = at(400_000, &gone);
         t.observe(&v, &cur);
         assert!(decide(&v, &cur, &t, &RULES).desired.edge.is_empty());
+    }
+
+    /// The same answer at 0 and at 11 s (past the settle time): the
+    /// tracker and the last view.
+    fn settled(docs: &[Document], cur: &Membership) -> (Tracker, RegistryView) {
+        let mut t = Tracker::default();
+        t.observe(&at(0, docs), cur);
+        let v = at(11_000, docs);
+        t.observe(&v, cur);
+        (t, v)
+    }
+
+    fn member(id: &str, ip: &str) -> Member {
+        Member {
+            id: NodeId::parse(id).unwrap(),
+            addr: ip.parse().unwrap(),
+            state: MemberState::Ready,
+        }
+    }
+
+    #[test]
+    fn a_reused_address_is_one_server_the_registrys_node_winning() {
+        // a left without a word (settling out); b took its address.
+        let cur = Membership {
+            origin: vec![member("a", "10.0.1.5"), member("o", "10.0.1.9")],
+            edge: vec![member("x", "10.0.1.7")],
+        };
+        let docs = vec![
+            node("b", "origin", "10.0.1.5", "ready", 1),
+            node("o", "origin", "10.0.1.9", "ready", 1),
+            // x's address is now an origin's (another role).
+            node("y", "origin", "10.0.1.7", "ready", 1),
+        ];
+        // a and x were alive until 5 s; b and y registered at 0.
+        let mut before = docs.clone();
+        before.push(node("a", "origin", "10.0.1.5", "ready", 1));
+        before.push(node("x", "edge", "10.0.1.7", "ready", 1));
+        let mut t = Tracker::default();
+        // (the view refuses b and y while a and x hold their addresses)
+        t.observe(&at(0, &docs), &cur);
+        let v = at(0, &before);
+        let mut seen = t.clone();
+        seen.observe(&v, &cur);
+        for (id, o) in seen.seen {
+            if matches!(id.as_str(), "a" | "x") {
+                t.seen.insert(id, o);
+            }
+        }
+        let v = at(5_000, &docs);
+        t.observe(&v, &cur);
+        // At 11 s b and y settled, a and x have 6 s of 10 to go.
+        let v = at(11_000, &docs);
+        t.observe(&v, &cur);
+        let d = decide(&v, &cur, &t, &RULES);
+        assert_eq!(ids(&d.desired.origin), ["b", "o", "y"], "{d:?}");
+        assert!(d.desired.edge.is_empty(), "{d:?}");
+        let shown: Vec<(&str, &str)> = d
+            .displaced
+            .iter()
+            .map(|x| (x.id.as_str(), x.by.as_str()))
+            .collect();
+        assert_eq!(shown, [("a", "b"), ("x", "y")]);
+        assert!(d.waiting.is_empty(), "{d:?}");
+        // Held by a guard (the group would be emptied): still one server.
+        let cur = Membership {
+            origin: vec![member("a", "10.0.1.5")],
+            edge: vec![],
+        };
+        let docs = vec![node("b", "edge", "10.0.1.5", "ready", 1)];
+        let (t, v) = settled(&docs, &cur);
+        let d = decide(&v, &cur, &t, &RULES);
+        assert!(d.desired.origin.is_empty(), "{d:?}");
+        assert_eq!(ids(&d.desired.edge), ["b"]);
+        assert!(d.holds.is_empty(), "{d:?}");
+    }
+
+    #[test]
+    fn a_group_of_one_lets_its_dead_node_go_once_a_replacement_joined() {
+        let cur = Membership {
+            origin: vec![member("a", "10.0.1.5")],
+            edge: vec![],
+        };
+        let dead = node("a", "origin", "10.0.1.5", "ready", 99);
+        let docs = vec![dead.clone(), node("b", "origin", "10.0.1.6", "ready", 1)];
+        let (t, v) = settled(&docs, &cur);
+        let d = decide(&v, &cur, &t, &RULES);
+        assert_eq!(ids(&d.desired.origin), ["b"], "{d:?}");
+        assert!(d.holds.is_empty(), "{d:?}");
+        // Without a replacement the last one stays (a registry that lost
+        // its state never empties a group).
+        let v = at(11_000, std::slice::from_ref(&dead));
+        let d = decide(&v, &cur, &t, &RULES);
+        assert_eq!(ids(&d.desired.origin), ["a"]);
+        assert_eq!(d.holds.len(), 1);
+        let v = at(11_000, &[]);
+        let d = decide(&v, &cur, &t, &RULES);
+        assert_eq!(ids(&d.desired.origin), ["a"]);
+        // Three of four stale with one joining: still more than half, held.
+        let cur = Membership {
+            origin: vec![],
+            edge: (0..4)
+                .map(|i| member(&format!("e{i}"), &format!("10.0.2.{i}")))
+                .collect(),
+        };
+        let mut docs: Vec<Document> = (0..4)
+            .map(|i| {
+                node(
+                    &format!("e{i}"),
+                    "edge",
+                    &format!("10.0.2.{i}"),
+                    "ready",
+                    if i == 0 { 1 } else { 99 },
+                )
+            })
+            .collect();
+        docs.push(node("e9", "edge", "10.0.2.9", "ready", 1));
+        let (t, v) = settled(&docs, &cur);
+        let d = decide(&v, &cur, &t, &RULES);
+        assert_eq!(d.desired.edge.len(), 5, "{d:?}");
+        assert_eq!(d.holds.len(), 1);
     }
 }

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
 use super::membership::{Hold, Refused, Tracker, Waiting};
@@ -69,12 +69,24 @@ pub struct Record {
 }
 
 impl Record {
-    pub fn load(host: &Host, kind: Kind) -> Option<Record> {
-        let bytes = host.read_optional(&path(kind)).ok()??;
-        if bytes.len() > 64 << 20 {
-            return None;
-        }
-        serde_json::from_slice(&bytes).ok()
+    /// The record of `kind`: None when there is none (no follower ran on
+    /// this host); an error naming the file when it cannot be read or is
+    /// not a record (never taken for "no balancer").
+    pub fn load(host: &Host, kind: Kind) -> Result<Option<Record>> {
+        let p = path(kind);
+        let cap = crate::host::fs::Cap {
+            bytes: 64 << 20,
+            what: "the balancer's status record",
+        };
+        let Some(bytes) = host
+            .read_capped(&p, cap)
+            .with_context(|| format!("reading the balancer's status record {}", p.display()))?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .with_context(|| format!("reading the balancer's status record {}", p.display()))
     }
 
     pub fn to_json(&self) -> Vec<u8> {

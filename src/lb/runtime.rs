@@ -37,6 +37,35 @@ pub struct Info {
     pub version: String,
 }
 
+/// Connects to a unix socket within `timeout`; None when it did not
+/// accept in time. A unix socket's connect does not go "in progress" the
+/// way TCP's does (non-blocking, a full backlog is `EAGAIN`, nothing to poll
+/// for); a blocking connect waits for room in the backlog for at most the
+/// socket's send timeout, so that is the deadline.
+fn connect(path: &Path, timeout: Duration) -> std::io::Result<Option<UnixStream>> {
+    use nix::errno::Errno;
+    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr, sockopt};
+    use nix::sys::time::TimeVal;
+    use std::os::fd::AsRawFd;
+    let addr = UnixAddr::new(path).map_err(std::io::Error::from)?;
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(std::io::Error::from)?;
+    // A zero send timeout is none at all.
+    let wait = timeout.max(Duration::from_millis(1));
+    let tv = TimeVal::new(wait.as_secs() as _, wait.subsec_micros() as _);
+    socket::setsockopt(&fd, sockopt::SendTimeout, &tv).map_err(std::io::Error::from)?;
+    match socket::connect(fd.as_raw_fd(), &addr) {
+        Ok(()) => Ok(Some(UnixStream::from(fd))),
+        Err(Errno::EAGAIN) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 impl AdminSocket {
     pub fn new(shown: &Path, real: PathBuf, timeout: Duration) -> Self {
         AdminSocket {
@@ -52,7 +81,15 @@ impl AdminSocket {
         let what = line.split(';').next().unwrap_or(line).trim();
         let deadline = Instant::now() + self.timeout;
         let io = || -> std::io::Result<Option<Vec<u8>>> {
-            let mut s = UnixStream::connect(&self.path)?;
+            let Some(mut s) = connect(&self.path, self.timeout)? else {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "it accepted no connection within {} (its backlog is full: is HAProxy stuck?)",
+                        crate::human::show_duration(self.timeout)
+                    ),
+                ));
+            };
             s.set_write_timeout(Some(self.timeout))?;
             s.write_all(line.as_bytes())?;
             s.write_all(b"\n")?;
@@ -159,5 +196,43 @@ impl AdminSocket {
             }
         }
         Ok(answers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_whose_backlog_is_full_fails_within_the_deadline() {
+        let dir = std::env::temp_dir().join(format!("ams-agent-rt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("admin.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        // A backlog of 0 holds one connection: the second one must wait.
+        nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::new(0).unwrap()).unwrap();
+        let _first = UnixStream::connect(&path).unwrap();
+        let sock = AdminSocket::new(
+            Path::new("/run/haproxy/admin.sock"),
+            path.clone(),
+            Duration::from_millis(300),
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(sock.send("show info").map_err(|e| format!("{e:#}")));
+        });
+        let got = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("connecting to a full backlog must not hang");
+        let err = got.expect_err("nothing answered");
+        assert!(
+            err.contains("/run/haproxy/admin.sock")
+                && err.contains("300ms")
+                && err.contains("backlog"),
+            "{err}"
+        );
+        drop(listener);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

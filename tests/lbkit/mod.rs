@@ -358,7 +358,7 @@ impl Haproxy {
             &format!(
                 "#!/bin/sh\necho \"$*\" >> '{log}'\ncase \"$1 $2\" in\n\
                  'reload haproxy') kill -USR2 \"$(cat '{pid}')\" ;;\n\
-                 'is-active --quiet') kill -0 \"$(cat '{pid}')\" 2>/dev/null ;;\nesac\n",
+                 'is-active --quiet') kill -0 \"$(cat '{pid}')\" 2>/dev/null || exit 3 ;;\nesac\n",
                 log = log.display(),
                 pid = self.pid_file.display()
             ),
@@ -450,7 +450,7 @@ impl Nginx {
             &format!(
                 "#!/bin/sh\necho \"$*\" >> '{log}'\ncase \"$1 $2\" in\n\
                  'reload nginx') '{bin}/nginx' -c '{conf}' -s reload ;;\n\
-                 'is-active --quiet') kill -0 \"$(cat '{pid}')\" 2>/dev/null ;;\nesac\n",
+                 'is-active --quiet') kill -0 \"$(cat '{pid}')\" 2>/dev/null || exit 3 ;;\nesac\n",
                 log = log.display(),
                 bin = t.bin.display(),
                 conf = conf.display(),
