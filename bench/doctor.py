@@ -190,8 +190,8 @@ def main():
         write(os.path.join(root, "proc/net/tcp"), PROC_NET_TCP)
 
         def fresh():
-            peer.control('insert ams_agent nodes {"_id": "%s", "role": "origin", "state": "ready", "privateIp": "%s", "intervalSeconds": 5.0, "heartbeats": 42, "lastSeen": {"$ago": 1}}' % (NODE_ID, IP))
-            peer.control('insert ams_agent nodes {"_id": "i-0fedcba9876543210", "role": "edge", "state": "ready", "privateIp": "10.0.2.31", "intervalSeconds": 5.0, "lastSeen": {"$ago": 1}}')
+            peer.control('insert ams_agent nodes {"_id": "%s", "role": "origin", "state": "ready", "privateIp": "%s", "intervalSeconds": 5.0, "heartbeats": 42, "nodeGroup": "default", "lastSeen": {"$ago": 1}}' % (NODE_ID, IP))
+            peer.control('insert ams_agent nodes {"_id": "i-0fedcba9876543210", "role": "edge", "state": "ready", "nodeGroup": "default", "privateIp": "10.0.2.31", "intervalSeconds": 5.0, "lastSeen": {"$ago": 1}}')
             peer.control('insert clusterdb clusternode {"_id": "10_0_1_20", "ip": "%s", "lastUpdateTime": {"$numberLong": "%d"}}' % (IP, int(time.time() * 1000) - 1000))
 
         fresh()
