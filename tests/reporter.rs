@@ -504,6 +504,10 @@ fn a_change_of_cause_is_logged_and_refused_logins_are_paced() {
         beats(&peer).len() > n
     });
     eprintln!("back {:?} after the fix", fixed.elapsed());
+    // The line follows the write it reports on.
+    wait_for("the line saying it is back", Duration::from_secs(5), || {
+        r.log().contains("is back after")
+    });
     let log = r.log();
     assert_eq!(log.matches("is back after").count(), 1, "{log}");
     assert!(r.alive());
