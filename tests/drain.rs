@@ -684,6 +684,12 @@ fn a_lifecycle_hook_drain_sends_heartbeats_then_completes_with_continue() {
         "{log}"
     );
     assert!(log.contains("the hook runs to its timeout (30s)"), "{log}");
+    // Refused: the state says so (it is not taken as completed).
+    wait_for("the last steps", Duration::from_secs(10), || {
+        drain_state(&t).get("unfinished").is_none()
+    });
+    assert_eq!(drain_state(&t)["lifecycle"]["completed"], false);
+    assert!(log.contains("was not completed"), "{log}");
     let calls = aws.actions()["calls"].as_array().unwrap().clone();
     assert!(
         calls.iter().any(|c| c["refused"] == "AccessDenied"),
@@ -1015,4 +1021,28 @@ fn a_reporter_stopped_between_left_and_the_last_steps_runs_them_when_it_starts()
     assert_eq!(heartbeats(&peer), 0);
     let (code, _) = r.signal(Signal::SIGTERM);
     assert_eq!(code, Some(0), "{}", r.log());
+}
+
+#[test]
+fn an_unreadable_spot_notice_does_not_hide_the_lifecycle_notice_beside_it() {
+    let (t, peer, imds, ams) = setup();
+    ams.set("LiveApp", |a| a.hls = 1);
+    let mut r = Reporter::start(&t, &imds.url, &ams.url, &[]);
+    wait_for("a ready heartbeat", Duration::from_secs(15), || {
+        states(&peer).iter().any(|s| s == "ready")
+    });
+    imds.set("spot/instance-action", "<html>not json</html>");
+    imds.set("autoscaling/target-lifecycle-state", "Terminated");
+    wait_for("draining in the registry", Duration::from_secs(15), || {
+        states(&peer).iter().any(|s| s == "draining")
+    });
+    assert_eq!(drain_state(&t)["trigger"], "lifecycle-hook");
+    wait_for(
+        "the unreadable notice said",
+        Duration::from_secs(10),
+        || r.log().contains("not read as a Spot interruption"),
+    );
+    let log = r.log();
+    assert!(!log.contains("does not answer"), "{log}");
+    r.signal(Signal::SIGTERM);
 }

@@ -98,7 +98,7 @@ fn without_an_endpoint_the_fallback_is_fast() {
     assert_eq!(id.hostname, "node-7");
 
     // A listener that accepts but never answers (like a filtered
-    // 169.254.169.254): the request deadline bounds every attempt.
+    // link-local metadata address): the request deadline bounds every attempt.
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let silent = format!("http://{}", l.local_addr().unwrap());
     let start = Instant::now();
@@ -271,4 +271,21 @@ fn termination_notices_are_read_and_a_failing_service_is_never_one() {
     server.fail_all(None);
     server.state.failures.lock().unwrap().clear();
     assert_eq!(poll(&client).unwrap().events.len(), 2);
+}
+
+#[test]
+fn an_oversized_metadata_item_is_refused_not_held_whole() {
+    let server = ImdsServer::start("i-0123456789abcdef0", "10.0.1.20");
+    server.set("tags/instance/huge", &"x".repeat(3 << 20));
+    let client = Imds::new(&server.url, Budget::default()).unwrap();
+    let err = rt().block_on(client.get("tags/instance/huge")).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("answered more than 1048576 bytes"),
+        "{err:#}"
+    );
+    // The ordinary items still read.
+    assert_eq!(
+        rt().block_on(client.get("instance-id")).unwrap().as_deref(),
+        Some("i-0123456789abcdef0")
+    );
 }
