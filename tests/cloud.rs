@@ -978,4 +978,15 @@ fn an_azure_nodes_identity_gives_the_watcher_of_its_own_events() {
         ..Default::default()
     };
     assert!(ec2.notice_watcher(&clouds.endpoints()).is_none());
+    // Azure's metadata failed when the reporter started (no provider
+    // answered), but the DMI named Azure: its notices are still watched.
+    let blip = ams_agent::node::identity::NodeIdentity {
+        provider: None,
+        source: ams_agent::node::identity::IdSource::Cloud(Provider::Azure),
+        ..Default::default()
+    };
+    let w = blip.notice_watcher(&clouds.endpoints()).unwrap().unwrap();
+    assert_eq!(w.provider(), Provider::Azure);
+    let machine = ams_agent::node::identity::NodeIdentity::default();
+    assert!(machine.notice_watcher(&clouds.endpoints()).is_none());
 }
